@@ -1,0 +1,1 @@
+"""Inference engines behind one contract (engines.base); heavy dependencies live inside each engine."""

@@ -1,0 +1,112 @@
+"""FakeEngine: arithmetic a reader can check by hand, for testing the plumbing (never a default).
+
+* A chat request is rendered as one line per message, ``"<role>: <content>"``; a completion is
+  its prompt. Tokens are the whitespace-separated words of the rendered text; token ids are the
+  word lengths (so ``prompt_tokens`` is checkable by counting words).
+* The completion is the words of the last message (or the prompt) in reverse order, joined by
+  spaces and cut after ``max_tokens`` words (finish_reason "length" if words were left over),
+  then cut before the first occurrence of a stop string (finish_reason "stop").
+* A prompt of more than ``options["max_prompt_tokens"]`` words (default 512) is refused with
+  PROMPT_TOO_LONG; one containing ``options["reject_word"]`` is refused with ENGINE_REJECTED.
+* Static shapes are simulated: each request occupies a slot of ``max_prompt_tokens`` +
+  ``max_tokens`` positions, so padding waste is computable too.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from engines.base import (
+    Engine,
+    EngineConfig,
+    EngineStats,
+    ErrorCode,
+    FinishReason,
+    ModelInfo,
+    OnResult,
+    Request,
+    RequestError,
+    Result,
+    Usage,
+)
+
+
+class FakeEngine(Engine):
+    name = "fake"
+
+    def __init__(self, config: EngineConfig):
+        super().__init__(config)
+        self._max_prompt = int(config.options.get("max_prompt_tokens", 512))
+        self._reject_word = config.options.get("reject_word")
+        self._stats = EngineStats(load_seconds=0.0)
+
+    @property
+    def info(self) -> ModelInfo:
+        return ModelInfo(
+            name=self.config.model,
+            architecture="fake",
+            context_length=self._max_prompt * 2,
+            max_prompt_tokens=self._max_prompt,
+            vocab_size=0,
+        )
+
+    @staticmethod
+    def render(request: Request) -> str:
+        if request.messages is not None:
+            return "\n".join(f"{m['role']}: {m['content']}" for m in request.messages)
+        return request.prompt or ""
+
+    def prompt_tokens(self, request: Request) -> list[int]:
+        return [len(w) for w in self.render(request).split()]
+
+    def _serve(self, request: Request) -> Result:
+        ids = request.prompt_token_ids or tuple(self.prompt_tokens(request))
+        if len(ids) > self._max_prompt:
+            raise RequestError(
+                ErrorCode.PROMPT_TOO_LONG,
+                f"prompt has {len(ids)} tokens; this model accepts at most {self._max_prompt}",
+            )
+        source = request.messages[-1]["content"] if request.messages else (request.prompt or "")
+        if self._reject_word and self._reject_word in source.split():
+            raise RequestError(ErrorCode.ENGINE_REJECTED, f"contains {self._reject_word!r}")
+        sp = request.sampling
+        words = source.split()[::-1]
+        out = words[: sp.max_tokens]
+        finish = FinishReason.LENGTH if len(words) > sp.max_tokens else FinishReason.STOP
+        text = " ".join(out)
+        cuts = [i for i in (text.find(s) for s in sp.stop) if i >= 0]
+        if cuts:
+            text, finish = text[: min(cuts)], FinishReason.STOP
+            out = text.split()
+        self._stats.computed_token_slots += self._max_prompt + sp.max_tokens
+        self._stats.useful_token_slots += len(ids) + len(out)
+        return Result(
+            record_id=request.record_id,
+            text=" ".join(out),
+            finish_reason=finish,
+            usage=Usage(prompt_tokens=len(ids), completion_tokens=len(out)),
+            token_ids=tuple(len(w) for w in out),
+        )
+
+    def generate(
+        self, requests: Sequence[Request], on_result: OnResult | None = None
+    ) -> list[Result]:
+        t0 = time.perf_counter()
+        results = []
+        for r in requests:
+            try:
+                res = self._serve(r)
+            except RequestError as e:
+                res = Result.failed(r.record_id, e.code, e.message)
+            self._stats.requests += 1
+            self._stats.prompt_tokens += res.usage.prompt_tokens
+            self._stats.completion_tokens += res.usage.completion_tokens
+            results.append(res)
+            if on_result:
+                on_result(res)
+        self._stats.busy_seconds += time.perf_counter() - t0
+        return results
+
+    def stats(self) -> EngineStats:
+        return self._stats

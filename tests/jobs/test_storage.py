@@ -47,9 +47,14 @@ def test_compare_and_swap(root):
 
 def test_open_write_publishes_only_on_success(root):
     path = storage.join(root, "out", "part.jsonl")
-    with pytest.raises(RuntimeError), storage.open_write(path) as f:
-        f.write(b"partial")
-        raise RuntimeError("crash mid-write")
+
+    def crash_mid_write():
+        with storage.open_write(path) as f:
+            f.write(b"partial")
+            raise RuntimeError("crash mid-write")
+
+    with pytest.raises(RuntimeError):
+        crash_mid_write()
     assert storage.stat(path) is None
     with storage.open_write(path) as f:
         f.write(b"whole")

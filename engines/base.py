@@ -234,6 +234,7 @@ class EngineStats:
     """Cumulative counters since the engine was loaded (all plain numbers, mergeable)."""
 
     busy_seconds: float = 0.0  # wall time spent inside generate()
+    prefill_seconds: float = 0.0  # the part of busy_seconds spent on prompts (prices input tokens)
     load_seconds: float = 0.0
     warmup_seconds: float = 0.0
     compilations: int = 0  # distinct programs compiled (bounded by shape buckets)

@@ -22,6 +22,7 @@ class EngineEntry:
     target: str  # "package.module:ClassName"
     install: str  # how to get its dependencies
     description: str
+    needs_model: bool = True  # False: the engine ignores `model` (the fake engine)
 
 
 _ENGINES: dict[str, EngineEntry] = {
@@ -39,6 +40,7 @@ _ENGINES: dict[str, EngineEntry] = {
         "engines.fake:FakeEngine",
         "nothing: it is part of the core",
         "arithmetic you can check by hand, for testing the plumbing only",
+        needs_model=False,
     ),
 }
 

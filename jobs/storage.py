@@ -193,6 +193,11 @@ def stat(path: str) -> FileInfo | None:
     return FileInfo(path, st.st_size, st.st_mtime_ns)
 
 
+@CLOUD_RETRY
+def bucket_exists(url: str) -> bool:
+    return gcs_client().lookup_bucket(split_gcs(url)[0]) is not None
+
+
 def exists(path: str) -> bool:
     return stat(path) is not None
 

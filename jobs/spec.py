@@ -1,0 +1,349 @@
+"""The job spec: parse YAML/JSON, apply ``--set key=value`` overrides, validate, digest.
+
+Validation happens before any accelerator time is spent and reports every problem at once, each
+naming its field and what to do. Unknown keys are errors (a typo must not silently become a
+default). Relative paths in a spec file are relative to the file's directory; paths given with
+``--set`` are relative to the current directory, where the user typed them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import yaml
+
+from engines.base import SAMPLING_FIELDS, SamplingParams, TaskKind, sampling_problems
+from jobs import pricing, storage
+
+NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,38}[a-z0-9]$")
+TASKS = tuple(t.value for t in TaskKind)
+INPUT_FORMATS = ("openai", "jsonl", "avro")
+DTYPES = ("auto", "float32", "bfloat16")
+PATH_FIELDS = ("input", "output", "model")
+MAX_BATCH_SIZE = 4096
+
+
+class SpecError(ValueError):
+    """A job spec that must not run. ``problems`` lists each field's problem and its fix."""
+
+    def __init__(self, problems: Sequence[str], source: str | None = None):
+        self.problems = list(problems)
+        self.source = source
+        head = f"invalid job spec{f' {source}' if source else ''}:"
+        super().__init__("\n".join([head, *(f"  - {p}" for p in self.problems)]))
+
+
+@dataclasses.dataclass(frozen=True)
+class JobSpec:
+    name: str
+    task: str
+    input: str
+    input_format: str
+    output: str
+    model: str
+    engine: str = "jax"
+    accelerator: str = "cpu"
+    accelerator_count: int = 1
+    batch_size: int = 32
+    records_per_shard: int = 1000
+    max_seq_len: int | None = None
+    dtype: str = "auto"
+    engine_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    sampling: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    spot: bool = False
+    usd_per_accelerator_hour: float | None = None
+    max_error_rate: float = 1.0
+
+    REQUIRED = ("name", "task", "input", "input_format", "output", "model")
+
+    @property
+    def default_sampling(self) -> SamplingParams:
+        from engines.base import sampling_from_dict
+
+        return sampling_from_dict(self.sampling)
+
+    @property
+    def resolved_dtype(self) -> str:
+        if self.dtype != "auto":
+            return self.dtype
+        return "float32" if self.accelerator == "cpu" else "bfloat16"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["engine_options"] = dict(self.engine_options)
+        d["sampling"] = dict(self.sampling)
+        return d
+
+    @property
+    def digest(self) -> str:
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    @property
+    def job_id(self) -> str:
+        """Deterministic: the same spec is the same job, so a rerun resumes it."""
+        return f"{self.name}-{self.digest[:10]}"
+
+    def job_dir(self, job_id: str | None = None) -> str:
+        return storage.join(self.output, job_id or self.job_id)
+
+
+FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(JobSpec)}
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_file(path: str) -> dict[str, Any]:
+    """Read a spec file (YAML or JSON; local or gs://) into a dict; raises SpecError."""
+    try:
+        text = storage.read_text(path)
+    except (storage.StorageError, OSError) as e:
+        raise SpecError([f"cannot read the spec file: {e}"], path) from e
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise SpecError([f"not valid YAML/JSON: {e}"], path) from e
+    if not isinstance(data, dict):
+        raise SpecError(["the spec must be a mapping of keys to values"], path)
+    return data
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """``["sampling.max_tokens=32", "batch_size=8"]`` -> nested dict (values parsed as YAML)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise SpecError([f"--set {item!r}: expected key=value, e.g. --set batch_size=16"])
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        node = out
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise SpecError([f"--set {item!r}: {p} is set twice as a value and a mapping"])
+        node[parts[-1]] = value
+    return out
+
+
+def merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in overrides.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _absolutize(field: str, value: str, base_dir: str) -> str:
+    value = os.path.expanduser(value)
+    if not value or storage.is_gcs(value) or os.path.isabs(value):
+        return value
+    if field == "model" and value in models_catalogue():
+        return value
+    return os.path.normpath(os.path.join(base_dir, value))
+
+
+def models_catalogue() -> tuple[str, ...]:
+    from engines.models import CATALOGUE
+
+    return tuple(CATALOGUE)
+
+
+def load(
+    path: str | None = None,
+    overrides: Sequence[str] = (),
+    data: Mapping[str, Any] | None = None,
+    check_resources: bool = True,
+) -> JobSpec:
+    """Build a validated JobSpec from a file and/or a dict, plus ``--set`` overrides."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        raw = load_file(path)
+        base_dir = os.path.dirname(os.path.abspath(path)) if not storage.is_gcs(path) else ""
+        if base_dir:
+            for f in PATH_FIELDS:
+                if isinstance(raw.get(f), str):
+                    raw[f] = _absolutize(f, raw[f], base_dir)
+    if data is not None:
+        raw = merge(raw, data)
+    extra = parse_overrides(overrides)
+    for f in PATH_FIELDS:
+        if isinstance(extra.get(f), str):
+            extra[f] = _absolutize(f, extra[f], os.getcwd())
+    raw = merge(raw, extra)
+    return validate(raw, source=path, check_resources=check_resources)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _type_name(t: Any) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+    return names.get(t, "a mapping" if t is dict else str(t))
+
+
+def validate(
+    raw: Mapping[str, Any], source: str | None = None, check_resources: bool = True
+) -> JobSpec:
+    problems: list[str] = []
+    for key in sorted(set(raw) - set(FIELDS)):
+        close = [f for f in FIELDS if f.startswith(key[:3])]
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        problems.append(f"{key}: unknown key{hint}; allowed keys: {', '.join(FIELDS)}")
+    for key in JobSpec.REQUIRED:
+        if raw.get(key) in (None, ""):
+            problems.append(f"{key}: required; {_FIELD_HELP[key]}")
+    typed: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in FIELDS or value is None:
+            continue
+        expected = _FIELD_TYPES[key]
+        if not _has_type(value, expected):
+            problems.append(f"{key}: must be {_type_name(expected)}, got {value!r}")
+            continue
+        typed[key] = float(value) if expected is float else value
+    for key, value in typed.items():
+        check = _VALUE_CHECKS.get(key)
+        if check is not None and not check[0](value):
+            problems.append(f"{key}: {check[1]}; got {value!r}")
+    sampling = typed.get("sampling", {})
+    unknown_s = sorted(set(sampling) - set(SAMPLING_FIELDS))
+    if unknown_s:
+        problems.append(
+            f"sampling: unknown key(s) {', '.join(unknown_s)}; allowed: {', '.join(SAMPLING_FIELDS)}"
+        )
+    problems += [f"sampling.{p}" for p in sampling_problems(sampling)]
+    if problems:
+        raise SpecError(problems, source)
+    spec = JobSpec(**typed)
+    if check_resources:
+        problems += check_spec_resources(spec)
+    if problems:
+        raise SpecError(problems, source)
+    return spec
+
+
+_VALUE_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "name": (
+        lambda v: bool(NAME_RE.match(v)),
+        "use 2-40 lowercase letters, digits and '-', starting with a letter "
+        "(it becomes part of the job id and of paths)",
+    ),
+    "task": (lambda v: v in TASKS, f"must be one of {', '.join(TASKS)}"),
+    "input_format": (lambda v: v in INPUT_FORMATS, f"must be one of {', '.join(INPUT_FORMATS)}"),
+    "accelerator": (
+        lambda v: v in pricing.ACCELERATORS,
+        f"must be one of {', '.join(pricing.ACCELERATORS)}",
+    ),
+    "engine": (lambda v: v in _engine_names(), "unknown engine; see `hyperbatch engines`"),
+    "accelerator_count": (lambda v: v >= 1, "must be at least 1"),
+    "batch_size": (lambda v: 1 <= v <= MAX_BATCH_SIZE, f"must be between 1 and {MAX_BATCH_SIZE}"),
+    "records_per_shard": (lambda v: 1 <= v <= 1_000_000, "must be between 1 and 1000000"),
+    "max_seq_len": (lambda v: 16 <= v <= 1 << 20, "must be between 16 and 1048576 (or omitted)"),
+    "dtype": (lambda v: v in DTYPES, f"must be one of {', '.join(DTYPES)}"),
+    "max_error_rate": (lambda v: 0.0 <= v <= 1.0, "must be a fraction between 0 and 1"),
+    "usd_per_accelerator_hour": (
+        lambda v: v >= 0,
+        "must be >= 0 (or omitted to use the price table)",
+    ),
+}
+
+
+def _engine_names() -> tuple[str, ...]:
+    from engines.registry import ENGINES
+
+    return tuple(ENGINES)
+
+
+def _has_type(value: Any, expected: type) -> bool:
+    if isinstance(value, bool) or expected is bool:
+        return isinstance(value, bool) and expected is bool
+    if expected is float:
+        return isinstance(value, int | float)
+    return isinstance(value, expected)
+
+
+def check_spec_resources(spec: JobSpec) -> list[str]:
+    """Checks that touch the outside world: inputs exist, the model and engine are there."""
+    from engines import models, registry
+
+    problems = []
+    try:
+        files = storage.glob(spec.input)
+    except (storage.StorageError, OSError) as e:
+        files = []
+        problems.append(f"input: cannot list {spec.input}: {e}")
+    else:
+        if not files:
+            problems.append(
+                f"input: no files match {spec.input!r}; check the path or glob "
+                "(relative paths in a spec file are relative to the file)"
+            )
+    if storage.is_gcs(spec.output):
+        try:
+            if not storage.bucket_exists(spec.output):
+                bucket = storage.split_gcs(spec.output)[0]
+                problems.append(
+                    f"output: bucket {bucket} does not exist; create it "
+                    f"(gcloud storage buckets create gs://{bucket}) or choose another"
+                )
+        except storage.StorageError as e:
+            problems.append(f"output: {e}")
+    elif os.path.exists(spec.output) and not os.path.isdir(spec.output):
+        problems.append(f"output: {spec.output} exists and is not a directory")
+    entry = registry.ENGINES.get(spec.engine)
+    if entry is None or entry.needs_model:
+        try:
+            models.check_model(spec.model)
+        except (models.ModelNotFound, storage.StorageError) as e:
+            problems.append(f"model: {e}")
+    try:
+        registry.engine_class(spec.engine)
+    except registry.EngineNotAvailable as e:
+        problems.append(f"engine: {e}")
+    return problems
+
+
+_FIELD_TYPES: dict[str, Any] = {
+    "name": str,
+    "task": str,
+    "input": str,
+    "input_format": str,
+    "output": str,
+    "model": str,
+    "engine": str,
+    "accelerator": str,
+    "accelerator_count": int,
+    "batch_size": int,
+    "records_per_shard": int,
+    "max_seq_len": int,
+    "dtype": str,
+    "engine_options": dict,
+    "sampling": dict,
+    "spot": bool,
+    "usd_per_accelerator_hour": float,
+    "max_error_rate": float,
+}
+
+_FIELD_HELP = {
+    "name": "a short job name like 'rag-summaries'",
+    "task": f"one of {', '.join(TASKS)}",
+    "input": "a file, a glob or a gs:// glob of input records",
+    "input_format": f"one of {', '.join(INPUT_FORMATS)}",
+    "output": "a directory or gs:// prefix for results, errors and the manifest",
+    "model": "a catalogue name (smollm2-135m-instruct), a model directory, a .gguf file or gs:// URL",
+}
+
+assert set(_FIELD_TYPES) == set(FIELDS), "every JobSpec field needs a type"

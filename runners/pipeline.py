@@ -1,0 +1,275 @@
+"""The batch pipeline: input files -> shards -> records -> engine -> committed shard files -> manifest.
+
+    match files ─► plan shards (+ id sightings) ─► duplicate ids (GroupByKey)
+                          │                                 │ side input
+                          └─► reshuffle ─► serve shard ◄────┘ ─► stats ─► manifest
+
+Each shard is read by byte range, parsed and validated, served by the per-process engine (see
+``engine_adapter``) and committed (``shards.commit``); a rerun of the same job id skips committed
+shards. Records never travel through Beam: only shard descriptions and statistics do, so memory
+stays bounded by one shard whatever the input size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+from engines.base import ErrorCode, TaskKind
+from jobs import manifest, storage
+from jobs.manifest import ShardStats
+from jobs.spec import JobSpec
+from runners import engine_adapter, shards
+from runners.options import local_options, local_runner
+from runners.progress import PROGRESS
+from schemas.formats import FORMATS, JobInfo, Parsed, RecordError, encode_errors
+
+log = logging.getLogger(__name__)
+NAMESPACE = "hyperbatch"
+
+
+class JobConflict(RuntimeError):
+    """The job id is already used by a different spec."""
+
+
+@dataclasses.dataclass(frozen=True)
+class JobContext:
+    spec: JobSpec
+    job_id: str
+    started_at: float
+
+    @property
+    def job_dir(self) -> str:
+        return self.spec.job_dir(self.job_id)
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def match_inputs(ctx: JobContext) -> list[tuple[int, storage.FileInfo]]:
+    return list(enumerate(storage.glob(ctx.spec.input)))
+
+
+class PlanFile(beam.DoFn):
+    IDS = "ids"
+
+    def __init__(self, ctx: JobContext):
+        self.ctx = ctx
+        self.planned = Metrics.counter(NAMESPACE, "records_planned")
+
+    def process(self, item: tuple[int, storage.FileInfo]) -> Iterator[Any]:
+        file_index, info = item
+        fmt = FORMATS[self.ctx.spec.input_format]
+        for x in shards.plan_file(file_index, info, fmt, self.ctx.spec.records_per_shard):
+            if isinstance(x, shards.Shard):
+                self.planned.inc(x.records)
+                PROGRESS.add(records_planned=x.records, shards_planned=1)
+                yield x
+            else:
+                yield beam.pvalue.TaggedOutput(self.IDS, (x.record_id, (x.file_index, x.line)))
+
+
+def repeats_of(
+    item: tuple[str, Iterable[tuple[int, int]]],
+) -> Iterator[tuple[int, int, str, int, int]]:
+    """Every sighting of an id but the first (by file, then line)."""
+    record_id, sightings = item
+    ordered = sorted(sightings)
+    first_file, first_line = ordered[0]
+    for file_index, line in ordered[1:]:
+        yield file_index, line, record_id, first_file, first_line
+
+
+# --------------------------------------------------------------------------- serving
+
+
+class ServeShard(beam.DoFn):
+    def __init__(self, ctx: JobContext):
+        self.ctx = ctx
+        self._repeats_key: int | None = None
+        self._repeats: dict[tuple[int, int], tuple[str, int, int]] = {}
+        self.records = Metrics.counter(NAMESPACE, "records_done")
+        self.errors = Metrics.counter(NAMESPACE, "record_errors")
+        self.tokens = Metrics.counter(NAMESPACE, "completion_tokens")
+
+    def _repeat_index(self, repeats: list) -> dict[tuple[int, int], tuple[str, int, int]]:
+        if self._repeats_key != id(repeats):
+            self._repeats = {(f, line): (rid, ff, fl) for f, line, rid, ff, fl in repeats}
+            self._repeats_key = id(repeats)
+        return self._repeats
+
+    def process(self, shard: shards.Shard, repeats: list) -> Iterator[ShardStats]:
+        spec = self.ctx.spec
+        fmt = FORMATS[spec.input_format]
+        outputs = shards.ShardOutputs.of(self.ctx.job_dir, shard.name, spec.input_format)
+        done = shards.committed_stats(shard, outputs)
+        if done is not None:
+            PROGRESS.add(records_done=done.records_in, results=done.results, errors=done.errors,
+                         shards_done=1, shards_resumed=1)  # fmt: skip
+            yield done
+            return
+
+        started = time.time()
+        t0 = time.perf_counter()
+        repeat_index = self._repeat_index(repeats)
+        task, defaults = TaskKind(spec.task), spec.default_sampling
+        valid: list[Parsed] = []
+        errors: list[RecordError] = []
+        files = {}
+        for location, raw in shards.read_shard(shard, fmt):
+            repeat = repeat_index.get((shard.file_index, location.line))
+            if repeat is not None:
+                rid, first_file, first_line = repeat
+                if first_file not in files:
+                    files[first_file] = storage.glob(spec.input)[first_file].path
+                errors.append(RecordError(
+                    rid, location, ErrorCode.DUPLICATE_ID,
+                    f"id {rid!r} repeats the record at {files[first_file]}:{first_line}; "
+                    "only the first is served: give every record its own id",
+                ))  # fmt: skip
+                continue
+            item = fmt.parse(raw, location, task, defaults)
+            (errors if isinstance(item, RecordError) else valid).append(item)
+        records_in = len(valid) + len(errors)
+        if records_in != shard.records:
+            raise RuntimeError(f"{shard.name}: read {records_in} records, planned {shard.records}")
+        PROGRESS.add(records_done=len(errors), errors=len(errors))
+
+        def on_result(result) -> None:
+            PROGRESS.add(
+                records_done=1,
+                results=int(result.ok),
+                errors=int(not result.ok),
+                completion_tokens=result.usage.completion_tokens,
+            )
+
+        served = (
+            engine_adapter.serve(engine_adapter.shared_engine(spec), valid, on_result)
+            if valid
+            else None
+        )
+        ok: list[tuple[Parsed, Any]] = []
+        for parsed, result in zip(valid, served.results if served else [], strict=True):
+            if result.ok:
+                ok.append((parsed, result))
+            else:
+                errors.append(RecordError(
+                    parsed.request.record_id, parsed.location, result.error_code,
+                    result.error_message or str(result.error_code),
+                ))  # fmt: skip
+        errors.sort(key=lambda e: e.location.line)
+        delta = served.engine_delta if served else None
+        stats = ShardStats(
+            shard=shard.name,
+            records_in=records_in,
+            results=len(ok),
+            errors=len(errors),
+            errors_by_code=_count_codes(errors),
+            prompt_tokens=sum(r.usage.prompt_tokens for _, r in ok),
+            completion_tokens=sum(r.usage.completion_tokens for _, r in ok),
+            cached_tokens=sum(r.usage.cached_tokens for _, r in ok),
+            busy_seconds=delta.busy_seconds if delta else 0.0,
+            prefill_seconds=delta.prefill_seconds if delta else 0.0,
+            computed_token_slots=delta.computed_token_slots if delta else 0,
+            useful_token_slots=delta.useful_token_slots if delta else 0,
+            compilations=delta.compilations if delta else 0,
+            started_at=started,
+        )
+        job = JobInfo(self.ctx.job_id, spec.model, int(started))
+        results_bytes = fmt.encode_results(ok, job)
+        stats.finished_at = time.time()
+        stats.accelerator_seconds = (time.perf_counter() - t0) + (
+            served.charged_load_seconds if served else 0.0
+        )
+        shards.commit(
+            shard, outputs, results_bytes, encode_errors(errors), stats, fmt.result_content_type
+        )
+        self.records.inc(records_in)
+        self.errors.inc(len(errors))
+        self.tokens.inc(stats.completion_tokens)
+        PROGRESS.add(shards_done=1)
+        yield stats
+
+
+def _count_codes(errors: list[RecordError]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for e in errors:
+        out[str(e.code)] = out.get(str(e.code), 0) + 1
+    return out
+
+
+def write_manifest(stats: list[ShardStats], ctx: JobContext) -> dict[str, Any]:
+    suffix = FORMATS[ctx.spec.input_format].result_suffix
+    m = manifest.build(
+        job_id=ctx.job_id,
+        spec=ctx.spec,
+        shards=stats,
+        wall_seconds=time.time() - ctx.started_at,
+        results_glob=storage.join(ctx.job_dir, shards.RESULTS_DIR, f"*{suffix}"),
+        errors_glob=storage.join(ctx.job_dir, shards.ERRORS_DIR, "*.jsonl"),
+    )
+    manifest.write(ctx.job_dir, m)
+    return m
+
+
+# --------------------------------------------------------------------------- the graph
+
+
+def build(p: beam.Pipeline, ctx: JobContext) -> beam.PCollection:
+    planned = (
+        p
+        | "Start" >> beam.Create([ctx])
+        | "MatchInputs" >> beam.FlatMap(match_inputs)
+        | "SpreadFiles" >> beam.Reshuffle()
+        | "PlanShards" >> beam.ParDo(PlanFile(ctx)).with_outputs(PlanFile.IDS, main="shards")
+    )
+    repeats = (
+        planned[PlanFile.IDS]
+        | "GroupIds" >> beam.GroupByKey()
+        | "FindRepeats" >> beam.FlatMap(repeats_of)
+    )
+    return (
+        planned.shards
+        | "SpreadShards" >> beam.Reshuffle()
+        | "ServeShards" >> beam.ParDo(ServeShard(ctx), repeats=beam.pvalue.AsList(repeats))
+        | "CollectStats" >> beam.combiners.ToList()
+        | "WriteManifest" >> beam.Map(write_manifest, ctx)
+    )
+
+
+def record_spec(ctx: JobContext) -> None:
+    """Write spec.json once; a job id reused with a different spec is refused."""
+    path = storage.join(ctx.job_dir, "spec.json")
+    body = {"job_id": ctx.job_id, "spec_digest": ctx.spec.digest, "spec": ctx.spec.to_dict()}
+    try:
+        storage.write_bytes(path, json.dumps(body, indent=2).encode(), if_generation_match=0)
+    except storage.PreconditionFailed:
+        existing = json.loads(storage.read_bytes(path))
+        if existing.get("spec_digest") != ctx.spec.digest:
+            raise JobConflict(
+                f"job {ctx.job_id} already exists at {ctx.job_dir} with a different spec; "
+                "give this run another --job-id (or name) or delete that job folder"
+            ) from None
+
+
+def run(
+    spec: JobSpec,
+    job_id: str | None = None,
+    options: Any = None,
+    runner: Any = None,
+) -> dict[str, Any]:
+    """Run (or resume) a job to completion and return its manifest."""
+    ctx = JobContext(spec, job_id or spec.job_id, time.time())
+    record_spec(ctx)
+    PROGRESS.reset()
+    p = beam.Pipeline(runner=runner or local_runner(), options=options or local_options())
+    build(p, ctx)
+    p.run().wait_until_finish()
+    return manifest.read(ctx.job_dir)

@@ -1,0 +1,167 @@
+"""Shards: deterministic cuts of the input files, read by byte range, committed atomically.
+
+Planning streams each input file once (memory bounded by one line or Avro block) and cuts it
+into shards of ``records_per_shard`` records at unit boundaries; a shard is (file, byte range,
+first line). The same files and settings always give the same shards, so a rerun finds the
+shards an earlier attempt committed. A shard's result and error files are written whole, then
+its commit marker (``_commits/<shard>.json``, with its statistics); a shard counts as done only
+when its marker exists, and a rerun rewrites an uncommitted shard's files under the same names,
+so nothing is ever duplicated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from jobs import storage
+from jobs.manifest import ShardStats
+from schemas.formats import FORMATS, InputFormat, Location
+
+RESULTS_DIR, ERRORS_DIR, COMMITS_DIR = "results", "errors", "_commits"
+
+
+class InputChanged(RuntimeError):
+    """An input file differs from the one an earlier attempt of this job committed from."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Shard:
+    name: str  # "part-<file>-<chunk>", stable across reruns
+    file_index: int
+    path: str
+    generation: int
+    size: int
+    header_length: int
+    start: int  # byte range [start, end) of whole units
+    end: int
+    first_line: int  # 1-based position of the range's first unit
+    records: int
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "generation": self.generation,
+            "size": self.size,
+            "start": self.start,
+            "end": self.end,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class IdSighting:
+    """A record id seen while planning, for the job-wide duplicate check."""
+
+    record_id: str
+    file_index: int
+    line: int
+
+
+def plan_file(
+    file_index: int, info: storage.FileInfo, fmt: InputFormat, records_per_shard: int
+) -> Iterator[Shard | IdSighting]:
+    with storage.open_read(info.path) as f:
+        header = fmt.header_length(f)
+        f.seek(0)
+        chunk, start, first, records, position = 0, None, 1, 0, 1
+        end = header
+        for unit in fmt.units(f):
+            if start is None:
+                start, first = unit.start, position
+            for i, raw in enumerate(unit.raws):
+                rid = fmt.record_id(raw)
+                if rid is not None:
+                    yield IdSighting(rid, file_index, position + i)
+            records += len(unit.raws)
+            position += unit.positions
+            end = unit.end
+            if records >= records_per_shard:
+                yield _shard(file_index, chunk, info, header, start, end, first, records)
+                chunk, start, records = chunk + 1, None, 0
+        if records:
+            yield _shard(file_index, chunk, info, header, start, end, first, records)
+
+
+def _shard(file_index, chunk, info, header, start, end, first, records) -> Shard:
+    return Shard(
+        name=f"part-{file_index:05d}-{chunk:05d}",
+        file_index=file_index,
+        path=info.path,
+        generation=info.generation,
+        size=info.size,
+        header_length=header,
+        start=start,
+        end=end,
+        first_line=first,
+        records=records,
+    )
+
+
+def read_shard(shard: Shard, fmt: InputFormat) -> Iterator[tuple[Location, Any]]:
+    """The shard's raw records with their locations (memory: one shard's bytes)."""
+    with storage.open_read(shard.path) as f:
+        header = f.read(shard.header_length) if shard.header_length else b""
+        f.seek(shard.start)
+        data = f.read(shard.end - shard.start)
+    for offset, raw in fmt.records(header, data):
+        yield Location(shard.path, shard.first_line + offset), raw
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardOutputs:
+    results: str
+    errors: str
+    marker: str
+
+    @classmethod
+    def of(cls, job_dir: str, shard_name: str, input_format: str) -> ShardOutputs:
+        suffix = FORMATS[input_format].result_suffix
+        return cls(
+            results=storage.join(job_dir, RESULTS_DIR, f"{shard_name}{suffix}"),
+            errors=storage.join(job_dir, ERRORS_DIR, f"{shard_name}.jsonl"),
+            marker=storage.join(job_dir, COMMITS_DIR, f"{shard_name}.json"),
+        )
+
+
+def committed_stats(shard: Shard, outputs: ShardOutputs) -> ShardStats | None:
+    """The stats of an earlier attempt's commit of this shard, or None if not committed."""
+    if not storage.exists(outputs.marker):
+        return None
+    marker = json.loads(storage.read_bytes(outputs.marker))
+    if marker["source"] != shard.fingerprint():
+        raise InputChanged(
+            f"{shard.path} changed since shard {shard.name} of this job was committed "
+            f"(was {marker['source']}, now {shard.fingerprint()}); run it as a new job "
+            "(change its name or pass --job-id) instead of resuming"
+        )
+    stats = ShardStats.from_dict(marker["stats"])
+    stats.resumed = True
+    return stats
+
+
+def commit(
+    shard: Shard,
+    outputs: ShardOutputs,
+    results: bytes,
+    errors: bytes,
+    stats: ShardStats,
+    result_content_type: str,
+) -> None:
+    """Publish the shard's files (each atomically), then its marker: the commit point."""
+    if results:
+        storage.write_bytes(outputs.results, results, content_type=result_content_type)
+    else:
+        storage.delete(outputs.results)  # a stale file from an earlier uncommitted attempt
+    if errors:
+        storage.write_bytes(outputs.errors, errors, content_type="application/jsonl")
+    else:
+        storage.delete(outputs.errors)
+    marker = {"shard": shard.name, "source": shard.fingerprint(), "stats": stats.to_dict()}
+    storage.write_bytes(
+        outputs.marker, json.dumps(marker).encode(), content_type="application/json"
+    )

@@ -62,7 +62,10 @@ def engine_class(name: str) -> type[Engine]:
         raise EngineNotAvailable(
             f"engine {name!r} cannot be loaded ({e}); install it with: {entry.install}"
         ) from e
-    return getattr(module, class_name)
+    cls = getattr(module, class_name, None)
+    if cls is None:
+        raise EngineNotAvailable(f"engine {name!r}: {module_name} has no {class_name}")
+    return cls
 
 
 def register(name: str, entry: EngineEntry) -> None:

@@ -1,0 +1,103 @@
+"""Job specs: strict validation with actionable messages, overrides, relative paths, digests."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from jobs import spec as job_spec
+from jobs.spec import SpecError
+
+
+@pytest.fixture
+def job_dir(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "in.jsonl").write_text('{"id": "1", "prompt": "hi"}\n')
+    return tmp_path
+
+
+def write(job_dir, **fields) -> str:
+    base = {"name": "demo", "task": "chat", "input": "data/*.jsonl", "input_format": "jsonl",
+            "output": "out", "model": "any", "engine": "fake"}  # fmt: skip
+    base.update(fields)
+    path = job_dir / "job.yaml"
+    path.write_text(json.dumps({k: v for k, v in base.items() if v is not None}))
+    return str(path)
+
+
+def test_valid_spec_resolves_paths_relative_to_the_file(job_dir, monkeypatch):
+    monkeypatch.chdir("/")
+    spec = job_spec.load(write(job_dir))
+    assert spec.input == str(job_dir / "data" / "*.jsonl")
+    assert spec.output == str(job_dir / "out")
+    assert spec.batch_size == 32
+    assert spec.job_id.startswith("demo-")
+
+
+def test_set_overrides_are_typed_and_relative_to_cwd(job_dir, monkeypatch):
+    monkeypatch.chdir(job_dir)
+    spec = job_spec.load(
+        write(job_dir),
+        ["batch_size=8", "sampling.temperature=0.5", "sampling.stop=[END]", "output=elsewhere"],
+    )
+    assert spec.batch_size == 8
+    assert spec.sampling == {"temperature": 0.5, "stop": ["END"]}
+    assert spec.output == str(job_dir / "elsewhere")
+    assert spec.default_sampling.stop == ("END",)
+
+
+def test_every_problem_is_reported_with_its_field(job_dir):
+    path = write(job_dir, name="Bad Name", task="summarize", batch_size="big",
+                 sampling={"temprature": 1, "top_p": 2}, colour="blue")  # fmt: skip
+    with pytest.raises(SpecError) as info:
+        job_spec.load(path)
+    text = str(info.value)
+    for needle in ("name:", "task: must be one of chat, completion", "batch_size: must be an integer",
+                   "sampling: unknown key(s) temprature", "sampling.top_p must be", "colour: unknown key"):  # fmt: skip
+        assert needle in text, text
+
+
+def test_missing_required_and_missing_files(job_dir):
+    with pytest.raises(SpecError, match="input_format: required"):
+        job_spec.load(write(job_dir, input_format=None))
+    with pytest.raises(SpecError, match="input: no files match"):
+        job_spec.load(write(job_dir, input="data/*.avro"))
+    with pytest.raises(SpecError, match="model: model .* not found"):
+        job_spec.load(write(job_dir, engine="jax", model="no/such/model"))
+    with pytest.raises(SpecError, match="engine: unknown engine"):
+        job_spec.load(write(job_dir, engine="tensorrt"))
+
+
+def test_impossible_values_are_refused(job_dir):
+    for fields, needle in [
+        ({"batch_size": 0}, "batch_size: must be between"),
+        ({"accelerator": "tpu-v99"}, "accelerator: must be one of"),
+        ({"max_error_rate": 1.5}, "max_error_rate"),
+        ({"sampling": {"max_tokens": -1}}, "sampling.max_tokens must be an integer >= 1"),
+        ({"spot": "yes"}, "spot: must be true or false"),
+    ]:
+        with pytest.raises(SpecError, match=needle):
+            job_spec.load(write(job_dir, **fields))
+
+
+def test_bad_override_syntax(job_dir):
+    with pytest.raises(SpecError, match="expected key=value"):
+        job_spec.load(write(job_dir), ["batch_size"])
+
+
+def test_gcs_output_bucket_must_exist(job_dir, gcs_bucket):
+    spec = job_spec.load(write(job_dir, output=f"{gcs_bucket}/jobs"))
+    assert spec.output == f"{gcs_bucket}/jobs"
+    with pytest.raises(SpecError, match="bucket no-such-bucket-xyz does not exist"):
+        job_spec.load(write(job_dir, output="gs://no-such-bucket-xyz/jobs"))
+
+
+def test_job_id_is_deterministic_and_follows_the_spec(job_dir):
+    a = job_spec.load(write(job_dir))
+    b = job_spec.load(write(job_dir))
+    c = job_spec.load(write(job_dir), ["sampling.seed=7"])
+    assert a.job_id == b.job_id
+    assert a.job_id != c.job_id
+    assert os.path.basename(a.job_dir()) == a.job_id

@@ -1,0 +1,204 @@
+"""The Beam pipeline on the DirectRunner (FnApiRunner) with the fake engine: plumbing end to end.
+
+Every test checks content: which ids came back, which errors with which codes and locations,
+and that the manifest's counts reconcile with the files actually written.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from engines.fake import FakeEngine
+from jobs import spec as job_spec
+from jobs import storage
+from runners import pipeline, shards
+from runners.progress import PROGRESS
+from schemas import avro
+from tests.records import jsonl, openai_chat, read_jsonl
+
+
+def make_spec(input_glob: str, output: str, **fields):
+    data = {"name": "tj", "task": "chat", "input": input_glob, "input_format": "openai",
+            "output": output, "model": "fake", "engine": "fake", "records_per_shard": 3,
+            **fields}  # fmt: skip
+    return job_spec.validate(data)
+
+
+def outputs(job_dir: str, suffix: str = ".jsonl") -> tuple[list[dict], list[dict]]:
+    results, errors = [], []
+    for f in storage.glob(storage.join(job_dir, "results", f"*{suffix}")):
+        data = storage.read_bytes(f.path)
+        results += avro.from_avro_bytes(data) if suffix == ".avro" else read_jsonl(data)
+    for f in storage.glob(storage.join(job_dir, "errors", "*.jsonl")):
+        errors += read_jsonl(storage.read_bytes(f.path))
+    return results, errors
+
+
+BAD_LINES = [
+    ("not json at all", "invalid_json"),
+    (json.dumps([1, 2, 3]), "invalid_record"),
+    (json.dumps({"method": "POST", "url": "/v1/chat/completions", "body": {}}), "missing_id"),
+    (json.dumps({**openai_chat("e-url", "x"), "url": "/v1/embeddings"}), "unsupported_url"),
+    (json.dumps({**openai_chat("e-empty", "x"), "body": {"messages": []}}), "empty_messages"),
+    (json.dumps(openai_chat("e-temp", "x", temperature=-3)), "invalid_sampling"),
+    (json.dumps(openai_chat("e-long", " ".join(["w"] * 600))), "prompt_too_long"),
+    (json.dumps(openai_chat("e-reject", "please forbidden now")), "engine_rejected"),
+    (json.dumps(openai_chat("ok-1", "dup")), "duplicate_id"),  # repeats ok-1 from file a
+]
+
+
+def test_every_record_ends_as_one_result_or_one_error(tmp_path):
+    good_a = [openai_chat(f"ok-{i}", f"word{i} alpha beta", max_tokens=2) for i in range(1, 8)]
+    lines_a = (
+        [json.dumps(r) for r in good_a[:4]]
+        + [BAD_LINES[0][0], ""]
+        + [json.dumps(r) for r in good_a[4:]]
+    )
+    lines_b = [line for line, _ in BAD_LINES[1:]] + [json.dumps(openai_chat("ok-b", "last one"))]
+    (tmp_path / "a.jsonl").write_bytes(jsonl(lines_a))
+    (tmp_path / "b.jsonl").write_bytes(jsonl(lines_b))
+    spec = make_spec(str(tmp_path / "*.jsonl"), str(tmp_path / "out"),
+                     engine_options={"reject_word": "forbidden"})  # fmt: skip
+
+    m = pipeline.run(spec)
+    results, errors = outputs(spec.job_dir())
+
+    assert sorted(r["custom_id"] for r in results) == sorted(
+        [f"ok-{i}" for i in range(1, 8)] + ["ok-b"]
+    )
+    # the fake engine reverses the words of the prompt, cut at max_tokens
+    by_id = {r["custom_id"]: r for r in results}
+    assert by_id["ok-3"]["response"]["body"]["choices"][0]["message"]["content"] == "beta alpha"
+    assert by_id["ok-b"]["response"]["body"]["choices"][0]["message"]["content"] == "one last"
+
+    expected_errors = {(str(tmp_path / "a.jsonl"), 5): "invalid_json"}
+    for i, (_, code) in enumerate(BAD_LINES[1:], start=1):
+        expected_errors[(str(tmp_path / "b.jsonl"), i)] = code
+    assert {(e["source_file"], e["source_line"]): e["code"] for e in errors} == expected_errors
+    assert all(e["message"] for e in errors)
+    dup = next(e for e in errors if e["code"] == "duplicate_id")
+    assert dup["record_id"] == "ok-1"
+    assert f"{tmp_path / 'a.jsonl'}:1" in dup["message"]
+
+    n_records = len([ln for ln in lines_a + lines_b if ln.strip()])
+    assert m["records_in"] == n_records == len(results) + len(errors)
+    assert (m["results"], m["errors"]) == (len(results), len(errors))
+    assert sum(m["errors_by_code"].values()) == len(errors)
+    assert m["status"] == "SUCCEEDED"
+    assert m["completion_tokens"] == sum(
+        r["response"]["body"]["usage"]["completion_tokens"] for r in results
+    )
+    assert len(m["shards"]) == 3 + 3  # a: 8 records in shards of 3 -> 3; b: 9 -> 3
+    assert sum(s["records_in"] for s in m["shards"]) == n_records
+
+
+def test_resume_after_a_crash_skips_committed_shards_and_duplicates_nothing(tmp_path, monkeypatch):
+    records = [openai_chat(f"r{i:02d}", f"a b c {i}") for i in range(12)]
+    (tmp_path / "in.jsonl").write_bytes(jsonl(records))
+    spec = make_spec(str(tmp_path / "in.jsonl"), str(tmp_path / "out"))
+    real_generate = FakeEngine.generate
+    calls = {"n": 0}
+
+    def crashing_generate(self, requests, on_result=None):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("accelerator fell over")
+        return real_generate(self, requests, on_result)
+
+    monkeypatch.setattr(FakeEngine, "generate", crashing_generate)
+    with pytest.raises(Exception, match="accelerator fell over"):
+        pipeline.run(spec)
+    markers = storage.glob(storage.join(spec.job_dir(), shards.COMMITS_DIR, "*.json"))
+    assert len(markers) == 2  # two shards committed before the crash
+    before = {f.path: f.generation for f in markers}
+
+    monkeypatch.setattr(FakeEngine, "generate", real_generate)
+    m = pipeline.run(spec)
+    results, errors = outputs(spec.job_dir())
+    assert sorted(r["custom_id"] for r in results) == [f"r{i:02d}" for i in range(12)]
+    assert errors == []
+    assert m["records_in"] == m["results"] == 12
+    assert PROGRESS.snapshot().shards_resumed == 2
+    after = {
+        f.path: f.generation for f in storage.glob(storage.join(spec.job_dir(), "_commits", "*"))
+    }
+    assert all(after[p] == g for p, g in before.items())  # committed shards were not redone
+    assert len(after) == 4
+
+
+def test_a_rerun_of_a_finished_job_changes_nothing(tmp_path):
+    (tmp_path / "in.jsonl").write_bytes(jsonl([openai_chat(f"r{i}", "x y") for i in range(5)]))
+    spec = make_spec(str(tmp_path / "in.jsonl"), str(tmp_path / "out"))
+    first = pipeline.run(spec)
+    second = pipeline.run(spec)
+    assert outputs(spec.job_dir())[0].__len__() == 5
+    assert second["records_in"] == first["records_in"] == 5
+    assert second["accelerator_seconds"] == first["accelerator_seconds"]
+
+
+def test_changed_input_is_refused_on_resume(tmp_path):
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(jsonl([openai_chat("a", "x"), openai_chat("b", "y")]))
+    spec = make_spec(str(path), str(tmp_path / "out"))
+    pipeline.run(spec)
+    path.write_bytes(jsonl([openai_chat("a", "x"), openai_chat("b", "CHANGED")]))
+    with pytest.raises(Exception, match="changed since shard"):
+        pipeline.run(spec)
+
+
+def test_job_id_reused_with_another_spec_is_refused(tmp_path):
+    (tmp_path / "in.jsonl").write_bytes(jsonl([openai_chat("a", "x")]))
+    spec = make_spec(str(tmp_path / "in.jsonl"), str(tmp_path / "out"))
+    pipeline.run(spec, job_id="shared-id")
+    other = make_spec(str(tmp_path / "in.jsonl"), str(tmp_path / "out"), batch_size=4)
+    with pytest.raises(pipeline.JobConflict, match="different spec"):
+        pipeline.run(other, job_id="shared-id")
+
+
+def test_gcs_input_and_output_through_the_emulator(gcs_bucket):
+    storage.write_bytes(f"{gcs_bucket}/in/part-1.jsonl", jsonl([openai_chat(f"g{i}", f"p q {i}") for i in range(4)]))  # fmt: skip
+    storage.write_bytes(f"{gcs_bucket}/in/part-2.jsonl", jsonl(["oops", openai_chat("g9", "r s")]))
+    spec = make_spec(f"{gcs_bucket}/in/*.jsonl", f"{gcs_bucket}/jobs")
+    m = pipeline.run(spec)
+    results, errors = outputs(spec.job_dir())
+    assert sorted(r["custom_id"] for r in results) == ["g0", "g1", "g2", "g3", "g9"]
+    assert [(e["source_file"], e["code"]) for e in errors] == [(f"{gcs_bucket}/in/part-2.jsonl", "invalid_json")]  # fmt: skip
+    assert m["records_in"] == 6
+    assert (
+        json.loads(storage.read_bytes(f"{spec.job_dir()}/manifest.json"))["job_id"] == m["job_id"]
+    )
+    assert (
+        avro.from_avro_bytes(storage.read_bytes(f"{spec.job_dir()}/manifest.avro"))[0]["results"]
+        == 5
+    )
+
+
+def test_avro_input_gives_avro_results(tmp_path):
+    recs = [{"record_id": f"v{i}", "prompt": f"one two {i}", "messages": None, "sampling": None,
+             "metadata": {"row": str(i)}} for i in range(7)]  # fmt: skip
+    recs.append(
+        {"record_id": "v0", "prompt": "dup", "messages": None, "sampling": None, "metadata": None}
+    )
+    (tmp_path / "in.avro").write_bytes(avro.to_avro_bytes("prompt_record", recs))
+    spec = make_spec(str(tmp_path / "in.avro"), str(tmp_path / "out"), input_format="avro")
+    m = pipeline.run(spec)
+    results, errors = outputs(spec.job_dir(), ".avro")
+    assert sorted(r["id"] for r in results) == [f"v{i}" for i in range(7)]
+    assert {r["id"]: r["metadata"]["row"] for r in results}["v3"] == "3"
+    assert [(e["record_id"], e["source_line"], e["code"]) for e in errors] == [
+        ("v0", 8, "duplicate_id")
+    ]
+    assert m["records_in"] == 8
+
+
+def test_empty_input_and_error_rate_threshold(tmp_path):
+    (tmp_path / "empty.jsonl").write_bytes(b"\n\n")
+    m = pipeline.run(make_spec(str(tmp_path / "empty.jsonl"), str(tmp_path / "out")))
+    assert (m["records_in"], m["status"], m["cost_usd"]) == (0, "SUCCEEDED", 0.0)
+    (tmp_path / "bad.jsonl").write_bytes(jsonl(["x", "y", openai_chat("ok", "fine")]))
+    m = pipeline.run(
+        make_spec(str(tmp_path / "bad.jsonl"), str(tmp_path / "out"), max_error_rate=0.5)
+    )
+    assert (m["errors"], m["status"]) == (2, "FAILED")

@@ -64,7 +64,7 @@ def test_missing_required_and_missing_files(job_dir):
         job_spec.load(write(job_dir, input_format=None))
     with pytest.raises(SpecError, match="input: no files match"):
         job_spec.load(write(job_dir, input="data/*.avro"))
-    with pytest.raises(SpecError, match="model: model .* not found"):
+    with pytest.raises(SpecError, match=r"model: model .* not found"):
         job_spec.load(write(job_dir, engine="jax", model="no/such/model"))
     with pytest.raises(SpecError, match="engine: unknown engine"):
         job_spec.load(write(job_dir, engine="tensorrt"))

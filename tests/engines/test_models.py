@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -23,7 +24,7 @@ def test_local_directory_must_look_like_a_model(tmp_path):
     with pytest.raises(models.ModelNotFound, match=r"lacks tokenizer\.json"):
         models.check_model(str(tmp_path))
     (tmp_path / "tokenizer.json").write_text("{}")
-    with pytest.raises(models.ModelNotFound, match="no \\*.safetensors"):
+    with pytest.raises(models.ModelNotFound, match=r"no \*\.safetensors"):
         models.check_model(str(tmp_path))
     (tmp_path / "model.safetensors").write_bytes(b"x")
     assert models.resolve_model(str(tmp_path)).format == "hf"
@@ -41,13 +42,15 @@ def test_gcs_model_is_downloaded_once_and_refreshed_when_it_changes(
     storage.write_bytes(f"{base}/nested/ignored.bin", b"not part of the model")
     downloads = []
     real = storage.download
-    monkeypatch.setattr(storage, "download", lambda p, l: (downloads.append(p), real(p, l)))
+    monkeypatch.setattr(
+        storage, "download", lambda src, dst: (downloads.append(src), real(src, dst))
+    )
 
     first = models.resolve_model(base, cache_dir=str(tmp_path))
     assert first.format == "hf"
     assert sorted(os.listdir(first.path)) == sorted([*files, ".hyperbatch-index.json"])
     for name, data in files.items():
-        assert open(os.path.join(first.path, name), "rb").read() == data
+        assert (Path(first.path) / name).read_bytes() == data
     assert len(downloads) == 3
 
     again = models.resolve_model(base + "/", cache_dir=str(tmp_path))
@@ -57,11 +60,11 @@ def test_gcs_model_is_downloaded_once_and_refreshed_when_it_changes(
     storage.write_bytes(f"{base}/config.json", b'{"a": 2}')
     models.resolve_model(base, cache_dir=str(tmp_path))
     assert downloads[3:] == [f"{base}/config.json"]
-    assert open(os.path.join(first.path, "config.json"), "rb").read() == b'{"a": 2}'
+    assert (Path(first.path) / "config.json").read_bytes() == b'{"a": 2}'
 
 
 def test_gcs_model_checks_name_what_is_missing(gcs_bucket):
-    with pytest.raises(models.ModelNotFound, match="config.json does not exist"):
+    with pytest.raises(models.ModelNotFound, match=r"config\.json does not exist"):
         models.check_model(f"{gcs_bucket}/models/none")
     with pytest.raises(models.ModelNotFound, match="no such object"):
         models.check_model(f"{gcs_bucket}/m.gguf")

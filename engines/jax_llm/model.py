@@ -1,0 +1,331 @@
+"""The Llama-family decoder in JAX: parameters layout, prefill into a slot KV cache, decode steps.
+
+Parameter layout (one pytree, layers stacked on a leading axis so the layer loop is a ``scan``):
+
+  embed [V, D]            lm_head [D, V] (a copy of embed.T for tied models)    final_norm [D]
+  layers/attn_norm [L, D]  layers/wqkv [L, D, KVH, G+2, hd]  (per KV head: its G query heads, K, V)
+  layers/wo [L, H*hd, D]   layers/mlp_norm [L, D]  layers/w_gate_up [L, D, 2, F]  layers/w_down [L, F, D]
+  optional biases: layers/bqkv [L, KVH, G+2, hd], layers/bo [L, D], layers/b_gate_up [L, 2, F],
+  layers/b_down [L, D]
+
+Fusing Q/K/V (and gate/up) makes one wide matmul instead of three (two), and grouping the fused
+columns by KV head lets tensor parallelism shard them on the KV-head axis without collectives.
+
+KV cache: ``k``/``v`` of shape [L, B, KVH, S, hd] -- one row per decode slot. A prefix store of
+the same layout with R rows and ``P`` positions holds shared prefixes (e.g. a system prompt).
+Attention walks the cache in blocks of ``block`` keys with an online softmax and a *dynamic*
+number of blocks (the longest live sequence), so there is one program whatever the lengths, and a
+row's result does not depend on how long its neighbours are (fully masked blocks add exact zeros).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from engines.jax_llm.config import ModelConfig
+
+Params = dict[str, Any]  # the pytree described in the module docstring
+MASKED = -1e30  # finite, so a fully masked block keeps the online softmax free of NaNs
+
+
+def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
+    x32 = x.astype(jnp.float32)
+    y = x32 * lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return weight * y.astype(x.dtype)
+
+
+def rope_tables(cfg: ModelConfig, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """cos/sin [..., hd] for integer positions (float32, as transformers computes them)."""
+    inv = jnp.asarray(cfg.inv_freq())
+    freqs = positions.astype(jnp.float32)[..., None] * inv
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(emb), jnp.sin(emb)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    return x * cos.astype(x.dtype) + rotated * sin.astype(x.dtype)
+
+
+def _qkv(cfg: ModelConfig, lp: Params, x: jax.Array, positions: jax.Array):
+    """x [N, T, D] -> q [N, T, KVH, G, hd] (RoPE'd, unscaled), k/v [N, T, KVH, hd]."""
+    h = rms_norm(x, lp["attn_norm"], cfg.rms_norm_eps)
+    qkv = jnp.einsum("ntd,dkgh->ntkgh", h, lp["wqkv"])
+    if "bqkv" in lp:
+        qkv = qkv + lp["bqkv"]
+    g = cfg.group_size
+    q, k, v = qkv[..., :g, :], qkv[..., g, :], qkv[..., g + 1, :]
+    cos, sin = rope_tables(cfg, positions)
+    q = apply_rope(q, cos[:, :, None, None, :], sin[:, :, None, None, :])
+    k = apply_rope(k, cos[:, :, None, :], sin[:, :, None, :])
+    return q, k, v
+
+
+def _mlp_and_out(cfg: ModelConfig, lp: Params, x: jax.Array, attn: jax.Array) -> jax.Array:
+    """Output projection + residual, then the SwiGLU MLP + residual."""
+    o = jnp.einsum("nte,ed->ntd", attn.astype(x.dtype), lp["wo"])
+    if "bo" in lp:
+        o = o + lp["bo"]
+    x = x + o
+    h = rms_norm(x, lp["mlp_norm"], cfg.rms_norm_eps)
+    gu = jnp.einsum("ntd,dcf->ntcf", h, lp["w_gate_up"])
+    if "b_gate_up" in lp:
+        gu = gu + lp["b_gate_up"]
+    a = jax.nn.silu(gu[:, :, 0]) * gu[:, :, 1]
+    d = jnp.einsum("ntf,fd->ntd", a, lp["w_down"])
+    if "b_down" in lp:
+        d = d + lp["b_down"]
+    return x + d
+
+
+def _attend(cfg: ModelConfig, q, qpos, get_block, n_blocks, block: int):
+    """Online-softmax attention of q [N, T, KVH, G, hd] over cache blocks 0..n_blocks-1.
+
+    ``get_block(j)`` returns the keys/values of block j, each [N, KVH, block, hd]; key j*block+i
+    is visible to a query at position p when it is <= p (and within the sliding window).
+    """
+    n, t, kvh, g, hd = q.shape
+    scale = 1.0 / np.sqrt(hd)
+    qf = q.astype(jnp.float32) * scale
+    m0 = jnp.full((n, kvh, g, t), MASKED, jnp.float32)
+    l0 = jnp.zeros((n, kvh, g, t), jnp.float32)
+    acc0 = jnp.zeros((n, kvh, g, t, hd), jnp.float32)
+
+    def body(j, carry):
+        m, l, acc = carry
+        kb, vb = get_block(j)
+        s = jnp.einsum("ntkgh,nkwh->nkgtw", qf, kb.astype(jnp.float32))
+        kpos = j * block + jnp.arange(block)
+        visible = kpos[None, None, :] <= qpos[:, :, None]
+        if cfg.sliding_window:
+            visible &= kpos[None, None, :] > qpos[:, :, None] - cfg.sliding_window
+        s = jnp.where(visible[:, None, None], s, MASKED)
+        m_new = jnp.maximum(m, s.max(-1))
+        corr = jnp.exp(m - m_new)
+        p = jnp.exp(s - m_new[..., None])
+        l = l * corr + p.sum(-1)
+        pv = jnp.einsum(
+            "nkgtw,nkwh->nkgth", p.astype(vb.dtype), vb, preferred_element_type=jnp.float32
+        )
+        return m_new, l, acc * corr[..., None] + pv
+
+    _, l, acc = lax.fori_loop(0, n_blocks, body, (m0, l0, acc0))
+    out = acc / l[..., None]
+    return jnp.transpose(out, (0, 3, 1, 2, 4)).reshape(n, t, kvh * g * hd)
+
+
+def _logits(params: Params, cfg: ModelConfig, h: jax.Array) -> jax.Array:
+    h = rms_norm(h, params["final_norm"], cfg.rms_norm_eps)
+    return jnp.einsum("...d,dv->...v", h, params["lm_head"], preferred_element_type=jnp.float32)
+
+
+# ----------------------------------------------------------------------------------------------
+# Sampling (on device, per row; a row's draw depends only on its own key and counter)
+
+
+def sample(logits, temperature, top_k, top_p, keys, counters):
+    """Next token per row. temperature 0 = greedy; top_k 0 / top_p 1 disable those filters.
+
+    The random draw of a row is ``uniform(fold_in(key_row, counter_row))``, inverted through the
+    row's filtered CDF, so a seeded request samples the same tokens whatever slot or batch it is in.
+    """
+    greedy_tokens = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    sampled_rows = temperature > 0
+
+    def sampled():
+        t = jnp.where(sampled_rows, temperature, 1.0)[:, None]
+        scaled = logits / t
+        needs_filter = sampled_rows & ((top_k > 0) | (top_p < 1.0))
+
+        def filtered(x):
+            v = x.shape[-1]
+            desc = -jnp.sort(-x, axis=-1)
+            idx = jnp.arange(v)[None, :]
+            k = jnp.where(top_k > 0, jnp.minimum(top_k, v), v)[:, None]
+            desc = jnp.where(idx < k, desc, -jnp.inf)
+            probs = jax.nn.softmax(desc, axis=-1)
+            before = jnp.cumsum(probs, axis=-1) - probs  # mass strictly above each entry
+            keep = jnp.maximum(jnp.sum(before < top_p[:, None], axis=-1), 1)
+            threshold = jnp.take_along_axis(desc, (keep - 1)[:, None], axis=-1)
+            return jnp.where(x >= threshold, x, -jnp.inf)
+
+        x = lax.cond(jnp.any(needs_filter), filtered, lambda x: x, scaled)
+        probs = jax.nn.softmax(x, axis=-1)
+        cdf = jnp.cumsum(probs, axis=-1)
+
+        def draw(kd, c):
+            key = jax.random.fold_in(jax.random.wrap_key_data(kd, impl="threefry2x32"), c)
+            return jax.random.uniform(key, dtype=jnp.float32)
+
+        u = jax.vmap(draw)(keys, counters) * cdf[:, -1]
+        tok = jnp.sum(cdf < u[:, None], axis=-1).astype(jnp.int32)
+        tok = jnp.minimum(tok, logits.shape[-1] - 1)
+        # never land on a token the filters removed (cdf plateaus there)
+        tok = jnp.where(jnp.take_along_axis(probs, tok[:, None], -1)[:, 0] > 0, tok, greedy_tokens)
+        return jnp.where(sampled_rows, tok, greedy_tokens)
+
+    return lax.cond(jnp.any(sampled_rows), sampled, lambda: greedy_tokens)
+
+
+# ----------------------------------------------------------------------------------------------
+# Prefill: P sequences of T tokens each, written into their decode slots
+
+
+def _prefill_layers(params, cfg, cache_k, cache_v, tokens, slots, starts, lens, block):
+    """Run the layers over tokens [P, T] at positions starts+t, writing K/V into cache rows
+    ``slots`` (an out-of-range slot drops the writes: padding rows). Returns hidden [P, T, D]."""
+    p_rows, t_len = tokens.shape
+    positions = starts[:, None] + jnp.arange(t_len, dtype=jnp.int32)[None, :]
+    x = params["embed"][tokens]
+    s_len = cache_k.shape[3]
+    n_blocks = jnp.minimum(
+        (jnp.max(jnp.where(lens > 0, starts + lens, 0)) + block - 1) // block, s_len // block
+    )
+    kvh = cfg.num_kv_heads
+    head_ix = jnp.arange(kvh)[None, :, None]
+
+    def layer(carry, lp_i):
+        x, ck, cv = carry
+        lp, i = lp_i
+        q, k, v = _qkv(cfg, lp, x, positions)
+        ck = ck.at[i, slots[:, None], :, positions].set(k.astype(ck.dtype), mode="drop")
+        cv = cv.at[i, slots[:, None], :, positions].set(v.astype(cv.dtype), mode="drop")
+
+        def get_block(j):
+            kpos = (j * block + jnp.arange(block))[None, None, :]
+            rows = jnp.minimum(slots, ck.shape[1] - 1)[:, None, None]
+            return (
+                ck[i, rows, head_ix, kpos].astype(x.dtype),
+                cv[i, rows, head_ix, kpos].astype(x.dtype),
+            )
+
+        attn = _attend(cfg, q, positions, get_block, n_blocks, block)
+        return (_mlp_and_out(cfg, lp, x, attn), ck, cv), None
+
+    n_layers = cfg.num_layers
+    (x, cache_k, cache_v), _ = lax.scan(
+        layer, (x, cache_k, cache_v), (params["layers"], jnp.arange(n_layers))
+    )
+    return x, cache_k, cache_v
+
+
+def prefill(params, cache, store, batch, *, cfg: ModelConfig, block: int):
+    """Prefill a batch of P sequences into their slots and sample each one's next token.
+
+    ``cache``/``store``: dicts with "k" and "v". ``batch`` (all [P] unless said):
+      tokens [P, T]; slots (B = padding row); starts (first position; > 0 after a reused prefix);
+      lens (real tokens in the row); load_rows (prefix-store row copied into the slot first, R =
+      none); save_rows (store row that receives the slot's first ``store`` positions afterwards,
+      R = none); temperature, top_k, top_p, keys [P, 2] uint32, counters (sampling).
+    Returns (cache, store, next_tokens [P]). Not jitted here: each engine jits its own copy
+    (static cfg/block, donated cache/store) so it can count its compilations.
+    """
+    b_rows = cache["k"].shape[1]
+    r_rows, p_len = store["k"].shape[1], store["k"].shape[3]
+    slots = batch["slots"]
+    load_slots = jnp.where(batch["load_rows"] < r_rows, slots, b_rows)
+    load_rows = jnp.minimum(batch["load_rows"], r_rows - 1)
+    ck = cache["k"].at[:, load_slots, :, :p_len].set(store["k"][:, load_rows], mode="drop")
+    cv = cache["v"].at[:, load_slots, :, :p_len].set(store["v"][:, load_rows], mode="drop")
+
+    x, ck, cv = _prefill_layers(
+        params, cfg, ck, cv, batch["tokens"], slots, batch["starts"], batch["lens"], block
+    )
+    save_slots = jnp.minimum(slots, b_rows - 1)
+    sk = store["k"].at[:, batch["save_rows"]].set(ck[:, save_slots, :, :p_len], mode="drop")
+    sv = store["v"].at[:, batch["save_rows"]].set(cv[:, save_slots, :, :p_len], mode="drop")
+
+    last = jnp.maximum(batch["lens"] - 1, 0)
+    h = jnp.take_along_axis(x, last[:, None, None], axis=1)[:, 0]
+    logits = _logits(params, cfg, h)
+    nxt = sample(
+        logits,
+        batch["temperature"],
+        batch["top_k"],
+        batch["top_p"],
+        batch["keys"],
+        batch["counters"],
+    )
+    return {"k": ck, "v": cv}, {"k": sk, "v": sv}, nxt
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "block"))
+def forward_logits(params, tokens, *, cfg: ModelConfig, block: int = 16):
+    """All-position logits [N, T, V] of tokens [N, T] from an empty cache (tests, scoring)."""
+    n, t = tokens.shape
+    s_len = -(-t // block) * block
+    shape = (cfg.num_layers, n, cfg.num_kv_heads, s_len, cfg.head_dim)
+    ck = jnp.zeros(shape, params["embed"].dtype)
+    cv = jnp.zeros(shape, params["embed"].dtype)
+    slots = jnp.arange(n, dtype=jnp.int32)
+    zeros = jnp.zeros((n,), jnp.int32)
+    lens = jnp.full((n,), t, jnp.int32)
+    x, _, _ = _prefill_layers(params, cfg, ck, cv, tokens, slots, zeros, lens, block)
+    return _logits(params, cfg, x)
+
+
+# ----------------------------------------------------------------------------------------------
+# Decode: all B slots, ``steps`` tokens per call, sampling on device
+
+
+def decode(
+    params, cache, state, *, cfg: ModelConfig, block: int, steps: int, return_logits: bool = False
+):
+    """``steps`` decode steps for every slot.
+
+    ``state`` ([B] each): tokens (last token of each slot), positions (where that token goes;
+    >= S for an idle slot, whose writes are dropped), counters (tokens sampled so far: the
+    sampling counter), temperature, top_k, top_p, keys [B, 2].
+    Returns (cache, tokens [steps, B]) -- plus the last step's logits [B, V] if return_logits.
+    """
+    s_len = cache["k"].shape[3]
+    b_rows = cache["k"].shape[1]
+    kvh = cfg.num_kv_heads
+    rows = jnp.arange(b_rows)
+
+    def one_step(carry, _):
+        ck, cv, tok, pos, cnt = carry
+        live = pos < s_len
+        n_blocks = jnp.minimum(jnp.max(jnp.where(live, pos, 0)) // block + 1, s_len // block)
+        x = params["embed"][tok][:, None, :]
+        qpos = pos[:, None]
+
+        def layer(c, lp_i):
+            x, ck, cv = c
+            lp, i = lp_i
+            q, k, v = _qkv(cfg, lp, x, qpos)
+            ck = ck.at[i, rows, :, pos].set(k[:, 0].astype(ck.dtype), mode="drop")
+            cv = cv.at[i, rows, :, pos].set(v[:, 0].astype(cv.dtype), mode="drop")
+
+            def get_block(j):
+                start = (i, 0, 0, j * block, 0)
+                size = (1, b_rows, kvh, block, cfg.head_dim)
+                return (
+                    lax.dynamic_slice(ck, start, size)[0].astype(x.dtype),
+                    lax.dynamic_slice(cv, start, size)[0].astype(x.dtype),
+                )
+
+            attn = _attend(cfg, q, qpos, get_block, n_blocks, block)
+            return (_mlp_and_out(cfg, lp, x, attn), ck, cv), None
+
+        (x, ck, cv), _ = lax.scan(
+            layer, (x, ck, cv), (params["layers"], jnp.arange(cfg.num_layers))
+        )
+        logits = _logits(params, cfg, x[:, 0])
+        nxt = sample(
+            logits, state["temperature"], state["top_k"], state["top_p"], state["keys"], cnt
+        )
+        return (ck, cv, nxt, pos + 1, cnt + 1), (nxt, logits if return_logits else None)
+
+    carry = (cache["k"], cache["v"], state["tokens"], state["positions"], state["counters"])
+    (ck, cv, *_), (toks, logits) = lax.scan(one_step, carry, None, length=steps)
+    if return_logits:
+        return {"k": ck, "v": cv}, toks, logits[-1]
+    return {"k": ck, "v": cv}, toks

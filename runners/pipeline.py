@@ -1,10 +1,11 @@
 """The batch pipeline: input files -> shards -> records -> engine -> committed shard files -> manifest.
 
-    match files ─► plan shards (+ id sightings) ─► duplicate ids (GroupByKey)
-                          │                                 │ side input
-                          └─► reshuffle ─► serve shard ◄────┘ ─► stats ─► manifest
+    match files ─► plan shards, write id hashes by bucket ─► (all planned) ─► find repeats per bucket
+                          │                                                        │ side input
+                          └─► reshuffle ─► serve shard ◄───────────────────────────┘
+                                              └─► stats ─► manifest
 
-Each shard is read by byte range, parsed and validated, served by the per-process engine (see
+Duplicate ids are found job-wide in bounded memory (``dedup``). Each shard is read by byte range, parsed and validated, served by the per-process engine (see
 ``engine_adapter``) and committed (``shards.commit``); a rerun of the same job id skips committed
 shards. Records never travel through Beam: only shard descriptions and statistics do, so memory
 stays bounded by one shard whatever the input size.
@@ -16,7 +17,7 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import apache_beam as beam
@@ -26,7 +27,7 @@ from engines.base import ErrorCode, TaskKind
 from jobs import manifest, storage
 from jobs.manifest import ShardStats
 from jobs.spec import JobSpec
-from runners import engine_adapter, shards
+from runners import dedup, engine_adapter, shards
 from runners.options import local_options, local_runner
 from runners.progress import PROGRESS
 from schemas.formats import FORMATS, JobInfo, Parsed, RecordError, encode_errors
@@ -53,38 +54,34 @@ class JobContext:
 # --------------------------------------------------------------------------- planning
 
 
-def match_inputs(ctx: JobContext) -> list[tuple[int, storage.FileInfo]]:
-    return list(enumerate(storage.glob(ctx.spec.input)))
+def match_inputs(ctx: JobContext) -> list[tuple[int, storage.FileInfo, int]]:
+    """(file index, file, id-bucket count) for every input file, in path order."""
+    files = storage.glob(ctx.spec.input)
+    n_buckets = dedup.bucket_count(sum(f.size for f in files))
+    return [(i, f, n_buckets) for i, f in enumerate(files)]
 
 
 class PlanFile(beam.DoFn):
-    IDS = "ids"
-
     def __init__(self, ctx: JobContext):
         self.ctx = ctx
         self.planned = Metrics.counter(NAMESPACE, "records_planned")
 
-    def process(self, item: tuple[int, storage.FileInfo]) -> Iterator[Any]:
-        file_index, info = item
+    def process(self, item: tuple[int, storage.FileInfo, int]) -> Iterator[shards.Shard]:
+        file_index, info, n_buckets = item
         fmt = FORMATS[self.ctx.spec.input_format]
+        ids = dedup.SightingWriter(self.ctx.job_dir, file_index, n_buckets)
         for x in shards.plan_file(file_index, info, fmt, self.ctx.spec.records_per_shard):
             if isinstance(x, shards.Shard):
                 self.planned.inc(x.records)
                 PROGRESS.add(records_planned=x.records, shards_planned=1)
                 yield x
             else:
-                yield beam.pvalue.TaggedOutput(self.IDS, (x.record_id, (x.file_index, x.line)))
+                ids.add(x.record_id, x.line)
+        ids.close()
 
 
-def repeats_of(
-    item: tuple[str, Iterable[tuple[int, int]]],
-) -> Iterator[tuple[int, int, str, int, int]]:
-    """Every sighting of an id but the first (by file, then line)."""
-    record_id, sightings = item
-    ordered = sorted(sightings)
-    first_file, first_line = ordered[0]
-    for file_index, line in ordered[1:]:
-        yield file_index, line, record_id, first_file, first_line
+def bucket_indexes(_: int, counts: list[int]) -> list[int]:
+    return [b for k in counts for b in range(k)]
 
 
 # --------------------------------------------------------------------------- serving
@@ -94,14 +91,14 @@ class ServeShard(beam.DoFn):
     def __init__(self, ctx: JobContext):
         self.ctx = ctx
         self._repeats_key: int | None = None
-        self._repeats: dict[tuple[int, int], tuple[str, int, int]] = {}
+        self._repeats: dict[tuple[int, int], tuple[int, int]] = {}
         self.records = Metrics.counter(NAMESPACE, "records_done")
         self.errors = Metrics.counter(NAMESPACE, "record_errors")
         self.tokens = Metrics.counter(NAMESPACE, "completion_tokens")
 
-    def _repeat_index(self, repeats: list) -> dict[tuple[int, int], tuple[str, int, int]]:
+    def _repeat_index(self, repeats: list) -> dict[tuple[int, int], tuple[int, int]]:
         if self._repeats_key != id(repeats):
-            self._repeats = {(f, line): (rid, ff, fl) for f, line, rid, ff, fl in repeats}
+            self._repeats = {(f, line): (ff, fl) for f, line, ff, fl in repeats}
             self._repeats_key = id(repeats)
         return self._repeats
 
@@ -126,7 +123,7 @@ class ServeShard(beam.DoFn):
         for location, raw in shards.read_shard(shard, fmt):
             repeat = repeat_index.get((shard.file_index, location.line))
             if repeat is not None:
-                rid, first_file, first_line = repeat
+                rid, (first_file, first_line) = fmt.record_id(raw), repeat
                 if first_file not in files:
                     files[first_file] = storage.glob(spec.input)[first_file].path
                 errors.append(RecordError(
@@ -216,6 +213,7 @@ def write_manifest(stats: list[ShardStats], ctx: JobContext) -> dict[str, Any]:
         errors_glob=storage.join(ctx.job_dir, shards.ERRORS_DIR, "*.jsonl"),
     )
     manifest.write(ctx.job_dir, m)
+    dedup.cleanup(ctx.job_dir)
     return m
 
 
@@ -223,20 +221,18 @@ def write_manifest(stats: list[ShardStats], ctx: JobContext) -> dict[str, Any]:
 
 
 def build(p: beam.Pipeline, ctx: JobContext) -> beam.PCollection:
-    planned = (
-        p
-        | "Start" >> beam.Create([ctx])
-        | "MatchInputs" >> beam.FlatMap(match_inputs)
-        | "SpreadFiles" >> beam.Reshuffle()
-        | "PlanShards" >> beam.ParDo(PlanFile(ctx)).with_outputs(PlanFile.IDS, main="shards")
-    )
+    files = p | "Start" >> beam.Create([ctx]) | "MatchInputs" >> beam.FlatMap(match_inputs)
+    planned = files | "SpreadFiles" >> beam.Reshuffle() | "PlanShards" >> beam.ParDo(PlanFile(ctx))
+    n_buckets = files | "BucketCount" >> beam.Map(lambda f: f[2]) | beam.Distinct()
     repeats = (
-        planned[PlanFile.IDS]
-        | "GroupIds" >> beam.GroupByKey()
-        | "FindRepeats" >> beam.FlatMap(repeats_of)
+        planned
+        | "AllPlanned" >> beam.combiners.Count.Globally()
+        | "Buckets" >> beam.FlatMap(bucket_indexes, beam.pvalue.AsList(n_buckets))
+        | "SpreadBuckets" >> beam.Reshuffle()
+        | "FindRepeats" >> beam.FlatMap(lambda b: dedup.find_repeats(ctx.job_dir, b))
     )
     return (
-        planned.shards
+        planned
         | "SpreadShards" >> beam.Reshuffle()
         | "ServeShards" >> beam.ParDo(ServeShard(ctx), repeats=beam.pvalue.AsList(repeats))
         | "CollectStats" >> beam.combiners.ToList()

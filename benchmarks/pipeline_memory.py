@@ -1,0 +1,104 @@
+"""Peak memory of a job against its input size: it must not grow with the input (we stream).
+
+Each job runs in a fresh process (so peaks don't mix), with the same shard size, on inputs of
+different sizes, and reports the process's peak resident memory (VmHWM). Records are never held
+by the pipeline (only shard descriptions travel through Beam); what remains per record is the
+job-wide duplicate-id check, whose GroupByKey the local runner keeps in memory.
+
+    python benchmarks/pipeline_memory.py                     # tiny random Llama on the JAX engine
+    python benchmarks/pipeline_memory.py --engine fake       # the plumbing alone
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def peak_rss_mib() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def write_input(path: str, n: int) -> None:
+    with open(path, "w") as f:
+        for i in range(n):
+            body = {
+                "messages": [{"role": "user", "content": f"Summarize item {i} of the catalogue."}]
+            }
+            f.write(json.dumps({"custom_id": f"r{i:07d}", "method": "POST",
+                                "url": "/v1/chat/completions", "body": body}) + "\n")  # fmt: skip
+
+
+def child(args: argparse.Namespace) -> None:
+    from jobs import spec as job_spec
+    from runners import pipeline
+
+    spec = job_spec.validate({
+        "name": "mem", "task": "chat", "input": args.input, "input_format": "openai",
+        "output": args.output, "model": args.model, "engine": args.engine,
+        "batch_size": args.batch_size, "records_per_shard": args.records_per_shard,
+        "sampling": {"max_tokens": args.max_tokens, "temperature": 0.0, "ignore_eos": True},
+    })  # fmt: skip
+    t0 = time.perf_counter()
+    m = pipeline.run(spec)
+    print(json.dumps({"records": m["records_in"], "results": m["results"],
+                      "seconds": time.perf_counter() - t0, "peak_rss_mib": peak_rss_mib()}))  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--sizes", default="10000,100000")
+    ap.add_argument("--engine", default="jax")
+    ap.add_argument("--model", help="default: a tiny random Llama built for the run")
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--records-per-shard", type=int, default=2000)
+    ap.add_argument("--max-tokens", type=int, default=2)
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--input", help=argparse.SUPPRESS)
+    ap.add_argument("--output", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        child(args)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        model = args.model or "unused"
+        if args.engine == "jax" and not args.model:
+            from tests.helpers.tiny_models import tiny_llama_dir
+
+            model = tiny_llama_dir(os.path.join(tmp, "tiny"))
+        rows = []
+        for n in (int(s) for s in args.sizes.split(",")):
+            path = os.path.join(tmp, f"in-{n}.jsonl")
+            write_input(path, n)
+            cmd = [sys.executable, __file__, "--child", "--input", path,
+                   "--output", os.path.join(tmp, f"out-{n}"), "--engine", args.engine,
+                   "--model", model, "--batch-size", str(args.batch_size),
+                   "--records-per-shard", str(args.records_per_shard),
+                   "--max-tokens", str(args.max_tokens)]  # fmt: skip
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT)
+            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            r = rows[-1]
+            print(f"{r['records']:>8} records: peak RSS {r['peak_rss_mib']:7.1f} MiB, "
+                  f"{r['seconds']:6.1f} s, {r['results']} results", flush=True)  # fmt: skip
+        small, big = rows[0], rows[-1]
+        growth = big["peak_rss_mib"] - small["peak_rss_mib"]
+        extra = big["records"] - small["records"]
+        print(f"growth: {growth:+.1f} MiB for {extra} more records "
+              f"({growth * 1024 * 1024 / max(extra, 1):.0f} bytes/record); "
+              f"ratio {big['peak_rss_mib'] / small['peak_rss_mib']:.3f}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -147,11 +147,12 @@ class ServeShard(beam.DoFn):
                 completion_tokens=result.usage.completion_tokens,
             )
 
-        served = (
-            engine_adapter.serve(engine_adapter.shared_engine(spec), valid, on_result)
-            if valid
-            else None
-        )
+        served, load_wall = None, 0.0
+        if valid:
+            t_load = time.perf_counter()
+            loaded = engine_adapter.shared_engine(spec)  # loads on the process's first shard
+            load_wall = time.perf_counter() - t_load
+            served = engine_adapter.serve(loaded, valid, on_result)
         ok: list[tuple[Parsed, Any]] = []
         for parsed, result in zip(valid, served.results if served else [], strict=True):
             if result.ok:
@@ -182,7 +183,8 @@ class ServeShard(beam.DoFn):
         job = JobInfo(self.ctx.job_id, spec.model, int(started))
         results_bytes = fmt.encode_results(ok, job)
         stats.finished_at = time.time()
-        stats.accelerator_seconds = (time.perf_counter() - t0) + (
+        # This shard's time, plus the engine's load and warmup if this shard is its first.
+        stats.accelerator_seconds = (time.perf_counter() - t0 - load_wall) + (
             served.charged_load_seconds if served else 0.0
         )
         shards.commit(

@@ -42,6 +42,8 @@ She read the book, wrote a letter to her friend and went for a walk in the park.
 Good morning! How are you today? I am fine, thank you, and you?
 The river flows to the sea, and the sea reaches the far horizon where the sun sets.
 Please list the steps: first open the door, then turn on the light, then sit down.
+You are a helpful AI assistant named SmolLM, trained by Hugging Face. You are a helpful assistant.
+The user asks a question and the assistant answers it; the system sets the rules for both.
 Hello, world. This is a test of the tokenizer with numbers like 42, 1999 and 3.14.
 """
 
@@ -163,7 +165,7 @@ def tiny_llama_dir(path: str, variant: str = "llama", **overrides: Any) -> str:
     seed = overrides.pop("seed", 0)
     shard = overrides.pop("max_shard_size", "64KB")
     add_bos = variant in ("llama", "llama3", "mistral")
-    tok_json = _tokenizer_json(400, add_bos)
+    tok_json = _tokenizer_json(512, add_bos)
     vocab_size = len(json.loads(tok_json)["model"]["vocab"])
     config, template, special = _variant_config(variant, vocab_size)
     for key, value in overrides.items():

@@ -1,0 +1,220 @@
+"""JaxLLMEngine on tiny random checkpoints: conformance, static shapes, refill, prefix reuse,
+sampling and stops, checked against transformers where a reference exists."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from engines.base import EngineConfig, ErrorCode, FinishReason, Request, sampling_from_dict
+from engines.jax_llm import JaxLLMEngine
+from engines.registry import engine_class
+from tests.engines.conformance import PROMPTS, EngineConformance, chat, completion
+from tests.helpers.tiny_models import tiny_llama_dir
+
+OPTIONS = {"prefill_buckets": [16, 32, 64, 128], "decode_steps": 4, "attention_block": 32}
+
+
+def make_engine(model_dir: str, batch_size: int = 4, **options) -> JaxLLMEngine:
+    engine = JaxLLMEngine(
+        EngineConfig(
+            model=model_dir, batch_size=batch_size, max_seq_len=256,
+            options={**OPTIONS, **options},
+        )
+    )
+    engine.warmup()
+    return engine
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_dirs) -> JaxLLMEngine:
+    return make_engine(tiny_dirs["smollm2"])
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_dirs):
+    return AutoModelForCausalLM.from_pretrained(
+        tiny_dirs["smollm2"], dtype=torch.float32, attn_implementation="eager"
+    ).eval()
+
+
+def greedy_reference(ref, ids: list[int], n: int) -> list[int]:
+    out = list(ids)
+    with torch.no_grad():
+        for _ in range(n):
+            out.append(int(ref(torch.tensor([out])).logits[0, -1].argmax()))
+    return out[len(ids) :]
+
+
+class TestJaxEngineConformance(EngineConformance):
+    @pytest.fixture(scope="class")
+    @classmethod
+    def engine(cls, tiny_dirs):
+        return make_engine(tiny_dirs["smollm2"])
+
+
+def test_registered_as_jax():
+    assert engine_class("jax") is JaxLLMEngine
+
+
+def test_unknown_option_is_refused(tiny_dirs):
+    with pytest.raises(ValueError, match="unknown jax engine option"):
+        JaxLLMEngine(EngineConfig(model=tiny_dirs["smollm2"], options={"decode_step": 4}))
+
+
+def test_compilations_never_depend_on_the_data(engine):
+    assert engine.stats().compilations == len(engine.buckets) + 1
+    compiles: list[str] = []
+    listen = True
+
+    def on_event(event: str, duration: float, **kw) -> None:
+        if listen and event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(event)
+
+    jax.monitoring.register_event_duration_secs_listener(on_event)
+    try:
+        before = engine.stats().compilations
+        engine.generate([chat("a", "Hi", max_tokens=1)])
+        engine.generate([chat(f"b{i}", p, max_tokens=3 + 5 * i) for i, p in enumerate(PROMPTS)])
+        engine.generate(
+            [completion("c", " ".join(["word"] * 100), max_tokens=2),
+             chat("d", PROMPTS[2], temperature=0.8, top_p=0.9, top_k=20, seed=5, max_tokens=9)]
+        )
+        assert engine.stats().compilations == before
+        assert compiles == []
+    finally:
+        listen = False
+
+
+def test_greedy_matches_transformers_with_prefix_reuse(engine, reference):
+    reqs = [chat(f"g{i}", p, max_tokens=8, ignore_eos=True) for i, p in enumerate(PROMPTS[:5])]
+    results = engine.generate(reqs)
+    for req, res in zip(reqs, results, strict=True):
+        ids = engine.prompt_tokens(req)
+        assert list(res.token_ids) == greedy_reference(reference, ids, 8), req.record_id
+    # all share SmolLM2's default system prompt: the prefix is prefilled once and reused
+    cached = [r.usage.cached_tokens for r in results]
+    prefix = engine.tokenizer.chat_prefix(reqs[0].messages, engine.prompt_tokens(reqs[0]))
+    assert prefix >= 30
+    assert set(cached) <= {0, prefix}
+    assert cached.count(prefix) >= 4
+    again = engine.generate(reqs)  # the store outlives the call
+    assert [r.usage.cached_tokens for r in again] == [prefix] * 5
+    assert [r.token_ids for r in again] == [r.token_ids for r in results]
+
+
+def test_slots_are_refilled_so_a_long_answer_does_not_hold_the_batch(engine):
+    calls = []
+    original = engine._run_decode
+
+    def counting(active, count=True):
+        calls.append(len(active))
+        return original(active, count)
+
+    reqs = [chat("long", PROMPTS[4], max_tokens=40, ignore_eos=True)]
+    reqs += [chat(f"s{i}", PROMPTS[i % 6], max_tokens=4, ignore_eos=True) for i in range(8)]
+    alone = [engine.generate([r])[0] for r in reqs]
+    engine._run_decode = counting
+    try:
+        together = engine.generate(reqs)
+    finally:
+        del engine._run_decode
+    assert [r.token_ids for r in together] == [r.token_ids for r in alone]
+    assert together[0].usage.completion_tokens == 40
+    # the long answer needs 10 decode calls of 4 steps; the 8 short ones ride along in the
+    # other 3 slots instead of waiting for it (a static batch would need 10 + 2 calls)
+    assert len(calls) <= 10
+    assert max(calls) == 4
+
+
+def test_seeded_sampling_does_not_depend_on_slot_or_batch(engine):
+    def sampled(rid: str, seed: int, **kw) -> Request:
+        return chat(rid, PROMPTS[1], temperature=1.0, seed=seed, max_tokens=12,
+                    ignore_eos=True, **kw)
+
+    alone = engine.generate([sampled("a", 7)])[0]
+    crowd = engine.generate(
+        [chat("x", PROMPTS[0]), completion("y", PROMPTS[3]), sampled("b", 8), sampled("c", 7),
+         chat("z", PROMPTS[5], temperature=0.5, seed=1)]
+    )
+    assert crowd[3].token_ids == alone.token_ids
+    assert crowd[2].token_ids != alone.token_ids  # another seed, another draw
+    greedy = engine.generate([chat("g", PROMPTS[1], max_tokens=12, ignore_eos=True)])[0]
+    top1 = engine.generate([sampled("t", 99, top_k=1)])[0]
+    assert top1.token_ids == greedy.token_ids
+
+
+def test_stop_token_ids_and_stop_strings(engine):
+    base = engine.generate([completion("b", PROMPTS[4], max_tokens=12, ignore_eos=True)])[0]
+    stop_id = base.token_ids[3]
+    first = base.token_ids.index(stop_id)
+    res = engine.generate(
+        [completion("s", PROMPTS[4], max_tokens=12, ignore_eos=True, stop_token_ids=[stop_id])]
+    )[0]
+    assert res.finish_reason == FinishReason.STOP
+    assert res.token_ids == base.token_ids[: first + 1]
+    assert res.text == engine.tokenizer.decode(base.token_ids[:first])
+    stop = base.text[5:8]
+    res = engine.generate([completion("t", PROMPTS[4], max_tokens=12, stop=[stop],
+                                      ignore_eos=True)])[0]
+    assert res.finish_reason == FinishReason.STOP
+    assert res.text == base.text[: base.text.find(stop)]
+
+
+def test_eos_stops_unless_ignored(tmp_path, engine):
+    probe = engine.generate([completion("p", PROMPTS[0], max_tokens=6, ignore_eos=True)])[0]
+    eos = probe.token_ids[2]
+    model_dir = tiny_llama_dir(str(tmp_path / "eos"), "smollm2", eos_token_id=eos)
+    other = make_engine(model_dir)
+    assert eos in other.info.eos_token_ids
+    stopped, ignored = other.generate(
+        [completion("e", PROMPTS[0], max_tokens=6),
+         completion("i", PROMPTS[0], max_tokens=6, ignore_eos=True)]
+    )
+    first = probe.token_ids.index(eos)
+    assert stopped.finish_reason == FinishReason.STOP
+    assert stopped.token_ids == probe.token_ids[: first + 1]
+    assert ignored.finish_reason == FinishReason.LENGTH
+    assert ignored.token_ids == probe.token_ids
+
+
+def test_usage_padding_and_rejections(engine):
+    before = engine.stats()
+    reqs = [
+        chat("ok", PROMPTS[0], max_tokens=3, ignore_eos=True),
+        chat("pen", PROMPTS[0], presence_penalty=0.5),
+        Request(record_id="empty", prompt=""),
+        Request(record_id="big", prompt_token_ids=(10**6,), prompt="x"),
+    ]
+    ok, pen, empty, big = engine.generate(reqs)
+    assert ok.ok
+    assert ok.usage.prompt_tokens == len(engine.prompt_tokens(reqs[0]))
+    assert pen.error_code == ErrorCode.ENGINE_REJECTED
+    assert "penalt" in pen.error_message
+    assert empty.error_code == ErrorCode.ENGINE_REJECTED
+    assert big.error_code == ErrorCode.ENGINE_REJECTED
+    after = engine.stats()
+    computed = after.computed_token_slots - before.computed_token_slots
+    useful = after.useful_token_slots - before.useful_token_slots
+    assert 0 < useful <= computed
+    assert after.requests - before.requests == 4
+    assert after.busy_seconds > before.busy_seconds
+
+
+def test_max_tokens_is_bounded_by_the_kv_cache(engine):
+    ids = engine.prompt_tokens(chat("x", PROMPTS[2]))
+    res = engine.generate([chat("x", PROMPTS[2], max_tokens=1000, ignore_eos=True)])[0]
+    assert res.finish_reason == FinishReason.LENGTH
+    assert res.usage.completion_tokens == engine.info.context_length - len(ids)
+
+
+def test_stats_are_a_snapshot(engine):
+    snap = engine.stats()
+    engine.generate([chat("a", "Hi", max_tokens=2)])
+    assert engine.stats().requests == snap.requests + 1
+    assert dataclasses.asdict(snap)["requests"] == snap.requests

@@ -120,3 +120,18 @@ def test_sampling_filters():
     assert draw(1.0, 2, 1.0) == {0, 1}  # top-2
     assert draw(1.0, 0, 0.7) == {0, 1}  # 0.5 < 0.7 <= 0.8: the first two
     assert draw(1.0, 0, 1.0) == {0, 1, 2, 3}
+
+
+def test_filter_thresholds_agree_with_a_full_sort():
+    """Candidates (top 256) when they suffice, bisection otherwise: both equal the sort."""
+    x = jnp.asarray(np.random.RandomState(5).randn(8, 5000).astype(np.float32) * 2)
+    top_k = jnp.array([0, 10, 300, 1000, 0, 0, 50, 2000], jnp.int32)
+    top_p = jnp.array([0.9, 1.0, 0.5, 0.95, 0.3, 0.999, 0.8, 0.7], jnp.float32)
+    lse = jax.nn.logsumexp(x, -1, keepdims=True)
+    exact = np.asarray(model._filter_threshold(-jnp.sort(-x, -1), top_k, top_p, lse)[0])[:, 0]
+    bisect = np.asarray(model._bisect_threshold(x, top_k, top_p))[:, 0]
+    cand, closed = model._filter_threshold(jax.lax.top_k(x, 256)[0], top_k, top_p, lse)
+    assert np.array_equal(bisect, exact)
+    closed = np.asarray(closed)
+    assert closed.tolist() == [False, True, False, False, True, False, True, False]
+    assert np.array_equal(np.asarray(cand)[closed, 0], exact[closed])

@@ -1,8 +1,8 @@
-"""The ``hyperbatch`` command line: validate and run jobs, read manifests.
+"""The ``hyperbatch`` command line: validate, run and submit jobs, manage them, run triggers.
 
 Data goes to stdout (``--format json`` for machines), progress and logs to stderr. Exit codes:
-0 the job succeeded (per-record errors included), 1 the job failed, 2 a user error (bad spec,
-missing file, bad flag) reported without a traceback.
+0 the job succeeded (per-record errors included), 1 the job failed (or was cancelled), 2 a user
+error (bad spec, missing file, bad flag, unknown job) reported without a traceback.
 """
 
 from __future__ import annotations
@@ -33,12 +33,16 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean "the user must change something", not "hyperbatch broke"."""
     from engines.models import ModelNotFound
     from engines.registry import EngineNotAvailable
+    from jobs.pubsub import PubSubNameError
     from jobs.spec import SpecError
     from jobs.storage import StorageError
+    from jobs.store import IllegalTransition, JobIdConflict, JobNotFound
+    from jobs.submit import LaunchError
     from runners.pipeline import JobConflict
     from runners.shards import InputChanged
 
-    return (SpecError, ModelNotFound, EngineNotAvailable, JobConflict, InputChanged, StorageError)
+    return (SpecError, ModelNotFound, EngineNotAvailable, JobConflict, InputChanged, StorageError,
+            JobNotFound, JobIdConflict, IllegalTransition, LaunchError, PubSubNameError)  # fmt: skip
 
 
 def handle_user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -200,6 +204,467 @@ def show_manifest(path: str, fmt: str) -> None:
     emit(manifest.read(path), fmt, _manifest_table)
 
 
+# --------------------------------------------------------------------------- the job service
+
+ROOT_ENV, EVENTS_ENV = "HYPERBATCH_JOBS_ROOT", "HYPERBATCH_EVENTS_TOPIC"
+EXIT_CODES_BY_STATE = {
+    "SUCCEEDED": EXIT_OK,
+    "FAILED": EXIT_JOB_FAILED,
+    "CANCELLED": EXIT_JOB_FAILED,
+}
+
+
+def root_option(help_text: str) -> Callable[..., Any]:
+    return click.option("--root", envvar=ROOT_ENV, show_envvar=True, help=help_text)
+
+
+def events_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--events-topic",
+        envvar=EVENTS_ENV,
+        show_envvar=True,
+        help="Pub/Sub topic that hears every state change (projects/P/topics/T or T).",
+    )(fn)
+
+
+def plugin_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--plugin",
+        "plugins",
+        multiple=True,
+        metavar="MODULE",
+        help="Import this module first (e.g. one that registers an engine); repeatable.",
+    )(fn)
+
+
+_DATAFLOW_FLAGS: list[tuple[str, dict[str, Any]]] = [
+    ("--project", {"help": "Dataflow: Google Cloud project."}),
+    ("--region", {"help": "Dataflow: region, e.g. us-central1."}),
+    ("--template", {"help": "Dataflow: gs:// path of the hyperbatch Flex Template spec."}),
+    ("--image", {"help": "Dataflow: worker container image (docker/worker)."}),
+    ("--service-account", {"help": "Dataflow: worker service account email."}),
+    ("--network", {"help": "Dataflow: VPC network."}),
+    ("--subnetwork", {"help": "Dataflow: subnetwork (regions/R/subnetworks/S or a URL)."}),
+    ("--max-workers", {"type": int, "default": 4, "show_default": True,
+                       "help": "Dataflow: most workers."}),
+    ("--disk-size-gb", {"type": int, "help": "Dataflow: worker disk (default 200 on TPU/GPU)."}),
+    ("--temp-location", {"help": "Dataflow: gs:// temp folder (default <root>/_dataflow/temp)."}),
+    ("--public-ips/--no-public-ips", {"default": True, "help": "Dataflow: workers get public IPs."}),
+    ("--label", {"multiple": True, "metavar": "KEY=VALUE", "help": "Dataflow: job label."}),
+]  # fmt: skip
+
+
+def dataflow_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The Dataflow settings, each also read from HYPERBATCH_DATAFLOW_<NAME>."""
+    for flag, kwargs in reversed(_DATAFLOW_FLAGS):
+        name = flag.split("/")[0].lstrip("-").replace("-", "_")
+        fn = click.option(
+            flag, f"df_{name}", envvar=f"HYPERBATCH_DATAFLOW_{name.upper()}", show_envvar=True,
+            **kwargs,
+        )(fn)  # fmt: skip
+    return fn
+
+
+def _dataflow_config(kwargs: dict[str, Any]) -> Any:
+    from runners.launch import DataflowConfig
+
+    values = {k[3:]: kwargs.pop(k) for k in list(kwargs) if k.startswith("df_")}
+    labels = {}
+    for item in values.pop("label") or ():
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{item!r}: expected KEY=VALUE", param_hint="--label")
+        labels[key] = value
+    import os
+
+    return DataflowConfig(
+        **values, labels=labels, api_endpoint=os.environ.get("HYPERBATCH_DATAFLOW_API_ENDPOINT")
+    )
+
+
+def _launcher(
+    runner: str | None, kwargs: dict[str, Any], events_topic: str | None, workers: int,
+    plugins: tuple[str, ...],
+) -> Any:  # fmt: skip
+    from runners.launch import DataflowLauncher, LocalLauncher
+
+    config = _dataflow_config(kwargs)
+    if runner == "dataflow":
+        return DataflowLauncher(config, events_topic=events_topic)
+    if runner == "local":
+        return LocalLauncher(workers=workers, plugins=plugins, events_topic=events_topic)
+    return None
+
+
+def _store(root: str | None, events_topic: str | None) -> Any:
+    from jobs import events
+    from jobs.store import JobStore
+
+    if not root:
+        raise click.UsageError(
+            f"no job store: pass --root DIR|gs://BUCKET/PREFIX or set {ROOT_ENV}"
+        )
+    return JobStore(root, events.sink(events_topic))
+
+
+@main.command()
+@click.argument("job_file")
+@set_option
+@click.option("--job-id", help="Submit under this id (an idempotency key) instead of the spec's.")
+@click.option(
+    "--runner",
+    type=click.Choice(["local", "dataflow"]),
+    default="local",
+    show_default=True,
+    envvar="HYPERBATCH_RUNNER",
+    show_envvar=True,
+    help="local: a background process on this machine; dataflow: a Flex Template job.",
+)
+@click.option("--wait", is_flag=True, help="Watch the job until it ends; exit with its outcome.")
+@click.option(
+    "--dry-run", is_flag=True, help="Show what would be recorded and launched; do nothing."
+)
+@root_option("Job store (a directory or gs:// prefix); default: the spec's output.")
+@events_option
+@click.option(
+    "--workers",
+    type=int,
+    default=1,
+    show_default=True,
+    help="local: Beam worker processes (1 = in the job process).",
+)
+@plugin_option
+@dataflow_options
+@format_option
+@handle_user_errors
+def submit(
+    job_file: str, overrides: tuple[str, ...], job_id: str | None, runner: str, wait: bool,
+    dry_run: bool, root: str | None, events_topic: str | None, workers: int,
+    plugins: tuple[str, ...], fmt: str, **dataflow: Any,
+) -> None:  # fmt: skip
+    """Submit a job: record it in the job store and launch it in the background."""
+    import os
+
+    from jobs import spec as job_spec
+    from jobs import store as job_store
+    from jobs import submit as submission
+    from jobs.ids import check_job_id
+    from runners.launch import import_plugins
+
+    import_plugins(plugins)
+    spec = job_spec.load(job_file, overrides)
+    job_id = check_job_id(job_id) if job_id else spec.job_id
+    store = _store(root or spec.output, events_topic)
+    launcher = _launcher(runner, dataflow, events_topic, workers, plugins)
+    plan = launcher.plan(spec, job_id, store)  # refuses a launch that cannot work, before recording
+    if dry_run:
+        data = {"job_id": job_id, "root": store.root, "job_dir": spec.job_dir(job_id),
+                "runner": runner, "launch": plan, "spec": spec.to_dict()}  # fmt: skip
+        emit(data, fmt, _plan_table)
+        return
+    request = submission.JobRequest(
+        job_id=job_id,
+        spec=spec,
+        submitted_by=job_store.actor(),
+        submission={"via": "cli", "spec_file": os.path.abspath(job_file)},
+    )
+    done = submission.submit(store, request, launcher)
+    if not done.created:
+        click.echo(f"job {job_id} was already submitted ({done.record.doc['state']}); "
+                   "not submitted again", err=True)  # fmt: skip
+    root_hint = "" if root else f" --root {store.root}"
+    click.echo(f"watch it:   hyperbatch jobs watch {job_id}{root_hint}", err=True)
+    if wait:
+        code = _watch(store, job_id, fmt, interval_s=1.0, dataflow=launcher_config(launcher))
+        sys.exit(code)
+    emit(done.record.to_dict(), fmt, _status_table)
+
+
+def launcher_config(launcher: Any) -> Any:
+    return getattr(launcher, "config", None)
+
+
+@main.group("jobs")
+@root_option("Job store: a directory or gs:// prefix.")
+@events_option
+@click.pass_context
+def jobs_group(ctx: click.Context, root: str | None, events_topic: str | None) -> None:
+    """List, describe, watch and cancel submitted jobs, and find their results."""
+    ctx.obj = {"root": root, "events_topic": events_topic}
+
+
+def _ctx_store(ctx: click.Context) -> Any:
+    return _store(ctx.obj["root"], ctx.obj["events_topic"])
+
+
+@jobs_group.command("list")
+@click.option(
+    "--state",
+    "states",
+    multiple=True,
+    type=click.Choice(
+        ["QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"], case_sensitive=False
+    ),
+    help="Only jobs in this state; repeatable.",
+)
+@click.option("--limit", type=click.IntRange(min=1), help="At most this many (newest first).")
+@format_option
+@click.pass_context
+@handle_user_errors
+def jobs_list(ctx: click.Context, states: tuple[str, ...], limit: int | None, fmt: str) -> None:
+    """Jobs in the store, newest first."""
+    from runners.launch import reconcile
+
+    store = _ctx_store(ctx)
+    records = [reconcile(store, r) for r in store.list()]
+    wanted = {s.upper() for s in states}
+    records = [r for r in records if not wanted or r.state in wanted][:limit]
+    emit([_row(r.doc) for r in records], fmt, _jobs_table)
+
+
+@jobs_group.command("describe")
+@click.argument("job_id")
+@format_option
+@click.pass_context
+@handle_user_errors
+def jobs_describe(ctx: click.Context, job_id: str, fmt: str) -> None:
+    """Everything known about a job: state, times, submitter, launch handle, progress, cost."""
+    from runners.launch import reconcile
+
+    store = _ctx_store(ctx)
+    emit(reconcile(store, store.get(job_id)).to_dict(), fmt, _status_table)
+
+
+@jobs_group.command("cancel")
+@click.argument("job_id")
+@format_option
+@click.pass_context
+@handle_user_errors
+def jobs_cancel(ctx: click.Context, job_id: str, fmt: str) -> None:
+    """Cancel a QUEUED or RUNNING job and stop its process or Dataflow job."""
+    from jobs.store import JobState, actor
+    from runners.launch import launcher_for
+
+    store = _ctx_store(ctx)
+    record = store.transition(job_id, JobState.CANCELLED, by=actor())
+    launcher = launcher_for(record)
+    stopped = launcher.cancel(record.launch or {}, job_id) if launcher else "it was never launched"
+    data = {**record.to_dict(), "stopped": stopped}
+    emit(data, fmt, lambda d: _console().print(f"job {job_id} [red]CANCELLED[/red]: {stopped}"))
+
+
+@jobs_group.command("watch")
+@click.argument("job_id")
+@click.option(
+    "--interval", type=float, default=2.0, show_default=True, help="Seconds between looks."
+)
+@format_option
+@click.pass_context
+@handle_user_errors
+def jobs_watch(ctx: click.Context, job_id: str, interval: float, fmt: str) -> None:
+    """Show a job's progress live until it ends; exit 0 if it SUCCEEDED, 1 otherwise."""
+    sys.exit(_watch(_ctx_store(ctx), job_id, fmt, interval_s=interval))
+
+
+@jobs_group.command("results")
+@click.argument("job_id")
+@click.option("--stream", is_flag=True, help="Print the result records (JSON lines) on stdout.")
+@click.option("--errors", "errors_only", is_flag=True, help="With --stream: the error records.")
+@format_option
+@click.pass_context
+@handle_user_errors
+def jobs_results(
+    ctx: click.Context, job_id: str, stream: bool, errors_only: bool, fmt: str
+) -> None:
+    """Where a job's results, errors and manifest are (or, with --stream, the records)."""
+    from jobs import results
+
+    store = _ctx_store(ctx)
+    record = store.get(job_id)
+    where = results.locate(store, record)
+    if stream:
+        for line in results.stream(where, errors=errors_only):
+            click.echo(line)
+        return
+    emit(where, fmt, _results_table)
+
+
+def _watch(store: Any, job_id: str, fmt: str, interval_s: float, dataflow: Any = None) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from runners.launch import reconcile
+
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        TextColumn("{task.fields[state]}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("records · {task.fields[errors]} errors"),
+        TimeElapsedColumn(),
+    )
+    record = store.get(job_id)
+    with Progress(*columns, console=_console(stderr=True)) as bar:
+        task = bar.add_task(job_id, total=None, state=record.doc["state"], errors=0)
+        while True:
+            record = reconcile(store, store.get(job_id), dataflow)
+            p = record.doc.get("progress") or {}
+            m = record.doc.get("manifest") or {}
+            done = m.get("records_in", p.get("records_done", 0))
+            bar.update(task, total=m.get("records_in") or p.get("records_planned") or None,
+                       completed=done, state=record.doc["state"],
+                       errors=m.get("errors", p.get("errors", 0)))  # fmt: skip
+            if record.state.terminal:
+                break
+            time.sleep(interval_s)
+    emit(record.to_dict(), fmt, _status_table)
+    if record.doc.get("error"):
+        click.echo(f"error: {record.doc['error']}", err=True)
+    return EXIT_CODES_BY_STATE[record.doc["state"]]
+
+
+# --------------------------------------------------------------------------- triggers
+
+
+@main.group("trigger")
+def trigger_group() -> None:
+    """Turn Pub/Sub messages (job requests, Cloud Storage notifications) into jobs."""
+
+
+def trigger_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        root_option("Job store the jobs are recorded in (required)."),
+        click.option("--watch", "watch", multiple=True, metavar="gs://BUCKET/PREFIX",
+                     envvar="HYPERBATCH_WATCH", show_envvar=True,
+                     help="Submit spec files finalized under this prefix (GCS notifications)."),
+        click.option("--runner", type=click.Choice(["local", "dataflow"]), default="local",
+                     show_default=True, envvar="HYPERBATCH_RUNNER", show_envvar=True),
+        click.option("--record-only", is_flag=True,
+                     help="Record jobs (QUEUED) and launch nothing: a dry run of the trigger."),
+        events_option,
+        click.option("--dead-letter-topic", envvar="HYPERBATCH_DEAD_LETTER_TOPIC",
+                     show_envvar=True, help="Where messages that can never succeed are "
+                     "forwarded (pull: default the subscription's dead-letter topic)."),
+        click.option("--workers", type=int, default=1, show_default=True,
+                     help="local: Beam worker processes per job."),
+        click.option("--claim-ttl-s", type=float, default=300.0, hidden=True),
+        plugin_option,
+        dataflow_options,
+    ]  # fmt: skip
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _handler(kw: dict[str, Any], dead_letter_topic: str | None) -> Any:
+    from jobs.triggers.handler import TriggerHandler
+    from jobs.triggers.messages import normalize_watch_prefix
+    from runners.launch import import_plugins
+
+    plugins = kw.pop("plugins")
+    import_plugins(plugins)
+    store = _store(kw.pop("root"), kw["events_topic"])
+    try:
+        watch = [normalize_watch_prefix(p) for w in kw.pop("watch") for p in w.split()]
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--watch") from e
+    runner = kw.pop("runner")
+    if kw.pop("record_only"):
+        runner = None
+    launcher = _launcher(runner, kw, kw.pop("events_topic"), kw.pop("workers"), plugins)
+    return TriggerHandler(store, launcher, watch=watch, dead_letter_topic=dead_letter_topic,
+                          claim_ttl_s=kw.pop("claim_ttl_s"))  # fmt: skip
+
+
+def _stop_on_signals() -> threading.Event:
+    import signal
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+@trigger_group.command("listen")
+@click.option(
+    "--subscription",
+    required=True,
+    envvar="HYPERBATCH_SUBSCRIPTION",
+    show_envvar=True,
+    help="Pull subscription: projects/P/subscriptions/S or S.",
+)
+@click.option(
+    "--max-messages",
+    type=int,
+    default=100,
+    show_default=True,
+    help="Flow control: most messages held at once.",
+)
+@click.option(
+    "--threads", type=int, default=8, show_default=True, help="Messages handled concurrently."
+)
+@trigger_options
+@handle_user_errors
+def trigger_listen(subscription: str, max_messages: int, threads: int, **kw: Any) -> None:
+    """Streaming pull: each job request or spec-file notification becomes one job."""
+    from jobs import pubsub
+    from jobs.triggers.pull import PullListener, dead_letter_topic_of
+
+    path = pubsub.subscription_path(subscription)
+    dead_letter = kw.pop("dead_letter_topic") or dead_letter_topic_of(path)
+    handler = _handler(kw, dead_letter)
+    listener = PullListener(path, handler, max_messages=max_messages, threads=threads)
+    click.echo(f"listening on {path}; jobs in {handler.store.root}; dead letters to "
+               f"{dead_letter or '(none: recorded only)'}", err=True)  # fmt: skip
+    listener.run(_stop_on_signals())
+    click.echo(f"stopped: {json.dumps(listener.summary())}", err=True)
+
+
+@trigger_group.command("serve")
+@click.option("--host", default="0.0.0.0", show_default=True, help="Address to listen on.")
+@click.option("--port", type=int, default=8080, envvar="PORT", show_default=True, show_envvar=True)
+@click.option(
+    "--audience",
+    envvar="HYPERBATCH_PUSH_AUDIENCE",
+    show_envvar=True,
+    help="OIDC audience of push tokens (the push subscription's --push-auth-token-audience, "
+    "by default the endpoint URL).",
+)
+@click.option(
+    "--service-account",
+    "service_accounts",
+    multiple=True,
+    envvar="HYPERBATCH_PUSH_SERVICE_ACCOUNTS",
+    show_envvar=True,
+    help="Service account allowed to push (the subscription's push auth account); repeatable.",
+)
+@click.option(
+    "--allow-unauthenticated",
+    is_flag=True,
+    help="Accept pushes without an OIDC token (only behind another authenticating layer).",
+)
+@trigger_options
+@handle_user_errors
+def trigger_serve(host: str, port: int, audience: str | None, service_accounts: tuple[str, ...],
+                  allow_unauthenticated: bool, **kw: Any) -> None:  # fmt: skip
+    """HTTP endpoint for a Pub/Sub push subscription (Cloud Run: PORT is read from the env)."""
+    from jobs.triggers.oidc import OidcVerifier
+    from jobs.triggers.push import make_app, make_http_server
+
+    if not audience and not allow_unauthenticated:
+        raise click.UsageError("set --audience (and --service-account) to verify push tokens, "
+                               "or --allow-unauthenticated")  # fmt: skip
+    accounts = [a for item in service_accounts for a in item.split()]
+    verifier = OidcVerifier(audience, accounts) if audience else None
+    handler = _handler(kw, kw.pop("dead_letter_topic"))
+    server = make_http_server(make_app(handler, verifier), host, port)
+    stop = _stop_on_signals()
+    threading.Thread(target=lambda: (stop.wait(), server.shutdown()), daemon=True).start()
+    click.echo(f"serving Pub/Sub pushes on http://{host}:{server.server_port}/ "
+               f"({'OIDC ' + audience if verifier else 'unauthenticated'}); jobs in "
+               f"{handler.store.root}", err=True)  # fmt: skip
+    server.serve_forever()
+
+
 # --------------------------------------------------------------------------- rendering
 
 
@@ -240,6 +705,113 @@ def _manifest_table(m: dict[str, Any]) -> None:
         "efficiency": f"{m['padding_waste_percent']:.1f}% padding waste, "
         f"{m['engine_compilations']} compilations",
     }
+    _console().print(_kv_table(rows))
+
+
+_STATE_STYLE = {"QUEUED": "yellow", "RUNNING": "cyan", "SUCCEEDED": "green", "FAILED": "red",
+                "CANCELLED": "magenta"}  # fmt: skip
+
+
+def _styled(state: str) -> str:
+    style = _STATE_STYLE.get(state, "white")
+    return f"[{style}]{state}[/{style}]"
+
+
+def _row(doc: dict[str, Any]) -> dict[str, Any]:
+    """One line of `jobs list`."""
+    m, p = doc.get("manifest") or {}, doc.get("progress") or {}
+    return {
+        "job_id": doc["job_id"],
+        "state": doc["state"],
+        "created_at": doc["created_at"],
+        "runner": doc.get("runner"),
+        "submitted_by": doc.get("submitted_by"),
+        "via": (doc.get("submission") or {}).get("via"),
+        "records": m.get("records_in", p.get("records_done")),
+        "errors": m.get("errors", p.get("errors")),
+        "cost_usd": m.get("cost_usd"),
+    }
+
+
+def _jobs_table(rows: list[dict[str, Any]]) -> None:
+    from rich.table import Table
+
+    t = Table(box=None, pad_edge=False)
+    for col in ("JOB ID", "STATE", "CREATED", "RUNNER", "VIA", "SUBMITTED BY", "RECORDS",
+                "ERRORS", "COST $"):  # fmt: skip
+        t.add_column(col)
+    for r in rows:
+        cost = f"{r['cost_usd']:.6f}" if r["cost_usd"] is not None else "-"
+        t.add_row(r["job_id"], _styled(r["state"]), r["created_at"], r["runner"] or "-",
+                  r["via"] or "-", r["submitted_by"] or "-", _dash(r["records"]),
+                  _dash(r["errors"]), cost)  # fmt: skip
+    _console().print(t if rows else "no jobs")
+
+
+def _dash(v: Any) -> str:
+    return "-" if v is None else str(v)
+
+
+def _status_table(doc: dict[str, Any]) -> None:
+    rows: dict[str, Any] = {
+        "job": f"{doc['job_id']} ({_styled(doc['state'])})",
+        "job folder": doc["job_dir"],
+        "submitted": f"{doc['created_at']} by {doc.get('submitted_by') or '-'} via "
+        f"{(doc.get('submission') or {}).get('via', '-')}",
+        "runner": doc.get("runner") or "- (recorded only)",
+    }
+    launch = doc.get("launch") or {}
+    if launch.get("pid"):
+        rows["process"] = f"pid {launch['pid']} on {launch.get('host')} (log {launch.get('log')})"
+    if launch.get("dataflow_job_id"):
+        rows["dataflow job"] = f"{launch['dataflow_job_id']} {launch.get('console_url', '')}"
+    if doc.get("started_at"):
+        rows["started"] = doc["started_at"]
+    if doc.get("finished_at"):
+        rows["finished"] = doc["finished_at"]
+    p = doc.get("progress")
+    if p and doc["state"] == "RUNNING":
+        rows["progress"] = (f"{p.get('records_done', 0)}/{p.get('records_planned', '?')} records, "
+                            f"{p.get('errors', 0)} errors, {p.get('shards_done', 0)} shards "
+                            f"(heartbeat {doc.get('heartbeat_at')})")  # fmt: skip
+    m = doc.get("manifest")
+    if m:
+        rows["records"] = f"{m['records_in']} in = {m['results']} results + {m['errors']} errors"
+        rows["cost"] = f"${m['cost_usd']:.6f} (${m['usd_per_1k_tokens']:.6f}/1k tokens)"
+        rows["manifest"] = m["manifest"]
+    if doc.get("error"):
+        rows["error"] = f"[red]{doc['error']}[/red]"
+    if "stopped" in doc:
+        rows["stopped"] = doc["stopped"]
+    _console().print(_kv_table(rows))
+
+
+def _plan_table(d: dict[str, Any]) -> None:
+    console = _console()
+    console.print(f"[bold]dry run[/bold]: would record job [bold]{d['job_id']}[/bold] in "
+                  f"{d['root']} and launch it with the {d['runner']} runner")  # fmt: skip
+    plan = d["launch"]
+    rows = {k: v for k, v in plan.items() if k not in ("pipeline_options",
+                                                        "flex_template_request")}  # fmt: skip
+    console.print(_kv_table(rows))
+    if "pipeline_options" in plan:
+        console.print("[bold]pipeline options[/bold]")
+        for flag in plan["pipeline_options"]:
+            console.print(f"  {flag}")
+        console.print("[bold]Flex Template launch request[/bold]")
+        console.print(json.dumps(plan["flex_template_request"], indent=2))
+
+
+def _results_table(d: dict[str, Any]) -> None:
+    rows = {
+        "job": f"{d['job_id']} ({_styled(d['state'])})",
+        "results": f"{d['results']} ({len(d['result_files'])} committed files)",
+        "errors": f"{d['errors']} ({len(d['error_files'])} files)",
+        "manifest": d["manifest"] or "- (not written yet)",
+    }
+    if d.get("summary"):
+        s = d["summary"]
+        rows["records"] = f"{s['records_in']} in = {s['results']} results + {s['errors']} errors"
     _console().print(_kv_table(rows))
 
 

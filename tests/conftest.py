@@ -42,3 +42,31 @@ def gcs_bucket(gcs_server) -> str:
     name = f"test-{uuid.uuid4().hex[:12]}"
     storage.gcs_client().create_bucket(name)
     return f"gs://{name}"
+
+
+@pytest.fixture(scope="session")
+def pubsub_server():
+    """Google's Pub/Sub emulator on loopback; sets PUBSUB_EMULATOR_HOST for the whole session.
+
+    Missing emulator: the test fails in CI (CI=1, set by .ci/run) and is skipped elsewhere.
+    """
+    from jobs import pubsub
+
+    try:
+        emulators.pubsub_emulator_command()
+    except emulators.EmulatorMissing as e:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI needs the Pub/Sub emulator: {e}", pytrace=False)
+        pytest.skip(f"Pub/Sub emulator not available: {e}")
+    with emulators.pubsub_emulator() as host:
+        previous = os.environ.get("PUBSUB_EMULATOR_HOST")
+        os.environ["PUBSUB_EMULATOR_HOST"] = host
+        pubsub.reset_clients()
+        try:
+            yield host
+        finally:
+            if previous is None:
+                os.environ.pop("PUBSUB_EMULATOR_HOST", None)
+            else:
+                os.environ["PUBSUB_EMULATOR_HOST"] = previous
+            pubsub.reset_clients()

@@ -1,0 +1,110 @@
+"""The push endpoint: a WSGI app that accepts Pub/Sub push envelopes (deployable on Cloud Run).
+
+    POST /            a push envelope {"message": {data, attributes, messageId, publishTime},
+                      "subscription"}; with a verifier, only with a valid OIDC token
+    GET  /healthz     200 "ok"
+
+Answers: 200 with the outcome as JSON once the message may be acked (the job is recorded, or
+the message is ignored, or rejected and dead-lettered); 400 for a body that is not a push
+envelope; 401/403 without a valid token; 503 when handling failed and Pub/Sub should push again.
+``serve`` runs it on the standard library's threaded WSGI server; any WSGI server can host
+``make_app``'s result instead.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socketserver
+from collections.abc import Callable, Iterable
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from jobs.triggers.handler import TriggerHandler
+from jobs.triggers.messages import Delivery
+from jobs.triggers.oidc import Forbidden, OidcVerifier, Unauthenticated
+
+log = logging.getLogger(__name__)
+MAX_BODY_BYTES = 16 << 20  # Pub/Sub messages are at most 10 MB; base64 adds a third
+
+StartResponse = Callable[[str, list[tuple[str, str]]], Any]
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    413: "Content Too Large",
+    503: "Service Unavailable",
+}
+
+
+def _answer(start: StartResponse, code: int, body: Any) -> Iterable[bytes]:
+    data = json.dumps(body).encode() if not isinstance(body, bytes) else body
+    headers = [
+        ("Content-Type", "application/json" if not isinstance(body, bytes) else "text/plain"),
+        ("Content-Length", str(len(data))),
+    ]
+    if code == 401:
+        headers.append(("WWW-Authenticate", 'Bearer realm="pubsub-push"'))
+    start(f"{code} {_REASONS[code]}", headers)
+    return [data]
+
+
+def make_app(handler: TriggerHandler, verifier: OidcVerifier | None) -> Callable[..., Any]:
+    """The WSGI application; ``verifier`` None means push requests are not authenticated."""
+
+    def app(environ: dict[str, Any], start: StartResponse) -> Iterable[bytes]:
+        method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO") or "/"
+        if path == "/healthz":
+            return _answer(start, 200, b"ok")
+        if path not in ("/", "/push"):
+            return _answer(start, 404, {"error": f"no {path}; Pub/Sub pushes to /"})
+        if method != "POST":
+            return _answer(start, 405, {"error": "Pub/Sub pushes with POST"})
+        if verifier is not None:
+            try:
+                claims = verifier.verify(environ.get("HTTP_AUTHORIZATION"))
+            except Unauthenticated as e:
+                log.warning("push refused (401): %s", e)
+                return _answer(start, 401, {"error": str(e)})
+            except Forbidden as e:
+                log.warning("push refused (403): %s", e)
+                return _answer(start, 403, {"error": str(e)})
+            log.debug("push from %s", claims.get("email"))
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = -1
+        if not 0 < length <= MAX_BODY_BYTES:
+            return _answer(start, 413 if length > 0 else 400, {"error": "bad Content-Length"})
+        try:
+            envelope = json.loads(environ["wsgi.input"].read(length))
+            delivery = Delivery.from_push(envelope)
+        except ValueError as e:
+            return _answer(start, 400, {"error": f"not a Pub/Sub push envelope: {e}"})
+        try:
+            outcome = handler.handle(delivery)
+        except Exception as e:
+            log.exception("message %s not handled; Pub/Sub will push it again", delivery.message_id)
+            return _answer(start, 503, {"error": f"{type(e).__name__}: {e}"})
+        return _answer(start, 200 if outcome.ack else 503, outcome.to_dict())
+
+    return app
+
+
+class _ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s - %s", self.address_string(), format % args)
+
+
+def make_http_server(app: Callable[..., Any], host: str, port: int) -> WSGIServer:
+    """A threaded HTTP server for ``app`` (call ``serve_forever``; ``server_port`` if port 0)."""
+    return make_server(
+        host, port, app, server_class=_ThreadingWSGIServer, handler_class=_QuietHandler
+    )

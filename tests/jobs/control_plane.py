@@ -42,6 +42,12 @@ def wait_for(what: Callable[[], Any], timeout: float = 30.0, every: float = 0.05
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
+def finished(store: Any, job_id: str) -> Any:
+    """The job's record once it is in a final state (for ``wait_for``), else None."""
+    record = store.find(job_id)
+    return record if record is not None and record.state.terminal else None
+
+
 def unique(name: str) -> str:
     return f"{name}-{uuid.uuid4().hex[:8]}"
 

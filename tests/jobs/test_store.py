@@ -43,16 +43,21 @@ def create(store, spec, job_id="job-a", **kw):
 def test_create_records_spec_and_status_once(root, spec):
     store = new_store(root)
     record, created = create(store, spec)
-    assert created and record.state == JobState.QUEUED
+    assert created
+    assert record.state == JobState.QUEUED
     again, created_again = create(store, spec)
-    assert not created_again and again.generation == record.generation
+    assert not created_again
+    assert again.generation == record.generation
 
     status = json.loads(storage.read_bytes(storage.join(root, "job-a", "status.json")))
-    assert status["job_id"] == "job-a" and status["state"] == "QUEUED"
-    assert status["submitted_by"] == "ann" and status["job_dir"] == storage.join(root, "job-a")
+    assert status["job_id"] == "job-a"
+    assert status["state"] == "QUEUED"
+    assert status["submitted_by"] == "ann"
+    assert status["job_dir"] == storage.join(root, "job-a")
     assert [h["state"] for h in status["history"]] == ["QUEUED"]
     body = json.loads(storage.read_bytes(storage.join(root, "job-a", "spec.json")))
-    assert body["spec_digest"] == spec.digest and body["spec"] == spec.to_dict()
+    assert body["spec_digest"] == spec.digest
+    assert body["spec"] == spec.to_dict()
     assert store.spec("job-a") == spec
 
     other = make_spec(spec.input, root, batch_size=7)
@@ -69,13 +74,15 @@ def test_states_follow_the_lifecycle(root, spec):
     with pytest.raises(IllegalTransition, match="QUEUED; it cannot become SUCCEEDED"):
         store.transition("job-a", JobState.SUCCEEDED)
     running = store.transition("job-a", JobState.RUNNING, by="proc", launch={"pid": 42})
-    assert running.doc["started_at"] and running.doc["launch"] == {"pid": 42}
+    assert running.doc["started_at"]
+    assert running.doc["launch"] == {"pid": 42}
     summary = {"status": "SUCCEEDED", "records_in": 5, "results": 5, "errors": 0,
                "prompt_tokens": 15, "completion_tokens": 10, "wall_seconds": 1.0,
                "accelerator_seconds": 0.5, "cost_usd": 0.01, "usd_per_1k_tokens": 0.4,
                "manifest": "m.json", "results_glob": "r/*", "errors_glob": "e/*"}  # fmt: skip
     done = store.transition("job-a", JobState.SUCCEEDED, manifest=summary)
-    assert done.doc["finished_at"] and done.doc["manifest"] == summary
+    assert done.doc["finished_at"]
+    assert done.doc["manifest"] == summary
     for state in JobState:
         with pytest.raises(IllegalTransition):
             store.transition("job-a", state)

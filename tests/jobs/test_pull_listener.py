@@ -79,7 +79,8 @@ def test_a_request_runs_one_job_to_success(setup):
     assert committed_ids(store, "pulled-one") == ["r0", "r1", "r2", "r3", "r4"]
     assert done.doc["manifest"]["records_in"] == 5
     assert done.doc["submission"]["via"] == "pubsub"
-    assert done.doc["launch"]["pid"] and done.doc["runner"] == "local"
+    assert done.doc["launch"]["pid"]
+    assert done.doc["runner"] == "local"
 
     events = [e for e in cp.events_of(cp.pull_all(events_sub, 3)) if e["job_id"] == "pulled-one"]
     assert [e["state"] for e in events] == ["QUEUED", "RUNNING", "SUCCEEDED"]

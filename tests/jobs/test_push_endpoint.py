@@ -116,7 +116,7 @@ def test_oidc_tokens_are_verified(store_and_spec, google_key):
             "expired": (
                 google_key.token(iat=int(time.time()) - 7200, exp=int(time.time()) - 3600),
                 401,
-            ),  # fmt: skip
+            ),
             "not Google": (google_key.token(iss="https://evil.example"), 401),
             "another account": (
                 google_key.token(email="someone@proj.iam.gserviceaccount.com"),

@@ -41,8 +41,19 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from runners.pipeline import JobConflict
     from runners.shards import InputChanged
 
-    return (SpecError, ModelNotFound, EngineNotAvailable, JobConflict, InputChanged, StorageError,
-            JobNotFound, JobIdConflict, IllegalTransition, LaunchError, PubSubNameError)  # fmt: skip
+    return (
+        SpecError,
+        ModelNotFound,
+        EngineNotAvailable,
+        JobConflict,
+        InputChanged,
+        StorageError,
+        JobNotFound,
+        JobIdConflict,
+        IllegalTransition,
+        LaunchError,
+        PubSubNameError,
+    )
 
 
 def handle_user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -259,9 +270,12 @@ def dataflow_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     for flag, kwargs in reversed(_DATAFLOW_FLAGS):
         name = flag.split("/")[0].lstrip("-").replace("-", "_")
         fn = click.option(
-            flag, f"df_{name}", envvar=f"HYPERBATCH_DATAFLOW_{name.upper()}", show_envvar=True,
+            flag,
+            f"df_{name}",
+            envvar=f"HYPERBATCH_DATAFLOW_{name.upper()}",
+            show_envvar=True,
             **kwargs,
-        )(fn)  # fmt: skip
+        )(fn)
     return fn
 
 
@@ -283,9 +297,12 @@ def _dataflow_config(kwargs: dict[str, Any]) -> Any:
 
 
 def _launcher(
-    runner: str | None, kwargs: dict[str, Any], events_topic: str | None, workers: int,
+    runner: str | None,
+    kwargs: dict[str, Any],
+    events_topic: str | None,
+    workers: int,
     plugins: tuple[str, ...],
-) -> Any:  # fmt: skip
+) -> Any:
     from runners.launch import DataflowLauncher, LocalLauncher
 
     config = _dataflow_config(kwargs)
@@ -338,10 +355,19 @@ def _store(root: str | None, events_topic: str | None) -> Any:
 @format_option
 @handle_user_errors
 def submit(
-    job_file: str, overrides: tuple[str, ...], job_id: str | None, runner: str, wait: bool,
-    dry_run: bool, root: str | None, events_topic: str | None, workers: int,
-    plugins: tuple[str, ...], fmt: str, **dataflow: Any,
-) -> None:  # fmt: skip
+    job_file: str,
+    overrides: tuple[str, ...],
+    job_id: str | None,
+    runner: str,
+    wait: bool,
+    dry_run: bool,
+    root: str | None,
+    events_topic: str | None,
+    workers: int,
+    plugins: tuple[str, ...],
+    fmt: str,
+    **dataflow: Any,
+) -> None:
     """Submit a job: record it in the job store and launch it in the background."""
     import os
 
@@ -358,8 +384,14 @@ def submit(
     launcher = _launcher(runner, dataflow, events_topic, workers, plugins)
     plan = launcher.plan(spec, job_id, store)  # refuses a launch that cannot work, before recording
     if dry_run:
-        data = {"job_id": job_id, "root": store.root, "job_dir": spec.job_dir(job_id),
-                "runner": runner, "launch": plan, "spec": spec.to_dict()}  # fmt: skip
+        data = {
+            "job_id": job_id,
+            "root": store.root,
+            "job_dir": spec.job_dir(job_id),
+            "runner": runner,
+            "launch": plan,
+            "spec": spec.to_dict(),
+        }
         emit(data, fmt, _plan_table)
         return
     request = submission.JobRequest(
@@ -370,8 +402,10 @@ def submit(
     )
     done = submission.submit(store, request, launcher)
     if not done.created:
-        click.echo(f"job {job_id} was already submitted ({done.record.doc['state']}); "
-                   "not submitted again", err=True)  # fmt: skip
+        click.echo(
+            f"job {job_id} was already submitted ({done.record.doc['state']}); not submitted again",
+            err=True,
+        )
     root_hint = "" if root else f" --root {store.root}"
     click.echo(f"watch it:   hyperbatch jobs watch {job_id}{root_hint}", err=True)
     if wait:
@@ -510,9 +544,13 @@ def _watch(store: Any, job_id: str, fmt: str, interval_s: float, dataflow: Any =
             p = record.doc.get("progress") or {}
             m = record.doc.get("manifest") or {}
             done = m.get("records_in", p.get("records_done", 0))
-            bar.update(task, total=m.get("records_in") or p.get("records_planned") or None,
-                       completed=done, state=record.doc["state"],
-                       errors=m.get("errors", p.get("errors", 0)))  # fmt: skip
+            bar.update(
+                task,
+                total=m.get("records_in") or p.get("records_planned") or None,
+                completed=done,
+                state=record.doc["state"],
+                errors=m.get("errors", p.get("errors", 0)),
+            )
             if record.state.terminal:
                 break
             time.sleep(interval_s)
@@ -571,8 +609,13 @@ def _handler(kw: dict[str, Any], dead_letter_topic: str | None) -> Any:
     if kw.pop("record_only"):
         runner = None
     launcher = _launcher(runner, kw, kw.pop("events_topic"), kw.pop("workers"), plugins)
-    return TriggerHandler(store, launcher, watch=watch, dead_letter_topic=dead_letter_topic,
-                          claim_ttl_s=kw.pop("claim_ttl_s"))  # fmt: skip
+    return TriggerHandler(
+        store,
+        launcher,
+        watch=watch,
+        dead_letter_topic=dead_letter_topic,
+        claim_ttl_s=kw.pop("claim_ttl_s"),
+    )
 
 
 def _stop_on_signals() -> threading.Event:
@@ -613,8 +656,11 @@ def trigger_listen(subscription: str, max_messages: int, threads: int, **kw: Any
     dead_letter = kw.pop("dead_letter_topic") or dead_letter_topic_of(path)
     handler = _handler(kw, dead_letter)
     listener = PullListener(path, handler, max_messages=max_messages, threads=threads)
-    click.echo(f"listening on {path}; jobs in {handler.store.root}; dead letters to "
-               f"{dead_letter or '(none: recorded only)'}", err=True)  # fmt: skip
+    click.echo(
+        f"listening on {path}; jobs in {handler.store.root}; dead letters to "
+        f"{dead_letter or '(none: recorded only)'}",
+        err=True,
+    )
     listener.run(_stop_on_signals())
     click.echo(f"stopped: {json.dumps(listener.summary())}", err=True)
 
@@ -630,7 +676,7 @@ def trigger_listen(subscription: str, max_messages: int, threads: int, **kw: Any
     "by default the endpoint URL).",
 )
 @click.option(
-    "--service-account",
+    "--push-service-account",
     "service_accounts",
     multiple=True,
     envvar="HYPERBATCH_PUSH_SERVICE_ACCOUNTS",
@@ -644,24 +690,35 @@ def trigger_listen(subscription: str, max_messages: int, threads: int, **kw: Any
 )
 @trigger_options
 @handle_user_errors
-def trigger_serve(host: str, port: int, audience: str | None, service_accounts: tuple[str, ...],
-                  allow_unauthenticated: bool, **kw: Any) -> None:  # fmt: skip
+def trigger_serve(
+    host: str,
+    port: int,
+    audience: str | None,
+    service_accounts: tuple[str, ...],
+    allow_unauthenticated: bool,
+    **kw: Any,
+) -> None:
     """HTTP endpoint for a Pub/Sub push subscription (Cloud Run: PORT is read from the env)."""
     from jobs.triggers.oidc import OidcVerifier
     from jobs.triggers.push import make_app, make_http_server
 
     if not audience and not allow_unauthenticated:
-        raise click.UsageError("set --audience (and --service-account) to verify push tokens, "
-                               "or --allow-unauthenticated")  # fmt: skip
+        raise click.UsageError(
+            "set --audience (and --push-service-account) to verify push tokens, "
+            "or --allow-unauthenticated"
+        )
     accounts = [a for item in service_accounts for a in item.split()]
     verifier = OidcVerifier(audience, accounts) if audience else None
     handler = _handler(kw, kw.pop("dead_letter_topic"))
     server = make_http_server(make_app(handler, verifier), host, port)
     stop = _stop_on_signals()
     threading.Thread(target=lambda: (stop.wait(), server.shutdown()), daemon=True).start()
-    click.echo(f"serving Pub/Sub pushes on http://{host}:{server.server_port}/ "
-               f"({'OIDC ' + audience if verifier else 'unauthenticated'}); jobs in "
-               f"{handler.store.root}", err=True)  # fmt: skip
+    click.echo(
+        f"serving Pub/Sub pushes on http://{host}:{server.server_port}/ "
+        f"({'OIDC ' + audience if verifier else 'unauthenticated'}); jobs in "
+        f"{handler.store.root}",
+        err=True,
+    )
     server.serve_forever()
 
 
@@ -708,8 +765,13 @@ def _manifest_table(m: dict[str, Any]) -> None:
     _console().print(_kv_table(rows))
 
 
-_STATE_STYLE = {"QUEUED": "yellow", "RUNNING": "cyan", "SUCCEEDED": "green", "FAILED": "red",
-                "CANCELLED": "magenta"}  # fmt: skip
+_STATE_STYLE = {
+    "QUEUED": "yellow",
+    "RUNNING": "cyan",
+    "SUCCEEDED": "green",
+    "FAILED": "red",
+    "CANCELLED": "magenta",
+}
 
 
 def _styled(state: str) -> str:
@@ -737,15 +799,35 @@ def _jobs_table(rows: list[dict[str, Any]]) -> None:
     from rich.table import Table
 
     t = Table(box=None, pad_edge=False)
-    for col in ("JOB ID", "STATE", "CREATED", "RUNNER", "VIA", "SUBMITTED BY", "RECORDS",
-                "ERRORS", "COST $"):  # fmt: skip
-        t.add_column(col)
+    for col in (
+        "JOB ID",
+        "STATE",
+        "CREATED",
+        "RUNNER",
+        "VIA",
+        "SUBMITTED BY",
+        "RECORDS",
+        "ERRORS",
+        "COST $",
+    ):
+        t.add_column(col, no_wrap=True)
     for r in rows:
         cost = f"{r['cost_usd']:.6f}" if r["cost_usd"] is not None else "-"
-        t.add_row(r["job_id"], _styled(r["state"]), r["created_at"], r["runner"] or "-",
-                  r["via"] or "-", r["submitted_by"] or "-", _dash(r["records"]),
-                  _dash(r["errors"]), cost)  # fmt: skip
-    _console().print(t if rows else "no jobs")
+        t.add_row(
+            r["job_id"],
+            _styled(r["state"]),
+            r["created_at"],
+            r["runner"] or "-",
+            r["via"] or "-",
+            r["submitted_by"] or "-",
+            _dash(r["records"]),
+            _dash(r["errors"]),
+            cost,
+        )
+    console = _console()
+    if not console.is_terminal:  # piped: one job per line, whole ids, however long
+        console.width = max(console.width, 240)
+    console.print(t if rows else "no jobs")
 
 
 def _dash(v: Any) -> str:
@@ -771,9 +853,11 @@ def _status_table(doc: dict[str, Any]) -> None:
         rows["finished"] = doc["finished_at"]
     p = doc.get("progress")
     if p and doc["state"] == "RUNNING":
-        rows["progress"] = (f"{p.get('records_done', 0)}/{p.get('records_planned', '?')} records, "
-                            f"{p.get('errors', 0)} errors, {p.get('shards_done', 0)} shards "
-                            f"(heartbeat {doc.get('heartbeat_at')})")  # fmt: skip
+        rows["progress"] = (
+            f"{p.get('records_done', 0)}/{p.get('records_planned', '?')} records, "
+            f"{p.get('errors', 0)} errors, {p.get('shards_done', 0)} shards "
+            f"(heartbeat {doc.get('heartbeat_at')})"
+        )
     m = doc.get("manifest")
     if m:
         rows["records"] = f"{m['records_in']} in = {m['results']} results + {m['errors']} errors"
@@ -788,11 +872,12 @@ def _status_table(doc: dict[str, Any]) -> None:
 
 def _plan_table(d: dict[str, Any]) -> None:
     console = _console()
-    console.print(f"[bold]dry run[/bold]: would record job [bold]{d['job_id']}[/bold] in "
-                  f"{d['root']} and launch it with the {d['runner']} runner")  # fmt: skip
+    console.print(
+        f"[bold]dry run[/bold]: would record job [bold]{d['job_id']}[/bold] in "
+        f"{d['root']} and launch it with the {d['runner']} runner"
+    )
     plan = d["launch"]
-    rows = {k: v for k, v in plan.items() if k not in ("pipeline_options",
-                                                        "flex_template_request")}  # fmt: skip
+    rows = {k: v for k, v in plan.items() if k not in ("pipeline_options", "flex_template_request")}
     console.print(_kv_table(rows))
     if "pipeline_options" in plan:
         console.print("[bold]pipeline options[/bold]")

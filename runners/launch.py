@@ -595,11 +595,14 @@ def flex_template_request(
     )
 
 
-def request_as_dict(request: Any) -> dict[str, Any]:
-    """A proto request as the JSON the REST API sends (for --dry-run and tests)."""
+def request_as_dict(request: Any, enums_as_ints: bool = False) -> dict[str, Any]:
+    """A proto request as JSON (for --dry-run and tests), without fields left at defaults."""
     import json
 
-    return json.loads(type(request).to_json(request, preserving_proto_field_name=False))
+    text = type(request).to_json(
+        request, use_integers_for_enums=enums_as_ints, always_print_fields_with_no_presence=False
+    )
+    return json.loads(text)
 
 
 def _client_options(cfg: DataflowConfig) -> dict[str, Any]:
@@ -647,20 +650,29 @@ class DataflowLauncher:
         self.events_topic = events_topic
         self._flex, self._jobs = flex_client, jobs_client
 
+    def _client(self, kind: str) -> Any:
+        from google.auth import exceptions
+        from google.cloud import dataflow_v1beta3 as df
+
+        cls = {"flex": df.FlexTemplatesServiceClient, "jobs": df.JobsV1Beta3Client}[kind]
+        try:
+            return cls(client_options=_client_options(self.config))
+        except exceptions.DefaultCredentialsError as e:
+            raise LaunchError(
+                "dataflow: no Google credentials; run `gcloud auth application-default login` "
+                "or set GOOGLE_APPLICATION_CREDENTIALS"
+            ) from e
+
     @property
     def flex(self) -> Any:
         if self._flex is None:
-            from google.cloud import dataflow_v1beta3 as df
-
-            self._flex = df.FlexTemplatesServiceClient(client_options=_client_options(self.config))
+            self._flex = self._client("flex")
         return self._flex
 
     @property
     def jobs(self) -> Any:
         if self._jobs is None:
-            from google.cloud import dataflow_v1beta3 as df
-
-            self._jobs = df.JobsV1Beta3Client(client_options=_client_options(self.config))
+            self._jobs = self._client("jobs")
         return self._jobs
 
     def plan(self, spec: Any, job_id: str, store: JobStore) -> dict[str, Any]:
@@ -690,9 +702,9 @@ class DataflowLauncher:
         request = flex_template_request(spec, job_id, self.config, store.root, self.events_topic)
         try:
             response = _send_launch(self.flex, request)
-        except exceptions.AlreadyExists:
-            # An earlier attempt (whose answer was lost) launched it: Dataflow job names are
-            # unique among active jobs, and ours is the job id.
+        except exceptions.Conflict:
+            # ALREADY_EXISTS (409): an earlier attempt whose answer was lost launched it. Dataflow
+            # job names are unique among active jobs, and ours is the job id.
             job = _active_job_named(self.jobs, self.config.project, self.config.region, job_id)
             if job is None:
                 raise LaunchError(
@@ -700,11 +712,10 @@ class DataflowLauncher:
                 ) from None
             return self._handle(job)
         except (
-            exceptions.InvalidArgument,
-            exceptions.PermissionDenied,
-            exceptions.NotFound,
-            exceptions.FailedPrecondition,
-            exceptions.Unauthenticated,
+            exceptions.BadRequest,  # invalid argument, failed precondition
+            exceptions.Forbidden,  # permission denied
+            exceptions.NotFound,  # no such template, project or region
+            exceptions.Unauthorized,
         ) as e:
             raise LaunchError(f"dataflow refused the launch: {e.message}") from e
         return self._handle(response.job)

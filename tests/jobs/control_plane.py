@@ -22,9 +22,18 @@ def write_input(where: str, n: int = 5, prefix: str = "r") -> str:
 
 
 def spec_dict(input_path: str, output: str, name: str = "cp", **extra: Any) -> dict[str, Any]:
-    return {"name": name, "task": "chat", "input": input_path, "input_format": "openai",
-            "output": output, "model": "fake", "engine": "fake", "records_per_shard": 2,
-            "sampling": {"max_tokens": 2}, **extra}  # fmt: skip
+    return {
+        "name": name,
+        "task": "chat",
+        "input": input_path,
+        "input_format": "openai",
+        "output": output,
+        "model": "fake",
+        "engine": "fake",
+        "records_per_shard": 2,
+        "sampling": {"max_tokens": 2},
+        **extra,
+    }
 
 
 def make_spec(input_path: str, output: str, **extra: Any) -> job_spec.JobSpec:

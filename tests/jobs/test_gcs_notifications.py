@@ -25,8 +25,14 @@ def notifying_bucket(pubsub_server):
     """A bucket on a fake-gcs-server that announces finalized objects on a topic."""
     topic = cp.topic("gcs-notifications")
     project, name = topic.split("/")[1], topic.split("/")[3]
-    with emulators.fake_gcs_server("-event.pubsub-project-id", project, "-event.pubsub-topic",
-                                   name, "-event.list", "finalize,delete") as url:  # fmt: skip
+    with emulators.fake_gcs_server(
+        "-event.pubsub-project-id",
+        project,
+        "-event.pubsub-topic",
+        name,
+        "-event.list",
+        "finalize,delete",
+    ) as url:
         previous = os.environ.get("STORAGE_EMULATOR_HOST")
         os.environ["STORAGE_EMULATOR_HOST"] = url
         storage.gcs_client.cache_clear()
@@ -45,8 +51,9 @@ def test_a_dropped_spec_file_runs_a_job(notifying_bucket):
     bucket, topic = notifying_bucket
     sub = cp.subscription(topic, ack_deadline_seconds=30)
     store = JobStore(f"{bucket}/jobs")
-    handler = TriggerHandler(store, LocalLauncher(heartbeat_s=0.5),
-                             watch=[normalize_watch_prefix(f"{bucket}/incoming")])  # fmt: skip
+    handler = TriggerHandler(
+        store, LocalLauncher(heartbeat_s=0.5), watch=[normalize_watch_prefix(f"{bucket}/incoming")]
+    )
     listener = PullListener(sub, handler)
     stop = threading.Event()
     thread = threading.Thread(target=listener.run, args=(stop, 3600), daemon=True)
@@ -54,8 +61,9 @@ def test_a_dropped_spec_file_runs_a_job(notifying_bucket):
     try:
         cp.write_input(f"{bucket}/incoming/in.jsonl", n=3)  # a data file: ignored
         spec = cp.spec_dict("in.jsonl", f"{bucket}/jobs", name="dropped")  # relative to the file
-        generation = storage.write_bytes(f"{bucket}/incoming/job.yaml",
-                                         yaml.safe_dump(spec).encode())  # fmt: skip
+        generation = storage.write_bytes(
+            f"{bucket}/incoming/job.yaml", yaml.safe_dump(spec).encode()
+        )
         jobs = cp.wait_for(lambda: store.list(), timeout=30)
         job_id = jobs[0].job_id
         done = cp.wait_for(lambda: cp.finished(store, job_id), timeout=90)
@@ -70,8 +78,11 @@ def test_a_dropped_spec_file_runs_a_job(notifying_bucket):
     assert done.doc["submission"]["generation"] == str(generation)
     assert done.doc["manifest"]["records_in"] == 3
     results = storage.glob(f"{done.doc['job_dir']}/results/*.jsonl")
-    ids = sorted(json.loads(line)["custom_id"] for f in results
-                 for line in storage.read_text(f.path).splitlines())  # fmt: skip
+    ids = sorted(
+        json.loads(line)["custom_id"]
+        for f in results
+        for line in storage.read_text(f.path).splitlines()
+    )
     assert ids == ["r0", "r1", "r2"]
     assert handler.counts["submitted"] == 1
     assert handler.counts.get("rejected", 0) == 0

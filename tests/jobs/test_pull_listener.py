@@ -113,8 +113,13 @@ def test_duplicates_and_a_redelivery_make_one_job(setup):
     crashed = pubsub.subscriber().pull(request={"subscription": sub, "max_messages": 1}, timeout=10)
     (received,) = crashed.received_messages
     first = TriggerHandler(store, launcher).handle(
-        Delivery(received.message.message_id, received.message.data,
-                 dict(received.message.attributes), subscription=sub))  # fmt: skip
+        Delivery(
+            received.message.message_id,
+            received.message.data,
+            dict(received.message.attributes),
+            subscription=sub,
+        )
+    )
     assert (first.kind, first.job_id) == ("submitted", "dup-job")
 
     handler = TriggerHandler(store, launcher)
@@ -172,8 +177,9 @@ def test_a_message_that_always_fails_is_dead_lettered_by_pubsub(setup):
     store, _, spec, _ = setup
     requests, dead = cp.topic("requests"), cp.topic("dead")
     dead_sub = cp.subscription(dead)
-    sub = cp.subscription(requests, dead_letter_policy={"dead_letter_topic": dead,
-                                                        "max_delivery_attempts": 5})  # fmt: skip
+    sub = cp.subscription(
+        requests, dead_letter_policy={"dead_letter_topic": dead, "max_delivery_attempts": 5}
+    )
 
     class Broken(TriggerHandler):
         def handle(self, delivery):

@@ -39,22 +39,38 @@ class SigningKey:
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, kid)])
         now = dt.datetime.now(dt.UTC)
-        cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-                .public_key(key.public_key()).serial_number(x509.random_serial_number())
-                .not_valid_before(now - dt.timedelta(days=1))
-                .not_valid_after(now + dt.timedelta(days=1)).sign(key, hashes.SHA256()))  # fmt: skip
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(days=1))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .sign(key, hashes.SHA256())
+        )
         self.cert_pem = cert.public_bytes(serialization.Encoding.PEM).decode()
-        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())  # fmt: skip
+        pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
         self.signer = crypt.RSASigner.from_string(pem, key_id=kid)
 
     def token(self, **overrides) -> str:
         from google.auth import jwt
 
         now = int(time.time())
-        claims = {"iss": "https://accounts.google.com", "aud": AUDIENCE, "email": PUSHER,
-                  "email_verified": True, "sub": "1234567890", "iat": now, "exp": now + 3600,
-                  **overrides}  # fmt: skip
+        claims = {
+            "iss": "https://accounts.google.com",
+            "aud": AUDIENCE,
+            "email": PUSHER,
+            "email_verified": True,
+            "sub": "1234567890",
+            "iat": now,
+            "exp": now + 3600,
+            **overrides,
+        }
         claims = {k: v for k, v in claims.items() if v is not None}
         return jwt.encode(self.signer, claims).decode()
 
@@ -89,10 +105,15 @@ def post(url: str, body: dict, token: str | None = None) -> tuple[int, dict]:
 
 
 def envelope(spec: dict, message_id: str, **attributes: str) -> dict:
-    return {"message": {"data": base64.b64encode(json.dumps(spec).encode()).decode(),
-                        "attributes": attributes, "messageId": message_id,
-                        "publishTime": "2026-01-01T00:00:00.000Z"},
-            "subscription": "projects/p/subscriptions/push"}  # fmt: skip
+    return {
+        "message": {
+            "data": base64.b64encode(json.dumps(spec).encode()).decode(),
+            "attributes": attributes,
+            "messageId": message_id,
+            "publishTime": "2026-01-01T00:00:00.000Z",
+        },
+        "subscription": "projects/p/subscriptions/push",
+    }
 
 
 @pytest.fixture
@@ -158,10 +179,14 @@ def test_pushes_from_the_emulator(store_and_spec, google_key):
 
         return wrapped
 
-    guarded = make_app(TriggerHandler(JobStore(store.root + "-guarded")),
-                       OidcVerifier(AUDIENCE, [PUSHER], certs=lambda: {google_key.kid: google_key.cert_pem}))  # fmt: skip
-    with serving(make_app(TriggerHandler(store), None)) as open_url, \
-            serving(counting(guarded)) as guarded_url:  # fmt: skip
+    guarded = make_app(
+        TriggerHandler(JobStore(store.root + "-guarded")),
+        OidcVerifier(AUDIENCE, [PUSHER], certs=lambda: {google_key.kid: google_key.cert_pem}),
+    )
+    with (
+        serving(make_app(TriggerHandler(store), None)) as open_url,
+        serving(counting(guarded)) as guarded_url,
+    ):
         cp.subscription(requests, push_config={"push_endpoint": open_url})
         cp.subscription(requests, push_config={"push_endpoint": guarded_url})
         pubsub.publish(requests, json.dumps(spec).encode(), {"job_id": "from-push"})

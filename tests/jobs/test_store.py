@@ -36,8 +36,9 @@ def new_store(root, events=None) -> JobStore:
 
 
 def create(store, spec, job_id="job-a", **kw):
-    return store.create(spec, job_id, submitted_by="ann", submission={"via": "test"},
-                        runner="local", **kw)  # fmt: skip
+    return store.create(
+        spec, job_id, submitted_by="ann", submission={"via": "test"}, runner="local", **kw
+    )
 
 
 def test_create_records_spec_and_status_once(root, spec):
@@ -76,10 +77,21 @@ def test_states_follow_the_lifecycle(root, spec):
     running = store.transition("job-a", JobState.RUNNING, by="proc", launch={"pid": 42})
     assert running.doc["started_at"]
     assert running.doc["launch"] == {"pid": 42}
-    summary = {"status": "SUCCEEDED", "records_in": 5, "results": 5, "errors": 0,
-               "prompt_tokens": 15, "completion_tokens": 10, "wall_seconds": 1.0,
-               "accelerator_seconds": 0.5, "cost_usd": 0.01, "usd_per_1k_tokens": 0.4,
-               "manifest": "m.json", "results_glob": "r/*", "errors_glob": "e/*"}  # fmt: skip
+    summary = {
+        "status": "SUCCEEDED",
+        "records_in": 5,
+        "results": 5,
+        "errors": 0,
+        "prompt_tokens": 15,
+        "completion_tokens": 10,
+        "wall_seconds": 1.0,
+        "accelerator_seconds": 0.5,
+        "cost_usd": 0.01,
+        "usd_per_1k_tokens": 0.4,
+        "manifest": "m.json",
+        "results_glob": "r/*",
+        "errors_glob": "e/*",
+    }
     done = store.transition("job-a", JobState.SUCCEEDED, manifest=summary)
     assert done.doc["finished_at"]
     assert done.doc["manifest"] == summary
@@ -91,7 +103,10 @@ def test_states_follow_the_lifecycle(root, spec):
 
     # every change was announced, as a JobEvent of the schema, in order
     assert [(e["state"], e["previous_state"]) for e in events.events] == [
-        ("QUEUED", None), ("RUNNING", "QUEUED"), ("SUCCEEDED", "RUNNING")]  # fmt: skip
+        ("QUEUED", None),
+        ("RUNNING", "QUEUED"),
+        ("SUCCEEDED", "RUNNING"),
+    ]
     assert [e["event_id"] for e in events.events] == ["job-a/1", "job-a/2", "job-a/3"]
     assert events.events[-1]["manifest_summary"] == summary
     for e in events.events:
@@ -125,8 +140,12 @@ def test_two_writers_never_both_win(root, spec):
     for round_ in range(4):
         job_id = f"race-{round_}"
         create(store, spec, job_id)
-        outcomes = race(6, lambda i, job_id=job_id: store.transition(
-            job_id, targets[i % 3], by=f"w{i}", expect=[JobState.QUEUED]))  # fmt: skip
+        outcomes = race(
+            6,
+            lambda i, job_id=job_id: store.transition(
+                job_id, targets[i % 3], by=f"w{i}", expect=[JobState.QUEUED]
+            ),
+        )
         winners = [o for o in outcomes if not isinstance(o, Exception)]
         losers = [o for o in outcomes if isinstance(o, Exception)]
         assert len(winners) == 1, outcomes
@@ -166,8 +185,9 @@ def test_a_stale_generation_never_writes(root, spec):
     record, _ = create(store, spec)
     store.update("job-a", lambda d: {**d, "error": "fresh"})
     with pytest.raises(storage.PreconditionFailed):
-        storage.write_bytes(store.status_path("job-a"), b"{}",
-                            if_generation_match=record.generation)  # fmt: skip
+        storage.write_bytes(
+            store.status_path("job-a"), b"{}", if_generation_match=record.generation
+        )
     assert store.get("job-a").doc["error"] == "fresh"
 
 

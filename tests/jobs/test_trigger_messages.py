@@ -42,8 +42,12 @@ def test_the_spec_itself_as_json_or_yaml(raw_spec):
 
 
 def test_a_job_request_with_its_own_job_id(raw_spec):
-    body = {"job_id": "nightly-2026-01-01", "spec": raw_spec, "submitted_by": "ann",
-            "overrides": {"batch_size": "8", "sampling.max_tokens": "3"}}  # fmt: skip
+    body = {
+        "job_id": "nightly-2026-01-01",
+        "spec": raw_spec,
+        "submitted_by": "ann",
+        "overrides": {"batch_size": "8", "sampling.max_tokens": "3"},
+    }
     request = interpret(delivery(json.dumps(body), message_id="1"))
     assert request.job_id == "nightly-2026-01-01"
     assert request.submitted_by == "ann"
@@ -58,8 +62,13 @@ def test_a_job_request_with_its_own_job_id(raw_spec):
 
 
 def test_avro_binary_and_avro_json(raw_spec):
-    record = {"job_id": "avro-job", "spec_json": json.dumps(raw_spec), "spec_url": None,
-              "submitted_by": "etl", "overrides": {"batch_size": "4"}}  # fmt: skip
+    record = {
+        "job_id": "avro-job",
+        "spec_json": json.dumps(raw_spec),
+        "spec_url": None,
+        "submitted_by": "etl",
+        "overrides": {"batch_size": "4"},
+    }
     binary = avro.encode_one("job_request", record)
     for attrs in ({"googclient_schemaencoding": "BINARY"}, {"content-type": "application/avro"}):
         request = interpret(delivery(binary, **attrs))
@@ -103,16 +112,34 @@ def test_invalid_specs_and_ids_are_rejected_with_what_to_fix(raw_spec, tmp_path)
         interpret(delivery(json.dumps({"job_id": "b-2", "spec": raw_spec}), job_id="a-1"))
 
 
-def notification(bucket: str, name: str, generation: int, event: str = "OBJECT_FINALIZE",
-                 metadata: dict | None = None) -> Delivery:  # fmt: skip
+def notification(
+    bucket: str,
+    name: str,
+    generation: int,
+    event: str = "OBJECT_FINALIZE",
+    metadata: dict | None = None,
+) -> Delivery:
     """The attributes and JSON_API_V1 payload Cloud Storage publishes."""
-    payload = {"kind": "storage#object", "id": f"{bucket}/{name}/{generation}", "name": name,
-               "bucket": bucket, "generation": str(generation), "metageneration": "1",
-               "contentType": "application/yaml", "size": "100", "metadata": metadata or {}}  # fmt: skip
-    attrs = {"notificationConfig": f"projects/_/buckets/{bucket}/notificationConfigs/1",
-             "eventType": event, "payloadFormat": "JSON_API_V1", "bucketId": bucket,
-             "objectId": name, "objectGeneration": str(generation),
-             "eventTime": "2026-01-01T00:00:00.000000Z"}  # fmt: skip
+    payload = {
+        "kind": "storage#object",
+        "id": f"{bucket}/{name}/{generation}",
+        "name": name,
+        "bucket": bucket,
+        "generation": str(generation),
+        "metageneration": "1",
+        "contentType": "application/yaml",
+        "size": "100",
+        "metadata": metadata or {},
+    }
+    attrs = {
+        "notificationConfig": f"projects/_/buckets/{bucket}/notificationConfigs/1",
+        "eventType": event,
+        "payloadFormat": "JSON_API_V1",
+        "bucketId": bucket,
+        "objectId": name,
+        "objectGeneration": str(generation),
+        "eventTime": "2026-01-01T00:00:00.000000Z",
+    }
     return Delivery("n-77", json.dumps(payload).encode(), attrs)
 
 
@@ -158,15 +185,25 @@ def test_notifications_that_ask_for_nothing_are_ignored(gcs_bucket):
         outcome = interpret(message, watch)
         assert isinstance(outcome, Ignored)
         assert why in outcome.reason
-    inside = interpret(notification(bucket, "specs/jobs/x/status.json", 5), watch,
-                       exclude=[f"{gcs_bucket}/specs/jobs/"])  # fmt: skip
+    inside = interpret(
+        notification(bucket, "specs/jobs/x/status.json", 5),
+        watch,
+        exclude=[f"{gcs_bucket}/specs/jobs/"],
+    )
     assert "inside the job store" in inside.reason
 
 
 def test_push_envelope():
-    envelope = {"message": {"data": base64.b64encode(b"hello").decode(), "messageId": "42",
-                            "attributes": {"a": "b"}, "publishTime": "2026-01-01T00:00:00Z"},
-                "subscription": "projects/p/subscriptions/s", "deliveryAttempt": 3}  # fmt: skip
+    envelope = {
+        "message": {
+            "data": base64.b64encode(b"hello").decode(),
+            "messageId": "42",
+            "attributes": {"a": "b"},
+            "publishTime": "2026-01-01T00:00:00Z",
+        },
+        "subscription": "projects/p/subscriptions/s",
+        "deliveryAttempt": 3,
+    }
     d = Delivery.from_push(envelope)
     assert (d.message_id, d.data, d.attributes, d.delivery_attempt) == (
         "42",

@@ -1,0 +1,41 @@
+"""A plug-in engine for launcher tests: the fake engine, but each request takes a while.
+
+Importing this module registers engine ``slow`` (``engine_options.seconds_per_request``, default
+0.2), so a test can start a job that is still running when it cancels or kills it. Job processes
+import it with ``--plugin tests.runners.slow_engine``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from engines import registry
+from engines.base import OnResult, Request, Result
+from engines.fake import FakeEngine
+
+
+class SlowEngine(FakeEngine):
+    name = "slow"
+
+    def generate(
+        self, requests: Sequence[Request], on_result: OnResult | None = None
+    ) -> list[Result]:
+        delay = float(self.config.options.get("seconds_per_request", 0.2))
+        out = []
+        for r in requests:
+            time.sleep(delay)
+            out += super().generate([r], on_result)
+        return out
+
+
+if "slow" not in registry.ENGINES:
+    registry.register(
+        "slow",
+        registry.EngineEntry(
+            "tests.runners.slow_engine:SlowEngine",
+            "nothing (tests)",
+            "fake, slowly",
+            needs_model=False,
+        ),
+    )

@@ -1,0 +1,399 @@
+"""Launchers: the exact Dataflow options and Flex Template request per accelerator, the real
+google-cloud-dataflow-client call (against a local REST fake that fails first), and local jobs
+that are cancelled, stop themselves, crash, or finish through the Flex Template entry point."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
+
+import pytest
+
+from jobs import spec as job_spec
+from jobs.store import JobState, JobStore
+from jobs.submit import JobRequest, LaunchError, submit
+from runners import launch
+from runners.launch import DataflowConfig, DataflowLauncher, LocalLauncher
+from tests.jobs import control_plane as cp
+
+CONFIG = DataflowConfig(
+    project="acme-ml",
+    region="us-east5",
+    template="gs://acme-templates/hyperbatch/flex.json",
+    image="us-docker.pkg.dev/acme-ml/hyperbatch/worker:0.1.0",
+    service_account="batch@acme-ml.iam.gserviceaccount.com",
+    network="ml-vpc",
+    subnetwork="regions/us-east5/subnetworks/ml",
+    max_workers=6,
+    public_ips=False,
+    labels={"team": "search"},
+)
+ROOT = "gs://acme-jobs/jobs"
+
+
+def spec_for(accelerator: str, count: int = 1) -> job_spec.JobSpec:
+    return job_spec.validate(
+        {**cp.spec_dict("gs://acme-data/in/*.jsonl", ROOT, name="sweep"),
+         "accelerator": accelerator, "accelerator_count": count},
+        check_resources=False,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("accelerator", "count", "machine", "worker_accelerator"),
+    [
+        ("tpu-v5e", 1, "ct5lp-hightpu-1t", "type:tpu-v5-lite-podslice;topology:1x1"),
+        ("tpu-v5e", 4, "ct5lp-hightpu-4t", "type:tpu-v5-lite-podslice;topology:2x2"),
+        ("tpu-v5e", 8, "ct5lp-hightpu-8t", "type:tpu-v5-lite-podslice;topology:2x4"),
+        ("tpu-v6e", 1, "ct6e-standard-1t", "type:tpu-v6e-slice;topology:1x1"),
+        ("tpu-v6e", 4, "ct6e-standard-4t", "type:tpu-v6e-slice;topology:2x2"),
+        ("tpu-v6e", 8, "ct6e-standard-8t", "type:tpu-v6e-slice;topology:2x4"),
+        ("tpu-v5p", 4, "ct5p-hightpu-4t", "type:tpu-v5p-slice;topology:2x2x1"),
+        ("nvidia-l4", 1, "g2-standard-4", "type:nvidia-l4;count:1;install-nvidia-driver"),
+        ("nvidia-l4", 4, "g2-standard-48", "type:nvidia-l4;count:4;install-nvidia-driver"),
+        ("nvidia-a100-40gb", 1, "a2-highgpu-1g",
+         "type:nvidia-tesla-a100;count:1;install-nvidia-driver"),
+        ("nvidia-a100-80gb", 2, "a2-ultragpu-2g",
+         "type:nvidia-a100-80gb;count:2;install-nvidia-driver"),
+        ("nvidia-h100-80gb", 8, "a3-highgpu-8g",
+         "type:nvidia-h100-80gb;count:8;install-nvidia-driver"),
+        ("nvidia-h200-141gb", 8, "a3-ultragpu-8g",
+         "type:nvidia-h200-141gb;count:8;install-nvidia-driver"),
+    ],
+)  # fmt: skip
+def test_each_accelerator_gets_its_worker(accelerator, count, machine, worker_accelerator):
+    spec = spec_for(accelerator, count)
+    options = launch.pipeline_options(spec, "sweep-1", CONFIG, ROOT)
+    assert options["machine_type"] == machine
+    assert options["dataflow_service_options"] == [f"worker_accelerator={worker_accelerator}"]
+    assert options["experiments"] == ["use_runner_v2", "no_use_multiple_sdk_containers"]
+    assert options["disk_size_gb"] == 200
+    request = launch.request_as_dict(launch.flex_template_request(spec, "sweep-1", CONFIG, ROOT))
+    param = request["launchParameter"]
+    assert param["environment"]["machineType"] == machine
+    assert (
+        param["parameters"]["dataflow_service_options"]
+        == f"worker_accelerator={worker_accelerator}"
+    )
+
+
+def test_tpu_pipeline_options_exactly():
+    options = launch.pipeline_options(
+        spec_for("tpu-v6e", 4),
+        "sweep-1",
+        CONFIG,
+        ROOT,
+        events_topic="projects/acme-ml/topics/job-events",
+    )
+    assert launch.as_flags(options) == [
+        "--runner=DataflowRunner",
+        "--project=acme-ml",
+        "--region=us-east5",
+        "--job_name=sweep-1",
+        "--temp_location=gs://acme-jobs/jobs/_dataflow/temp",
+        "--staging_location=gs://acme-jobs/jobs/_dataflow/temp/staging",
+        "--sdk_container_image=us-docker.pkg.dev/acme-ml/hyperbatch/worker:0.1.0",
+        "--sdk_location=container",
+        "--machine_type=ct6e-standard-4t",
+        "--num_workers=1",
+        "--max_num_workers=6",
+        "--autoscaling_algorithm=THROUGHPUT_BASED",
+        "--experiments=use_runner_v2",
+        "--experiments=no_use_multiple_sdk_containers",
+        "--labels=hyperbatch-job=sweep-1",
+        "--labels=hyperbatch-accelerator=tpu-v6e",
+        "--labels=hyperbatch-engine=fake",
+        "--labels=team=search",
+        "--dataflow_service_options=worker_accelerator=type:tpu-v6e-slice;topology:2x2",
+        "--disk_size_gb=200",
+        "--service_account_email=batch@acme-ml.iam.gserviceaccount.com",
+        "--network=ml-vpc",
+        "--subnetwork=regions/us-east5/subnetworks/ml",
+        "--no_use_public_ips",
+        "--hyperbatch_root=gs://acme-jobs/jobs",
+        "--hyperbatch_job_id=sweep-1",
+        "--hyperbatch_events_topic=projects/acme-ml/topics/job-events",
+    ]
+
+
+def test_gpu_flex_template_request_exactly():
+    request = launch.flex_template_request(spec_for("nvidia-h100-80gb", 8), "sweep-1", CONFIG, ROOT)
+    assert launch.request_as_dict(request) == {
+        "projectId": "acme-ml",
+        "location": "us-east5",
+        "launchParameter": {
+            "jobName": "sweep-1",
+            "containerSpecGcsPath": "gs://acme-templates/hyperbatch/flex.json",
+            "parameters": {
+                "hyperbatch_root": "gs://acme-jobs/jobs",
+                "hyperbatch_job_id": "sweep-1",
+                "dataflow_service_options":
+                    "worker_accelerator=type:nvidia-h100-80gb;count:8;install-nvidia-driver",
+            },
+            "environment": {
+                "numWorkers": 1,
+                "maxWorkers": 6,
+                "machineType": "a3-highgpu-8g",
+                "tempLocation": "gs://acme-jobs/jobs/_dataflow/temp",
+                "stagingLocation": "gs://acme-jobs/jobs/_dataflow/temp/staging",
+                "sdkContainerImage": "us-docker.pkg.dev/acme-ml/hyperbatch/worker:0.1.0",
+                "additionalExperiments": ["use_runner_v2", "no_use_multiple_sdk_containers"],
+                "additionalUserLabels": {"hyperbatch-job": "sweep-1", "team": "search",
+                                         "hyperbatch-accelerator": "nvidia-h100-80gb",
+                                         "hyperbatch-engine": "fake"},
+                "autoscalingAlgorithm": "AUTOSCALING_ALGORITHM_BASIC",
+                "serviceAccountEmail": "batch@acme-ml.iam.gserviceaccount.com",
+                "network": "ml-vpc",
+                "subnetwork": "regions/us-east5/subnetworks/ml",
+                "ipConfiguration": "WORKER_IP_PRIVATE",
+                "diskSizeGb": 200,
+            },
+        },
+    }  # fmt: skip
+
+
+def test_cpu_workers_and_what_is_refused():
+    cpu = launch.pipeline_options(
+        spec_for("cpu"),
+        "sweep-1",
+        DataflowConfig(project="p", region="r", template="gs://t/f.json", image="i"),
+        ROOT,
+    )
+    assert cpu["machine_type"] == "n2-standard-2"
+    assert cpu["experiments"] == ["use_runner_v2"]
+    assert "dataflow_service_options" not in cpu
+    assert "disk_size_gb" not in cpu
+    with pytest.raises(LaunchError, match="single-host slices of 1, 4, 8 chips"):
+        launch.pipeline_options(spec_for("tpu-v5e", 2), "sweep-1", CONFIG, ROOT)
+    with pytest.raises(LaunchError, match="nvidia-h200-141gb comes 8 per machine"):
+        launch.pipeline_options(spec_for("nvidia-h200-141gb", 1), "sweep-1", CONFIG, ROOT)
+    with pytest.raises(LaunchError) as e:
+        launch.pipeline_options(spec_for("cpu"), "sweep-1", DataflowConfig(), "/local/jobs")
+    for needed in ("--project", "--region", "--template", "--image", "--temp-location"):
+        assert needed in str(e.value)
+
+
+# --------------------------------------------------------------------------- the real client
+
+
+class FakeDataflow(BaseHTTPRequestHandler):
+    """The Dataflow REST API, as far as the launcher uses it; fails the first launch with 503."""
+
+    calls: ClassVar[list[tuple[str, str, dict]]] = []
+    launches = 0
+
+    def _reply(self, code: int, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _body(self) -> dict:
+        length = int(self.headers.get("Content-Length") or 0)
+        return json.loads(self.rfile.read(length)) if length else {}
+
+    def do_POST(self):
+        FakeDataflow.calls.append(("POST", self.path, self._body()))
+        FakeDataflow.launches += 1
+        if FakeDataflow.launches == 1:
+            return self._reply(
+                503, {"error": {"code": 503, "message": "try again", "status": "UNAVAILABLE"}}
+            )
+        if FakeDataflow.launches == 3:
+            return self._reply(
+                409,
+                {"error": {"code": 409, "message": "job name exists", "status": "ALREADY_EXISTS"}},
+            )
+        return self._reply(200, {"job": {"id": "2026-01-01_00_00_00-111", "name": "sweep-1"}})
+
+    def do_GET(self):
+        FakeDataflow.calls.append(("GET", self.path, {}))
+        if "/jobs/" in self.path:
+            return self._reply(
+                200, {"id": "2026-01-01_00_00_00-111", "currentState": "JOB_STATE_FAILED"}
+            )
+        return self._reply(200, {"jobs": [{"id": "2026-01-01_00_00_00-111", "name": "sweep-1"}]})
+
+    def do_PUT(self):
+        FakeDataflow.calls.append(("PUT", self.path, self._body()))
+        return self._reply(200, {"id": "2026-01-01_00_00_00-111"})
+
+    def log_message(self, *args):
+        pass
+
+
+@contextlib.contextmanager
+def fake_dataflow():
+    FakeDataflow.calls, FakeDataflow.launches = [], 0
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeDataflow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_launch_cancel_and_poll_through_the_dataflow_client(tmp_path):
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import dataflow_v1beta3 as df
+
+    with fake_dataflow() as endpoint:
+        options = {"api_endpoint": endpoint}
+        launcher = DataflowLauncher(
+            CONFIG,
+            flex_client=df.FlexTemplatesServiceClient(
+                transport="rest", client_options=options, credentials=AnonymousCredentials()),
+            jobs_client=df.JobsV1Beta3Client(
+                transport="rest", client_options=options, credentials=AnonymousCredentials()),
+        )  # fmt: skip
+        spec = spec_for("tpu-v5e", 4)
+        store = JobStore(ROOT)
+        handle = launcher.launch(spec, "sweep-1", store)  # 503 first: retried by CLOUD_RETRY
+        assert handle == {
+            "launcher": "dataflow", "dataflow_job_id": "2026-01-01_00_00_00-111",
+            "project": "acme-ml", "region": "us-east5",
+            "console_url": "https://console.cloud.google.com/dataflow/jobs/us-east5/"
+                           "2026-01-01_00_00_00-111?project=acme-ml",
+        }  # fmt: skip
+        (_, path1, body1), (_, path2, body2) = FakeDataflow.calls[:2]
+        assert (
+            path1.split("?")[0] == "/v1b3/projects/acme-ml/locations/us-east5/flexTemplates:launch"
+        )
+        assert path2 == path1
+        assert body1 == body2
+        request = launch.flex_template_request(spec, "sweep-1", CONFIG, ROOT)
+        sent = launch.request_as_dict(request, enums_as_ints=True)  # the REST transport's encoding
+        assert body1 == {"launchParameter": sent["launchParameter"]}  # project, region: in the path
+
+        # a relaunch whose name is taken (the first answer was lost): the active job is found
+        assert launcher.launch(spec, "sweep-1", store) == handle
+        assert FakeDataflow.calls[-1][0] == "GET"
+        assert "name=sweep-1" in FakeDataflow.calls[-1][1]
+
+        assert "requested cancellation" in launcher.cancel(handle, "sweep-1")
+        method, path, body = FakeDataflow.calls[-1]
+        assert (method, path.split("?")[0]) == (
+            "PUT",
+            "/v1b3/projects/acme-ml/locations/us-east5/jobs/2026-01-01_00_00_00-111",
+        )
+        assert body["requestedState"] in ("JOB_STATE_CANCELLED", 5)
+
+        from jobs.store import Record
+
+        gone = launcher.poll(Record({"job_id": "sweep-1", "launch": handle}, 1))
+        assert "2026-01-01_00_00_00-111 failed" in gone
+
+
+# --------------------------------------------------------------------------- local jobs
+
+
+@pytest.fixture
+def slow_job(tmp_path):
+    """A QUEUED job on the slow engine (0.3 s per request, 40 requests)."""
+    import tests.runners.slow_engine  # noqa: F401 - registers the engine for validation here
+
+    store = JobStore(str(tmp_path / "jobs"))
+    data = cp.spec_dict(
+        cp.write_input(str(tmp_path / "in.jsonl"), n=40),
+        store.root,
+        name="slow",
+        engine="slow",
+        engine_options={"seconds_per_request": 0.3},
+    )
+    spec = job_spec.validate(data)
+    launcher = LocalLauncher(plugins=("tests.runners.slow_engine",), heartbeat_s=0.3)
+    request = JobRequest("slow-job", spec, "test", {"via": "test"})
+    return store, launcher, request
+
+
+def running_with_progress(store, job_id):
+    r = store.find(job_id)
+    return (
+        r
+        if r and r.state == JobState.RUNNING and (r.doc.get("progress") or {}).get("records_done")
+        else None
+    )
+
+
+def test_a_job_cancelled_elsewhere_stops_itself(slow_job):
+    """Cancelled by state only (as from another machine): the heartbeat stops the process."""
+    store, launcher, request = slow_job
+    record = submit(store, request, launcher).record
+    pid = record.launch["pid"]
+    cp.wait_for(lambda: running_with_progress(store, "slow-job"), timeout=60)
+    store.transition("slow-job", JobState.CANCELLED, by="someone elsewhere")
+    cp.wait_for(lambda: not launch._process_alive(pid, "slow-job"), timeout=20)
+    final = store.get("slow-job")
+    assert final.state == JobState.CANCELLED
+    assert final.doc["manifest"] is None
+    assert final.doc["progress"]["records_done"] < 40
+
+
+def test_a_crashed_job_process_is_failed_by_reconcile(slow_job):
+    store, launcher, request = slow_job
+    record = submit(store, request, launcher).record
+    pid = record.launch["pid"]
+    running = cp.wait_for(lambda: running_with_progress(store, "slow-job"), timeout=60)
+    assert launch.reconcile(store, running).state == JobState.RUNNING  # alive: left alone
+    os.killpg(pid, signal.SIGKILL)  # an OOM kill, say
+    cp.wait_for(lambda: not launch._process_alive(pid, "slow-job"), timeout=20)
+    failed = launch.reconcile(store, store.get("slow-job"))
+    assert failed.state == JobState.FAILED
+    assert f"its process {pid} exited without recording a result" in failed.doc["error"]
+    assert failed.doc["error"].endswith("launch.log")
+
+
+def test_local_plan_and_multi_process_mode(tmp_path):
+    store = JobStore(str(tmp_path / "jobs"))
+    plan = LocalLauncher(workers=3, events_topic="projects/p/topics/t").plan(
+        spec_for("cpu"), "sweep-1", store
+    )
+    assert plan["direct_running_mode"] == "multi_processing"
+    assert plan["direct_num_workers"] == 3
+    assert plan["command"][1:] == [
+        "-m",
+        "runners.launch",
+        "execute",
+        "--root",
+        store.root,
+        "--job-id",
+        "sweep-1",
+        "--workers",
+        "3",
+        "--heartbeat-s",
+        "5.0",
+        "--events-topic",
+        "projects/p/topics/t",
+    ]
+    assert plan["log"] == os.path.join(store.root, "sweep-1", "launch.log")
+
+
+def test_the_flex_entry_point_records_the_final_state(tmp_path):
+    """flex_main on the local runner: QUEUED -> RUNNING, then the appended step -> SUCCEEDED."""
+    store = JobStore(str(tmp_path / "jobs"))
+    spec = cp.make_spec(cp.write_input(str(tmp_path / "in.jsonl"), n=3), store.root)
+    store.create(spec, "flexed", submitted_by="t", submission={"via": "test"}, runner="dataflow")
+    runner = "apache_beam.runners.portability.fn_api_runner.fn_runner.FnApiRunner"
+    code = launch.flex_main(
+        ["--hyperbatch_root", store.root, "--hyperbatch_job_id", "flexed", f"--runner={runner}"]
+    )
+    assert code == launch.EXIT_SUCCEEDED
+    done = store.get("flexed")
+    assert done.state == JobState.SUCCEEDED
+    assert done.doc["manifest"]["records_in"] == 3
+    assert [h["state"] for h in done.doc["history"]] == ["QUEUED", "RUNNING", "SUCCEEDED"]
+    assert done.doc["history"][-1]["by"].startswith("dataflow worker")
+    assert (
+        launch.flex_main(
+            ["--hyperbatch_root", store.root, "--hyperbatch_job_id", "flexed", f"--runner={runner}"]
+        )
+        == launch.EXIT_NOT_RUN
+    )

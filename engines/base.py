@@ -297,6 +297,11 @@ class Engine(abc.ABC):
         """Problems with a job's ``engine_options`` for this engine, found before launch."""
         return []
 
+    @classmethod
+    def missing_dependency(cls) -> str | None:
+        """What must be installed for this engine to load here (checked cheaply), or None."""
+        return None
+
     @property
     @abc.abstractmethod
     def info(self) -> ModelInfo: ...

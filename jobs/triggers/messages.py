@@ -248,9 +248,12 @@ def _utf8(data: bytes) -> str:
 
 def _parse_spec_text(text: str, source: str) -> dict[str, Any]:
     try:
-        parsed = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise Rejected(f"{source}: not JSON or YAML: {e}") from e
+        parsed = json.loads(text)  # the common case, and ~50x faster than the YAML parser
+    except ValueError:
+        try:
+            parsed = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise Rejected(f"{source}: not JSON or YAML: {e}") from e
     if not isinstance(parsed, dict):
         raise Rejected(f"{source}: expected a job spec (a mapping), got {type(parsed).__name__}")
     return parsed

@@ -302,6 +302,7 @@ def _launcher(
     events_topic: str | None,
     workers: int,
     plugins: tuple[str, ...],
+    max_running: int = 1,
 ) -> Any:
     from runners.launch import DataflowLauncher, LocalLauncher
 
@@ -309,7 +310,8 @@ def _launcher(
     if runner == "dataflow":
         return DataflowLauncher(config, events_topic=events_topic)
     if runner == "local":
-        return LocalLauncher(workers=workers, plugins=plugins, events_topic=events_topic)
+        return LocalLauncher(workers=workers, plugins=plugins, events_topic=events_topic,
+                             max_running=max_running)  # fmt: skip
     return None
 
 
@@ -412,6 +414,9 @@ def submit(
         code = _watch(store, job_id, fmt, interval_s=1.0, dataflow=launcher_config(launcher))
         sys.exit(code)
     emit(done.record.to_dict(), fmt, _status_table)
+    if done.record.doc["state"] == "FAILED":
+        click.echo(f"error: {done.record.doc['error']}", err=True)
+        sys.exit(EXIT_JOB_FAILED)
 
 
 def launcher_config(launcher: Any) -> Any:
@@ -584,6 +589,9 @@ def trigger_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                      "forwarded (pull: default the subscription's dead-letter topic)."),
         click.option("--workers", type=int, default=1, show_default=True,
                      help="local: Beam worker processes per job."),
+        click.option("--max-running", type=click.IntRange(min=1), default=2, show_default=True,
+                     help="local: most jobs running at once; later ones wait, their messages "
+                     "held unacked."),
         click.option("--claim-ttl-s", type=float, default=300.0, hidden=True),
         plugin_option,
         dataflow_options,
@@ -608,7 +616,8 @@ def _handler(kw: dict[str, Any], dead_letter_topic: str | None) -> Any:
     runner = kw.pop("runner")
     if kw.pop("record_only"):
         runner = None
-    launcher = _launcher(runner, kw, kw.pop("events_topic"), kw.pop("workers"), plugins)
+    launcher = _launcher(runner, kw, kw.pop("events_topic"), kw.pop("workers"), plugins,
+                         kw.pop("max_running"))  # fmt: skip
     return TriggerHandler(
         store,
         launcher,

@@ -79,7 +79,28 @@ class LocalLauncher:
     events_topic: str | None = None
     heartbeat_s: float = HEARTBEAT_S
     python: str = sys.executable
+    # At most this many of this launcher's jobs run at once; a launch waits for a free slot
+    # (a trigger then holds the message, unacked, so a burst is absorbed by Pub/Sub).
+    max_running: int = 2
     name: str = dataclasses.field(default="local", init=False)
+
+    def __post_init__(self) -> None:
+        self._running = 0  # slots taken: processes started, or about to be
+        self._slots = threading.Condition()
+
+    def _take_slot(self) -> None:
+        with self._slots:
+            self._slots.wait_for(lambda: self._running < self.max_running)
+            self._running += 1
+
+    def _free_slot(self) -> None:
+        with self._slots:
+            self._running -= 1
+            self._slots.notify_all()
+
+    def _reap(self, proc: subprocess.Popen) -> None:
+        proc.wait()  # reaped when it exits: a long-lived listener collects no zombies
+        self._free_slot()
 
     def command(self, job_id: str, store: JobStore) -> list[str]:
         cmd = [
@@ -128,18 +149,24 @@ class LocalLauncher:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [_repo_root(), env.get("PYTHONPATH")]))
         cmd = self.command(job_id, store)
-        with open(log_path, "ab") as out:
-            proc = subprocess.Popen(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,
-                cwd=_repo_root(),
-            )
-        # Reap it when it exits, so a long-lived listener does not collect zombies.
-        threading.Thread(target=proc.wait, name=f"reap-{proc.pid}", daemon=True).start()
+        self._take_slot()
+        try:
+            with open(log_path, "ab") as out:
+                proc = subprocess.Popen(
+                    cmd,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    start_new_session=True,
+                    cwd=_repo_root(),
+                )
+        except BaseException:
+            self._free_slot()
+            raise
+        threading.Thread(
+            target=self._reap, args=(proc,), name=f"reap-{proc.pid}", daemon=True
+        ).start()
         log.info("job %s: started local process %d (log %s)", job_id, proc.pid, log_path)
         return {"launcher": "local", "pid": proc.pid, "host": socket.gethostname(), "log": log_path}
 
@@ -199,7 +226,11 @@ def launcher_for(
 def reconcile(
     store: JobStore, record: Record, dataflow_config: DataflowConfig | None = None
 ) -> Record:
-    """FAIL a QUEUED/RUNNING job whose launched process or Dataflow job is gone; else as is."""
+    """Settle a QUEUED/RUNNING job whose launched process or Dataflow job is gone.
+
+    If that run wrote its manifest (it died just before recording it), the job ends as the
+    manifest says; otherwise it FAILED, with why. A job still alive is returned as is.
+    """
     launch = record.launch or {}
     if record.state.terminal or not (launch.get("pid") or launch.get("dataflow_job_id")):
         return record
@@ -207,17 +238,43 @@ def reconcile(
     reason = launcher.poll(record) if launcher else None
     if reason is None:
         return record
+    by = f"hyperbatch reconcile ({socket.gethostname()})"
+    manifest = _manifest_of_this_run(record)
+    if manifest is not None:
+        try:
+            return finish(store, record.job_id, manifest, by=by)
+        except IllegalTransition:
+            return store.get(record.job_id)
     seen = (record.doc.get("heartbeat_at"), record.doc["state"])
     try:
         return store.transition(
             record.job_id,
             JobState.FAILED,
-            by=f"hyperbatch reconcile ({socket.gethostname()})",
+            by=by,
             error=reason,
             guard=lambda doc: (doc.get("heartbeat_at"), doc["state"]) == seen,
         )
     except IllegalTransition:
         return store.get(record.job_id)  # it moved on by itself meanwhile
+
+
+def _manifest_of_this_run(record: Record) -> dict[str, Any] | None:
+    """The job's manifest if the run that started at ``started_at`` wrote it."""
+    import datetime as dt
+    import json
+
+    started = record.doc.get("started_at")
+    path = storage.join(record.doc["job_dir"], "manifest.json")
+    if record.state != JobState.RUNNING or not started or not storage.exists(path):
+        return None
+    manifest = json.loads(storage.read_bytes(path))
+
+    def when(t: str) -> dt.datetime:
+        return dt.datetime.fromisoformat(t.replace("Z", "+00:00")).replace(microsecond=0)
+
+    if manifest.get("job_id") != record.job_id or when(manifest["created_at"]) < when(started):
+        return None  # an earlier run's manifest
+    return manifest
 
 
 # =========================================================================== the job process

@@ -24,8 +24,18 @@ log = logging.getLogger(__name__)
 
 
 def dead_letter_topic_of(subscription: str) -> str | None:
-    """The dead-letter topic configured on a subscription, if any."""
-    sub = pubsub.subscriber().get_subscription(request={"subscription": subscription})
+    """The dead-letter topic configured on a subscription, if any (and if we may look)."""
+    from google.api_core import exceptions
+
+    try:
+        sub = pubsub.subscriber().get_subscription(request={"subscription": subscription})
+    except exceptions.PermissionDenied as e:
+        log.warning(
+            "cannot read %s's dead-letter policy (%s); pass --dead-letter-topic",
+            subscription,
+            e.message,
+        )
+        return None
     return sub.dead_letter_policy.dead_letter_topic or None
 
 

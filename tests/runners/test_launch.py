@@ -397,3 +397,50 @@ def test_the_flex_entry_point_records_the_final_state(tmp_path):
         )
         == launch.EXIT_NOT_RUN
     )
+
+
+def test_local_jobs_wait_for_a_free_slot(tmp_path):
+    """max_running bounds the job processes of one launcher: a launch waits for one to exit."""
+    import time
+
+    fake_python = tmp_path / "python"
+    fake_python.write_text("#!/bin/sh\nsleep 1\n")
+    fake_python.chmod(0o755)
+    store = JobStore(str(tmp_path / "jobs"))
+    launcher = LocalLauncher(python=str(fake_python), max_running=1)
+    spec = spec_for("cpu")
+    started: dict[str, float] = {}
+
+    def start(job_id: str) -> None:
+        launcher.launch(spec, job_id, store)
+        started[job_id] = time.monotonic()
+
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=start, args=(f"job-{i}",)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    first, second = sorted(started.values())
+    assert first - t0 < 0.5
+    assert second - first >= 0.9  # the second waited for the first to exit
+
+
+def test_reconcile_completes_a_run_whose_final_write_was_lost(tmp_path):
+    """The job process wrote the manifest, then died before recording SUCCEEDED."""
+    import socket
+    import subprocess
+
+    from runners import pipeline
+
+    store = JobStore(str(tmp_path / "jobs"))
+    spec = cp.make_spec(cp.write_input(str(tmp_path / "in.jsonl"), n=3), store.root)
+    store.create(spec, "lost-write", submitted_by="t", submission={"via": "test"}, runner="local")
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    store.transition("lost-write", JobState.RUNNING,
+                     launch={"launcher": "local", "pid": gone.pid, "host": socket.gethostname()})  # fmt: skip
+    pipeline.run(spec, "lost-write")
+    done = launch.reconcile(store, store.get("lost-write"))
+    assert done.state == JobState.SUCCEEDED
+    assert done.doc["manifest"]["records_in"] == 3

@@ -396,11 +396,12 @@ def submit(
         }
         emit(data, fmt, _plan_table)
         return
+    spec_file = job_file if job_file.startswith("gs://") else os.path.abspath(job_file)
     request = submission.JobRequest(
         job_id=job_id,
         spec=spec,
         submitted_by=job_store.actor(),
-        submission={"via": "cli", "spec_file": os.path.abspath(job_file)},
+        submission={"via": "cli", "spec_file": spec_file},
     )
     done = submission.submit(store, request, launcher)
     if not done.created:
@@ -408,7 +409,7 @@ def submit(
             f"job {job_id} was already submitted ({done.record.doc['state']}); not submitted again",
             err=True,
         )
-    root_hint = "" if root else f" --root {store.root}"
+    root_hint = "" if os.environ.get(ROOT_ENV) == store.root else f" --root {store.root}"
     click.echo(f"watch it:   hyperbatch jobs watch {job_id}{root_hint}", err=True)
     if wait:
         code = _watch(store, job_id, fmt, interval_s=1.0, dataflow=launcher_config(launcher))

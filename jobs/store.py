@@ -95,7 +95,7 @@ def now_rfc3339() -> str:
 
 
 def actor() -> str:
-    """Who this process is, for the history: ``user@host`` (a pid when it is a job process)."""
+    """Who this process is, for the history and ``submitted_by``: ``user@host``."""
     import getpass
 
     return f"{getpass.getuser()}@{socket.gethostname()}"

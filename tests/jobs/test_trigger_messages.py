@@ -180,6 +180,8 @@ def test_notifications_that_ask_for_nothing_are_ignored(gcs_bucket):
         (notification(bucket, "data/job.yaml", 5), "not under a watched prefix"),
         (notification(bucket, "specs/data.jsonl", 5), "not a spec file"),
         (notification(bucket, "specsX/job.yaml", 5), "not under a watched prefix"),
+        (notification(bucket, "specs/out/j-1/manifest.json", 5), "a file of a job folder"),
+        (notification(bucket, "specs/out/j-1/_commits/part-0-0.json", 5), "a file of a job folder"),
     ]
     for message, why in cases:
         outcome = interpret(message, watch)

@@ -322,7 +322,12 @@ def write_bytes(
                     raise PreconditionFailed(
                         f"{path}: generation is {current_gen}, expected {if_generation_match}"
                     )
+                # The generation is the mtime: make it strictly newer than the one replaced,
+                # so two writes within one clock tick can never share a generation.
+                new_gen = max(os.stat(tmp).st_mtime_ns, current_gen + 1)
+                os.utime(tmp, ns=(new_gen, new_gen))
                 os.replace(tmp, path)
+                return new_gen
         return os.stat(path).st_mtime_ns
     finally:
         if os.path.exists(tmp):

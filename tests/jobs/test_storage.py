@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from jobs import storage
@@ -96,3 +98,21 @@ def test_transient_errors_are_retried_by_the_declared_policy(gcs_bucket, monkeyp
     with pytest.raises(exceptions.Forbidden):
         storage.read_bytes(path)
     assert len(calls) == 1  # a permanent error fails at once
+
+
+def test_local_generations_strictly_increase_even_within_one_clock_tick(tmp_path, monkeypatch):
+    path = str(tmp_path / "status.json")
+    gen = storage.write_bytes(path, b"0", if_generation_match=0)
+    real_fsync = storage.os.fsync
+
+    def stuck_clock_fsync(fd):  # every file written gets the same mtime, as on a coarse clock
+        real_fsync(fd)
+        os.utime(fd, ns=(gen, gen))
+
+    monkeypatch.setattr(storage.os, "fsync", stuck_clock_fsync)
+    gens = [gen]
+    for i in range(5):
+        gens.append(storage.write_bytes(path, str(i).encode(), if_generation_match=gens[-1]))
+    assert gens == sorted(set(gens))  # each write has its own, newer generation
+    with pytest.raises(storage.PreconditionFailed):
+        storage.write_bytes(path, b"stale", if_generation_match=gens[-2])

@@ -69,6 +69,7 @@ OPTIONS: dict[str, tuple[Any, str]] = {
     "refill_min_free": (None, "admit waiting requests once this many slots are free"),
     "tensor_parallel": (None, "devices on the 'model' mesh axis (default: gcd(devices, KV heads))"),
     "data_parallel": (None, "devices on the 'data' mesh axis (default: the rest)"),
+    "layer_loop": ("unroll", "'unroll' (fastest on CPU, longer compiles) or 'scan'"),
     "compilation_cache_dir": (None, "JAX persistent compilation cache (default under the cache)"),
 }
 
@@ -152,6 +153,10 @@ class JaxLLMEngine(Engine):
         self.cfg: ModelConfig = cfg
         host_params = weights.to_params(cfg, tensors, _DTYPES[config.dtype])
         del tensors
+        if opt["layer_loop"] not in ("unroll", "scan"):
+            raise ValueError(f"layer_loop must be 'unroll' or 'scan', got {opt['layer_loop']!r}")
+        if opt["layer_loop"] == "unroll":
+            host_params = model.unstack_layers(host_params)
 
         self.block = int(opt["attention_block"])
         seq = config.max_seq_len or min(cfg.max_position_embeddings, DEFAULT_MAX_SEQ_LEN)
@@ -279,6 +284,10 @@ class JaxLLMEngine(Engine):
         self._run_decode({}, count=False)
         jax.block_until_ready(self.cache)
         self._stats.warmup_seconds += time.perf_counter() - t0
+
+    def clear_prefix_cache(self) -> None:
+        """Forget stored prefixes (benchmarks measure cold runs with it)."""
+        self._store_index.clear()
 
     def close(self) -> None:
         self.params = self.cache = self.store = None

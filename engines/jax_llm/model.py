@@ -101,7 +101,11 @@ def _attend(cfg: ModelConfig, q, qpos, get_block, n_blocks, block: int):
     def body(j, carry):
         m, l, acc = carry
         kb, vb = get_block(j)
-        s = jnp.einsum("ntkgh,nkwh->nkgtw", qf, kb.astype(jnp.float32))
+        if t == 1:  # decode: many tiny products; a fused multiply-reduce beats batched dots
+            s = jnp.sum(qf[:, 0, :, :, None, :] * kb[:, :, None].astype(jnp.float32), -1)
+            s = s[:, :, :, None, :]
+        else:
+            s = jnp.einsum("ntkgh,nkwh->nkgtw", qf, kb.astype(jnp.float32))
         kpos = j * block + jnp.arange(block)
         visible = kpos[None, None, :] <= qpos[:, :, None]
         if cfg.sliding_window:
@@ -111,14 +115,40 @@ def _attend(cfg: ModelConfig, q, qpos, get_block, n_blocks, block: int):
         corr = jnp.exp(m - m_new)
         p = jnp.exp(s - m_new[..., None])
         l = l * corr + p.sum(-1)
-        pv = jnp.einsum(
-            "nkgtw,nkwh->nkgth", p.astype(vb.dtype), vb, preferred_element_type=jnp.float32
-        )
+        if t == 1:
+            pv = jnp.sum(p[:, :, :, 0, :, None] * vb[:, :, None].astype(jnp.float32), 3)
+            pv = pv[:, :, :, None, :]
+        else:
+            pv = jnp.einsum(
+                "nkgtw,nkwh->nkgth", p.astype(vb.dtype), vb, preferred_element_type=jnp.float32
+            )
         return m_new, l, acc * corr[..., None] + pv
 
     _, l, acc = lax.fori_loop(0, n_blocks, body, (m0, l0, acc0))
     out = acc / l[..., None]
     return jnp.transpose(out, (0, 3, 1, 2, 4)).reshape(n, t, kvh * g * hd)
+
+
+def run_layers(params: Params, layer, carry):
+    """Apply ``layer(carry, (layer_params, index)) -> (carry, None)`` for every layer.
+
+    Stacked layer params (arrays with a leading L axis) run as a ``lax.scan``: small programs,
+    fast compiles, but each step slices its weights out of the stack (a copy on CPU). A list of
+    per-layer dicts is unrolled: no copies, static layer indices, longer compiles."""
+    layers = params["layers"]
+    if isinstance(layers, list | tuple):
+        for i, lp in enumerate(layers):
+            carry, _ = layer(carry, (lp, i))
+        return carry
+    n = next(iter(layers.values())).shape[0]
+    return lax.scan(layer, carry, (layers, jnp.arange(n)))[0]
+
+
+def unstack_layers(params: Params) -> Params:
+    """The same params with ``layers`` as a list of per-layer dicts (see ``run_layers``)."""
+    layers = params["layers"]
+    n = next(iter(layers.values())).shape[0]
+    return {**params, "layers": [{k: v[i] for k, v in layers.items()} for i in range(n)]}
 
 
 def _logits(params: Params, cfg: ModelConfig, h: jax.Array) -> jax.Array:
@@ -270,10 +300,7 @@ def _prefill_layers(params, cfg, cache_k, cache_v, tokens, slots, starts, lens, 
         attn = _attend(cfg, q, positions, get_block, n_blocks, block)
         return (_mlp_and_out(cfg, lp, x, attn), ck, cv), None
 
-    n_layers = cfg.num_layers
-    (x, cache_k, cache_v), _ = lax.scan(
-        layer, (x, cache_k, cache_v), (params["layers"], jnp.arange(n_layers))
-    )
+    x, cache_k, cache_v = run_layers(params, layer, (x, cache_k, cache_v))
     return x, cache_k, cache_v
 
 
@@ -376,9 +403,7 @@ def decode(
             attn = _attend(cfg, q, qpos, get_block, n_blocks, block)
             return (_mlp_and_out(cfg, lp, x, attn), ck, cv), None
 
-        (x, ck, cv), _ = lax.scan(
-            layer, (x, ck, cv), (params["layers"], jnp.arange(cfg.num_layers))
-        )
+        x, ck, cv = run_layers(params, layer, (x, ck, cv))
         logits = _logits(params, cfg, x[:, 0])
         nxt = sample(
             logits, state["temperature"], state["top_k"], state["top_p"], state["keys"], cnt

@@ -80,10 +80,16 @@ def param_shardings(params: dict[str, Any], mesh: Mesh) -> dict[str, Any]:
         "embed": named(params["embed"].shape, {}),
         "lm_head": named(params["lm_head"].shape, {1: "model"}),
         "final_norm": named(params["final_norm"].shape, {}),
-        "layers": {
-            k: named(v.shape, _LAYER_AXES.get(k, {})) for k, v in params["layers"].items()
-        },
     }
+    layers = params["layers"]
+    if isinstance(layers, list | tuple):  # per-layer dicts: no leading L axis
+        out["layers"] = [
+            {k: named(v.shape, {d - 1: a for d, a in _LAYER_AXES.get(k, {}).items()})
+             for k, v in lp.items()}
+            for lp in layers
+        ]
+    else:
+        out["layers"] = {k: named(v.shape, _LAYER_AXES.get(k, {})) for k, v in layers.items()}
     return out
 
 

@@ -115,8 +115,10 @@ def beam_run_inference(hf_dir: str, messages: list, args) -> dict:
     total = sum(c.committed for c in query["counters"])
     left = [p.pid for p in psutil.process_iter(["cmdline"])
             if "vllm.entrypoints.openai.api_server" in " ".join(p.info["cmdline"] or [])]  # fmt: skip
-    for pid in left:
-        psutil.Process(pid).kill()
+    for pid in left:  # the server and its engine-core child
+        server = psutil.Process(pid)
+        for proc in [*server.children(recursive=True), server]:
+            proc.kill()
     return {"seconds": seconds, "tokens": total, "server_start_seconds": sum(server_ready),
             "servers_left_behind": len(left)}  # fmt: skip
 

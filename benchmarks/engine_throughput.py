@@ -21,7 +21,6 @@ import argparse
 import importlib.util
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -33,8 +32,22 @@ if ROOT not in sys.path:
 
 MODEL = "smollm2-135m-instruct"
 SUBJECTS = [
-    "the sea", "a robot", "Paris", "the moon", "coffee", "a cat", "winter", "music",
-    "volcanoes", "bees", "the internet", "chess", "rainbows", "trains", "bread", "mountains",
+    "the sea",
+    "a robot",
+    "Paris",
+    "the moon",
+    "coffee",
+    "a cat",
+    "winter",
+    "music",
+    "volcanoes",
+    "bees",
+    "the internet",
+    "chess",
+    "rainbows",
+    "trains",
+    "bread",
+    "mountains",
 ]
 TASKS = [
     "Write a short poem about {}.",
@@ -83,9 +96,9 @@ def sgemm_gflops(repeat: int = 5) -> float:
 
 def flop_per_token(path: str) -> float:
     """2 x the weights a token passes through (all layers + lm_head; embedding lookup is free)."""
-    from engines.jax_llm import weights
     from gguf import GGUFReader
 
+    from engines.jax_llm import weights
     from engines.jax_llm.config import from_gguf
 
     reader = GGUFReader(path)
@@ -138,7 +151,7 @@ def run_jax(n: int, new: int, repeat: int, batch: int) -> dict[str, Any]:
         EngineConfig(
             model=MODEL,
             batch_size=batch,
-            max_seq_len=192,
+            max_seq_len=128,  # ~40-token prompts + 64 new tokens
             dtype="float32",
             options={"prefill_buckets": [16, 32, 64], "decode_steps": 8},
         )
@@ -153,9 +166,8 @@ def run_jax(n: int, new: int, repeat: int, batch: int) -> dict[str, Any]:
         for i, m in enumerate(chat_prompts(n))
     ]
     runs, tokens = [], 0
-    for r in range(repeat):
-        if r:  # each run starts cold: no prefix reused from the previous run
-            engine.clear_prefix_cache()
+    for _ in range(repeat):
+        engine.clear_prefix_cache()  # every run computes its shared prefix once, cold
         t = time.perf_counter()
         results = engine.generate(reqs)
         runs.append(time.perf_counter() - t)
@@ -261,10 +273,25 @@ def main(argv: list[str] | None = None) -> int:
             out["vllm"] = run_vllm(args.prompts, args.new_tokens, model_dir)
         elif args.vllm_python:
             log(f"vllm via {args.vllm_python} ...")
-            cmd = [args.vllm_python, "-m", "benchmarks.engine_throughput", "--only", "vllm",
-                   "--json", "--prompts", str(args.prompts), "--new-tokens", str(args.new_tokens)]
-            proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
-                                  env={**os.environ, "PYTHONPATH": ROOT})
+            cmd = [
+                args.vllm_python,
+                "-m",
+                "benchmarks.engine_throughput",
+                "--only",
+                "vllm",
+                "--json",
+                "--prompts",
+                str(args.prompts),
+                "--new-tokens",
+                str(args.new_tokens),
+            ]
+            proc = subprocess.run(
+                cmd,
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                env={**os.environ, "PYTHONPATH": ROOT},
+            )
             if proc.returncode:
                 log(proc.stderr[-4000:])
                 out["vllm"] = {"skipped": f"vllm subprocess failed (exit {proc.returncode})"}
@@ -281,11 +308,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def report(out: dict[str, Any]) -> None:
-    print(f"SmolLM2-135M-Instruct fp32, {out['prompts']} chat prompts x {out['new_tokens']} "
-          "new tokens (greedy, EOS ignored)")
+    print(
+        f"SmolLM2-135M-Instruct fp32, {out['prompts']} chat prompts x {out['new_tokens']} "
+        "new tokens (greedy, EOS ignored)"
+    )
     best: dict[str, float] = {}
-    for leg, name in (("jax", "ours (JAX engine)"), ("hf", "HF transformers generate"),
-                      ("vllm", "vLLM-cpu LLM.chat")):
+    for leg, name in (
+        ("jax", "ours (JAX engine)"),
+        ("hf", "HF transformers generate"),
+        ("vllm", "vLLM-cpu LLM.chat"),
+    ):
         r = out.get(leg)
         if r is None:
             continue
@@ -298,17 +330,21 @@ def report(out: dict[str, Any]) -> None:
         print(f"  {name:28s} {best[leg]:7.1f} generated tok/s{spread}")
     if "jax" in out:
         j = out["jax"]
-        print(f"  ours: load {j['load_s']:.1f}s, warmup {j['warmup_s']:.1f}s, "
-              f"{j['compilations']} programs, prompt tokens {j['prompt_tokens']} "
-              f"(cached {j['cached_tokens']}), padding waste {j['padding_waste']:.1%}")
+        print(
+            f"  ours: load {j['load_s']:.1f}s, warmup {j['warmup_s']:.1f}s, "
+            f"{j['compilations']} programs, prompt tokens {j['prompt_tokens']} "
+            f"(cached {j['cached_tokens']}), padding waste {j['padding_waste']:.1%}"
+        )
     if "jax" in best:
         for leg in ("hf", "vllm"):
             if leg in best:
                 print(f"  ours / {leg}: {best['jax'] / best[leg]:.2f}x")
     if "sgemm_gflops" in out:
         roof = out["sgemm_gflops"] * 1e9 / out["flop_per_token"]
-        print(f"  sgemm {out['sgemm_gflops']:.0f} GFLOP/s, {out['flop_per_token'] / 1e6:.0f} MFLOP"
-              f"/token -> compute roofline {roof:.0f} tok/s")
+        print(
+            f"  sgemm {out['sgemm_gflops']:.0f} GFLOP/s, {out['flop_per_token'] / 1e6:.0f} MFLOP"
+            f"/token -> compute roofline {roof:.0f} tok/s"
+        )
         if "jax" in best:
             print(f"  ours: {best['jax'] / roof:.0%} of the compute roofline")
 

@@ -30,7 +30,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -59,7 +59,7 @@ log = logging.getLogger(__name__)
 
 #: option -> (default, description). Defaults that depend on the model are None here.
 OPTIONS: dict[str, tuple[Any, str]] = {
-    "prefill_buckets": (None, "prompt-length buckets (default 16, 32, ... up to max_seq_len/2)"),
+    "prefill_buckets": (None, "prompt-length buckets (default 16, 64, 256, ... max_seq_len/2)"),
     "prefill_tokens": (512, "tokens per prefill call: P = max(1, prefill_tokens // bucket)"),
     "decode_steps": (8, "decode steps per device call (tokens per slot between host checks)"),
     "attention_block": (64, "KV-cache block walked by the attention loop"),
@@ -69,7 +69,6 @@ OPTIONS: dict[str, tuple[Any, str]] = {
     "refill_min_free": (None, "admit waiting requests once this many slots are free"),
     "tensor_parallel": (None, "devices on the 'model' mesh axis (default: gcd(devices, KV heads))"),
     "data_parallel": (None, "devices on the 'data' mesh axis (default: the rest)"),
-    "layer_loop": ("unroll", "'unroll' (fastest on CPU, longer compiles) or 'scan'"),
     "compilation_cache_dir": (None, "JAX persistent compilation cache (default under the cache)"),
 }
 
@@ -79,7 +78,7 @@ _DTYPES = {
     "bfloat16": ml_dtypes.bfloat16,
     "bf16": ml_dtypes.bfloat16,
 }
-DEFAULT_MAX_SEQ_LEN = 2048
+DEFAULT_MAX_SEQ_LEN = 1024
 
 
 @dataclasses.dataclass(eq=False)
@@ -153,21 +152,19 @@ class JaxLLMEngine(Engine):
         self.cfg: ModelConfig = cfg
         host_params = weights.to_params(cfg, tensors, _DTYPES[config.dtype])
         del tensors
-        if opt["layer_loop"] not in ("unroll", "scan"):
-            raise ValueError(f"layer_loop must be 'unroll' or 'scan', got {opt['layer_loop']!r}")
-        if opt["layer_loop"] == "unroll":
-            host_params = model.unstack_layers(host_params)
 
         self.block = int(opt["attention_block"])
         seq = config.max_seq_len or min(cfg.max_position_embeddings, DEFAULT_MAX_SEQ_LEN)
         seq = min(seq, cfg.max_position_embeddings)
         self.max_seq_len = -(-seq // self.block) * self.block  # whole blocks
         buckets = opt["prefill_buckets"]
-        if buckets is None:
+        if buckets is None:  # few programs, short warmup: 16, 64, 256, ... up to S/2
+            cap = max(16, self.max_seq_len // 2)
             buckets, b = [], 16
-            while b <= max(16, self.max_seq_len // 2):
+            while b < cap:
                 buckets.append(b)
-                b *= 2
+                b *= 4
+            buckets.append(cap)
         self.buckets = sorted(int(b) for b in buckets)
         self.max_prompt = min(self.buckets[-1], self.max_seq_len - 1)
         self.prefill_tokens = int(opt["prefill_tokens"])
@@ -200,9 +197,7 @@ class JaxLLMEngine(Engine):
         self._device = devices[0]
         del host_params
         self._alloc_cache()
-        self._store_index: collections.OrderedDict[tuple[int, ...], int] = (
-            collections.OrderedDict()
-        )
+        self._store_index: collections.OrderedDict[tuple[int, ...], int] = collections.OrderedDict()
 
         self._prefill = jax.jit(
             functools.partial(model.prefill, cfg=cfg, block=self.block),
@@ -231,22 +226,20 @@ class JaxLLMEngine(Engine):
     def _alloc_cache(self) -> None:
         cfg = self.cfg
         dtype = _DTYPES[self.config.dtype]
-        shape = (cfg.num_layers, self.batch, cfg.num_kv_heads, self.max_seq_len, cfg.head_dim)
-        rows = max(1, self.store_rows)
-        store_shape = (cfg.num_layers, rows, cfg.num_kv_heads, self.prefix_max, cfg.head_dim)
-        if self.mesh is not None:
-            cs = sharding.cache_sharding(shape, self.mesh, batch_axis=True)
-            ss = sharding.cache_sharding(store_shape, self.mesh, batch_axis=False)
-            zeros = functools.partial(jax.numpy.zeros, dtype=dtype)
-            self.cache = {k: jax.jit(zeros, static_argnums=0, out_shardings=cs)(shape)
-                          for k in ("k", "v")}
-            self.store = {k: jax.jit(zeros, static_argnums=0, out_shardings=ss)(store_shape)
-                          for k in ("k", "v")}
-        else:
-            self.cache = {k: jax.device_put(np.zeros(shape, dtype), self._device)
-                          for k in ("k", "v")}
-            self.store = {k: jax.device_put(np.zeros(store_shape, dtype), self._device)
-                          for k in ("k", "v")}
+        shape = (self.batch, cfg.num_kv_heads, self.max_seq_len, cfg.head_dim)
+        store_shape = (max(1, self.store_rows), cfg.num_kv_heads, self.prefix_max, cfg.head_dim)
+
+        def zeros(shape: tuple[int, ...], batch_axis: bool) -> list[jax.Array]:
+            if self.mesh is None:
+                make = lambda: jax.device_put(np.zeros(shape, dtype), self._device)  # noqa: E731
+            else:
+                sh = sharding.cache_sharding(shape, self.mesh, batch_axis)
+                fn = jax.jit(lambda: jax.numpy.zeros(shape, dtype), out_shardings=sh)
+                make = fn
+            return [make() for _ in range(cfg.num_layers)]
+
+        self.cache = {k: zeros(shape, True) for k in ("k", "v")}
+        self.store = {k: zeros(store_shape, False) for k in ("k", "v")}
         self._store_index = collections.OrderedDict()
 
     # -- contract ----------------------------------------------------------------------------
@@ -307,11 +300,19 @@ class JaxLLMEngine(Engine):
             temp[i], top_k[i], top_p[i] = sp.temperature, sp.top_k, sp.top_p
             keys[i] = s.key
             counters[i] = len(s.out)
-        return {"temperature": temp, "top_k": top_k, "top_p": top_p, "keys": keys,
-                "counters": counters}
+        return {
+            "temperature": temp,
+            "top_k": top_k,
+            "top_p": top_p,
+            "keys": keys,
+            "counters": counters,
+        }
 
     def _run_prefill(
-        self, t: int, seqs: Sequence[_Seq], parts: Sequence[tuple[int, int, int, int]],
+        self,
+        t: int,
+        seqs: Sequence[_Seq],
+        parts: Sequence[tuple[int, int, int, int]],
         count: bool = True,
     ) -> np.ndarray:
         """One prefill call on bucket ``t``; ``parts[i]`` = (start, end, load_row, save_row)
@@ -327,9 +328,15 @@ class JaxLLMEngine(Engine):
         for i, (s, (a, b, lr, sr)) in enumerate(zip(seqs, parts, strict=True)):
             tokens[i, : b - a] = s.ids[a:b]
             slots[i], starts[i], lens[i], load[i], save[i] = s.slot, a, b - a, lr, sr
-        batch = {"tokens": tokens, "slots": slots, "starts": starts, "lens": lens,
-                 "load_rows": load, "save_rows": save,
-                 **self._sampling_arrays([*seqs, *[None] * (p_rows - len(seqs))], p_rows)}
+        batch = {
+            "tokens": tokens,
+            "slots": slots,
+            "starts": starts,
+            "lens": lens,
+            "load_rows": load,
+            "save_rows": save,
+            **self._sampling_arrays([*seqs, *[None] * (p_rows - len(seqs))], p_rows),
+        }
         self.cache, self.store, nxt = self._prefill(self.params, self.cache, self.store, batch)
         if count:
             self._stats.computed_token_slots += p_rows * t
@@ -416,8 +423,10 @@ class JaxLLMEngine(Engine):
             chosen.append(s)
         # phase A: each new prefix, computed once into its creator's slot and saved to the store
         self._prefill_groups(
-            [(s, (0, s.prefix_len, self.store_rows, pinned[tuple(s.ids[: s.prefix_len])]))
-             for s in creators]
+            [
+                (s, (0, s.prefix_len, self.store_rows, pinned[tuple(s.ids[: s.prefix_len])]))
+                for s in creators
+            ]
         )
         # phase B: every request's own tokens after its (loaded) prefix
         parts = []
@@ -507,7 +516,7 @@ class JaxLLMEngine(Engine):
         active: dict[int, _Seq] = {}
         try:
             self._serve(pending, active, finish)
-        except Exception as e:  # noqa: BLE001 - a device failure fails the unfinished requests only
+        except Exception as e:
             log.exception("jax engine failed while serving a batch")
             self._alloc_cache()  # donated buffers may be gone
             for i, r in enumerate(requests):

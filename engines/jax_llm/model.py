@@ -1,18 +1,18 @@
 """The Llama-family decoder in JAX: parameters layout, prefill into a slot KV cache, decode steps.
 
-Parameter layout (one pytree, layers stacked on a leading axis so the layer loop is a ``scan``):
+Parameter layout (one pytree; ``layers`` is a list with one dict per layer):
 
   embed [V, D]            lm_head [D, V] (a copy of embed.T for tied models)    final_norm [D]
-  layers/attn_norm [L, D]  layers/wqkv [L, D, KVH, G+2, hd]  (per KV head: its G query heads, K, V)
-  layers/wo [L, H*hd, D]   layers/mlp_norm [L, D]  layers/w_gate_up [L, D, 2, F]  layers/w_down [L, F, D]
-  optional biases: layers/bqkv [L, KVH, G+2, hd], layers/bo [L, D], layers/b_gate_up [L, 2, F],
-  layers/b_down [L, D]
+  layers[i]: attn_norm [D], wqkv [D, KVH, G+2, hd] (per KV head: its G query heads, K, V),
+  wo [H*hd, D], mlp_norm [D], w_gate_up [D, 2, F], w_down [F, D]; optional biases bqkv
+  [KVH, G+2, hd], bo [D], b_gate_up [2, F], b_down [D]
 
 Fusing Q/K/V (and gate/up) makes one wide matmul instead of three (two), and grouping the fused
 columns by KV head lets tensor parallelism shard them on the KV-head axis without collectives.
 
-KV cache: ``k``/``v`` of shape [L, B, KVH, S, hd] -- one row per decode slot. A prefix store of
-the same layout with R rows and ``P`` positions holds shared prefixes (e.g. a system prompt).
+KV cache: ``k``/``v``, each a list of L per-layer arrays [B, KVH, S, hd] -- one row per decode
+slot (separate buffers, so a layer reads its cache without slicing a bigger array). A prefix store
+of the same layout with R rows and fewer positions holds shared prefixes (e.g. a system prompt).
 Attention walks the cache in blocks of ``block`` keys with an online softmax and a *dynamic*
 number of blocks (the longest live sequence), so there is one program whatever the lengths, and a
 row's result does not depend on how long its neighbours are (fully masked blocks add exact zeros).
@@ -95,11 +95,11 @@ def _attend(cfg: ModelConfig, q, qpos, get_block, n_blocks, block: int):
     scale = 1.0 / np.sqrt(hd)
     qf = q.astype(jnp.float32) * scale
     m0 = jnp.full((n, kvh, g, t), MASKED, jnp.float32)
-    l0 = jnp.zeros((n, kvh, g, t), jnp.float32)
+    d0 = jnp.zeros((n, kvh, g, t), jnp.float32)
     acc0 = jnp.zeros((n, kvh, g, t, hd), jnp.float32)
 
     def body(j, carry):
-        m, l, acc = carry
+        m, denom, acc = carry
         kb, vb = get_block(j)
         if t == 1:  # decode: many tiny products; a fused multiply-reduce beats batched dots
             s = jnp.sum(qf[:, 0, :, :, None, :] * kb[:, :, None].astype(jnp.float32), -1)
@@ -114,7 +114,7 @@ def _attend(cfg: ModelConfig, q, qpos, get_block, n_blocks, block: int):
         m_new = jnp.maximum(m, s.max(-1))
         corr = jnp.exp(m - m_new)
         p = jnp.exp(s - m_new[..., None])
-        l = l * corr + p.sum(-1)
+        denom = denom * corr + p.sum(-1)
         if t == 1:
             pv = jnp.sum(p[:, :, :, 0, :, None] * vb[:, :, None].astype(jnp.float32), 3)
             pv = pv[:, :, :, None, :]
@@ -122,33 +122,22 @@ def _attend(cfg: ModelConfig, q, qpos, get_block, n_blocks, block: int):
             pv = jnp.einsum(
                 "nkgtw,nkwh->nkgth", p.astype(vb.dtype), vb, preferred_element_type=jnp.float32
             )
-        return m_new, l, acc * corr[..., None] + pv
+        return m_new, denom, acc * corr[..., None] + pv
 
-    _, l, acc = lax.fori_loop(0, n_blocks, body, (m0, l0, acc0))
-    out = acc / l[..., None]
+    _, denom, acc = lax.fori_loop(0, n_blocks, body, (m0, d0, acc0))
+    out = acc / denom[..., None]
     return jnp.transpose(out, (0, 3, 1, 2, 4)).reshape(n, t, kvh * g * hd)
 
 
 def run_layers(params: Params, layer, carry):
-    """Apply ``layer(carry, (layer_params, index)) -> (carry, None)`` for every layer.
+    """Apply ``layer(carry, (layer_params, index)) -> (carry, None)`` for every layer, unrolled.
 
-    Stacked layer params (arrays with a leading L axis) run as a ``lax.scan``: small programs,
-    fast compiles, but each step slices its weights out of the stack (a copy on CPU). A list of
-    per-layer dicts is unrolled: no copies, static layer indices, longer compiles."""
-    layers = params["layers"]
-    if isinstance(layers, list | tuple):
-        for i, lp in enumerate(layers):
-            carry, _ = layer(carry, (lp, i))
-        return carry
-    n = next(iter(layers.values())).shape[0]
-    return lax.scan(layer, carry, (layers, jnp.arange(n)))[0]
-
-
-def unstack_layers(params: Params) -> Params:
-    """The same params with ``layers`` as a list of per-layer dicts (see ``run_layers``)."""
-    layers = params["layers"]
-    n = next(iter(layers.values())).shape[0]
-    return {**params, "layers": [{k: v[i] for k, v in layers.items()} for i in range(n)]}
+    (A ``lax.scan`` over stacked weights compiles faster, but on CPU each step copies its layer's
+    weights out of the stack and the KV cache cannot be per-layer buffers; unrolled, nothing is
+    copied.)"""
+    for i, lp in enumerate(params["layers"]):
+        carry, _ = layer(carry, (lp, i))
+    return carry
 
 
 def _logits(params: Params, cfg: ModelConfig, h: jax.Array) -> jax.Array:
@@ -269,66 +258,73 @@ def sample(logits, temperature, top_k, top_p, keys, counters):
 # Prefill: P sequences of T tokens each, written into their decode slots
 
 
-def _prefill_layers(params, cfg, cache_k, cache_v, tokens, slots, starts, lens, block):
+def _prefill_layers(params, cfg, ck, cv, tokens, slots, starts, lens, block):
     """Run the layers over tokens [P, T] at positions starts+t, writing K/V into cache rows
-    ``slots`` (an out-of-range slot drops the writes: padding rows). Returns hidden [P, T, D]."""
-    p_rows, t_len = tokens.shape
+    ``slots`` (an out-of-range slot drops the writes: padding rows). ``ck``/``cv``: per-layer
+    lists of [B, KVH, S, hd]. Returns (hidden [P, T, D], ck, cv)."""
+    t_len = tokens.shape[1]
     positions = starts[:, None] + jnp.arange(t_len, dtype=jnp.int32)[None, :]
     x = params["embed"][tokens]
-    s_len = cache_k.shape[3]
+    b_rows, s_len = ck[0].shape[0], ck[0].shape[2]
     n_blocks = jnp.minimum(
         (jnp.max(jnp.where(lens > 0, starts + lens, 0)) + block - 1) // block, s_len // block
     )
-    kvh = cfg.num_kv_heads
-    head_ix = jnp.arange(kvh)[None, :, None]
+    head_ix = jnp.arange(cfg.num_kv_heads)[None, :, None]
+    rows = jnp.minimum(slots, b_rows - 1)[:, None, None]
+    ck, cv = list(ck), list(cv)
 
-    def layer(carry, lp_i):
-        x, ck, cv = carry
+    def layer(x, lp_i):
         lp, i = lp_i
         q, k, v = _qkv(cfg, lp, x, positions)
-        ck = ck.at[i, slots[:, None], :, positions].set(k.astype(ck.dtype), mode="drop")
-        cv = cv.at[i, slots[:, None], :, positions].set(v.astype(cv.dtype), mode="drop")
+        ck[i] = ck[i].at[slots[:, None], :, positions].set(k.astype(ck[i].dtype), mode="drop")
+        cv[i] = cv[i].at[slots[:, None], :, positions].set(v.astype(cv[i].dtype), mode="drop")
+        kc, vc = ck[i], cv[i]
 
         def get_block(j):
             kpos = (j * block + jnp.arange(block))[None, None, :]
-            rows = jnp.minimum(slots, ck.shape[1] - 1)[:, None, None]
-            return (
-                ck[i, rows, head_ix, kpos].astype(x.dtype),
-                cv[i, rows, head_ix, kpos].astype(x.dtype),
-            )
+            return kc[rows, head_ix, kpos].astype(x.dtype), vc[rows, head_ix, kpos].astype(x.dtype)
 
         attn = _attend(cfg, q, positions, get_block, n_blocks, block)
-        return (_mlp_and_out(cfg, lp, x, attn), ck, cv), None
+        return _mlp_and_out(cfg, lp, x, attn), None
 
-    x, cache_k, cache_v = run_layers(params, layer, (x, cache_k, cache_v))
-    return x, cache_k, cache_v
+    x = run_layers(params, layer, x)
+    return x, ck, cv
 
 
 def prefill(params, cache, store, batch, *, cfg: ModelConfig, block: int):
     """Prefill a batch of P sequences into their slots and sample each one's next token.
 
-    ``cache``/``store``: dicts with "k" and "v". ``batch`` (all [P] unless said):
-      tokens [P, T]; slots (B = padding row); starts (first position; > 0 after a reused prefix);
-      lens (real tokens in the row); load_rows (prefix-store row copied into the slot first, R =
-      none); save_rows (store row that receives the slot's first ``store`` positions afterwards,
-      R = none); temperature, top_k, top_p, keys [P, 2] uint32, counters (sampling).
+    ``cache``/``store``: {"k": [...], "v": [...]}, per-layer arrays [rows, KVH, len, hd].
+    ``batch`` (all [P] unless said): tokens [P, T]; slots (B = padding row); starts (first
+    position; > 0 after a reused prefix); lens (real tokens in the row); load_rows
+    (prefix-store row copied into the slot first, R = none); save_rows (store row that receives
+    the slot's first positions afterwards, R = none); temperature, top_k, top_p, keys [P, 2]
+    uint32, counters (sampling).
     Returns (cache, store, next_tokens [P]). Not jitted here: each engine jits its own copy
     (static cfg/block, donated cache/store) so it can count its compilations.
     """
-    b_rows = cache["k"].shape[1]
-    r_rows, p_len = store["k"].shape[1], store["k"].shape[3]
+    b_rows = cache["k"][0].shape[0]
+    r_rows, p_len = store["k"][0].shape[0], store["k"][0].shape[2]
     slots = batch["slots"]
     load_slots = jnp.where(batch["load_rows"] < r_rows, slots, b_rows)
     load_rows = jnp.minimum(batch["load_rows"], r_rows - 1)
-    ck = cache["k"].at[:, load_slots, :, :p_len].set(store["k"][:, load_rows], mode="drop")
-    cv = cache["v"].at[:, load_slots, :, :p_len].set(store["v"][:, load_rows], mode="drop")
+    save_slots = jnp.minimum(slots, b_rows - 1)
+    save_rows = batch["save_rows"]
 
+    def load(c, st):
+        return c.at[load_slots, :, :p_len].set(st[load_rows], mode="drop")
+
+    ck = [load(c, st) for c, st in zip(cache["k"], store["k"], strict=True)]
+    cv = [load(c, st) for c, st in zip(cache["v"], store["v"], strict=True)]
     x, ck, cv = _prefill_layers(
         params, cfg, ck, cv, batch["tokens"], slots, batch["starts"], batch["lens"], block
     )
-    save_slots = jnp.minimum(slots, b_rows - 1)
-    sk = store["k"].at[:, batch["save_rows"]].set(ck[:, save_slots, :, :p_len], mode="drop")
-    sv = store["v"].at[:, batch["save_rows"]].set(cv[:, save_slots, :, :p_len], mode="drop")
+
+    def save(st, c):
+        return st.at[save_rows].set(c[save_slots, :, :p_len], mode="drop")
+
+    sk = [save(st, c) for st, c in zip(store["k"], ck, strict=True)]
+    sv = [save(st, c) for st, c in zip(store["v"], cv, strict=True)]
 
     last = jnp.maximum(batch["lens"] - 1, 0)
     h = jnp.take_along_axis(x, last[:, None, None], axis=1)[:, 0]
@@ -349,9 +345,9 @@ def forward_logits(params, tokens, *, cfg: ModelConfig, block: int = 16):
     """All-position logits [N, T, V] of tokens [N, T] from an empty cache (tests, scoring)."""
     n, t = tokens.shape
     s_len = -(-t // block) * block
-    shape = (cfg.num_layers, n, cfg.num_kv_heads, s_len, cfg.head_dim)
-    ck = jnp.zeros(shape, params["embed"].dtype)
-    cv = jnp.zeros(shape, params["embed"].dtype)
+    shape = (n, cfg.num_kv_heads, s_len, cfg.head_dim)
+    ck = [jnp.zeros(shape, params["embed"].dtype) for _ in range(cfg.num_layers)]
+    cv = [jnp.zeros(shape, params["embed"].dtype) for _ in range(cfg.num_layers)]
     slots = jnp.arange(n, dtype=jnp.int32)
     zeros = jnp.zeros((n,), jnp.int32)
     lens = jnp.full((n,), t, jnp.int32)
@@ -362,9 +358,37 @@ def forward_logits(params, tokens, *, cfg: ModelConfig, block: int = 16):
 # ----------------------------------------------------------------------------------------------
 # Decode: all B slots, ``steps`` tokens per call, sampling on device
 
+#: up to this many cache positions, decode attends to the whole cache row in one batched matmul
+#: (no block loop, no slice copies); beyond it, it walks the live blocks only.
+FULL_ATTENTION_MAX = 128
+
+
+def _attend_full(cfg: ModelConfig, q, qpos, kc, vc):
+    """Decode attention of q [B, 1, KVH, G, hd] over whole cache rows [B, KVH, S, hd]."""
+    n, _, kvh, g, hd = q.shape
+    qf = q[:, 0].astype(jnp.float32) * (1.0 / np.sqrt(hd))
+    s = jnp.einsum("nkgh,nkwh->nkgw", qf, kc.astype(jnp.float32))
+    kpos = jnp.arange(kc.shape[2])[None, :]
+    visible = kpos <= qpos
+    if cfg.sliding_window:
+        visible &= kpos > qpos - cfg.sliding_window
+    s = jnp.where(visible[:, None, None, :], s, MASKED)
+    p = jnp.exp(s - s.max(-1, keepdims=True))
+    p = p / p.sum(-1, keepdims=True)
+    out = jnp.einsum("nkgw,nkwh->nkgh", p.astype(vc.dtype), vc, preferred_element_type=jnp.float32)
+    return out.reshape(n, 1, kvh * g * hd)
+
 
 def decode(
-    params, cache, state, *, cfg: ModelConfig, block: int, steps: int, return_logits: bool = False
+    params,
+    cache,
+    state,
+    *,
+    cfg: ModelConfig,
+    block: int,
+    steps: int,
+    return_logits: bool = False,
+    full_attention_max: int = FULL_ATTENTION_MAX,
 ):
     """``steps`` decode steps for every slot.
 
@@ -373,37 +397,38 @@ def decode(
     sampling counter), temperature, top_k, top_p, keys [B, 2].
     Returns (cache, tokens [steps, B]) -- plus the last step's logits [B, V] if return_logits.
     """
-    s_len = cache["k"].shape[3]
-    b_rows = cache["k"].shape[1]
-    kvh = cfg.num_kv_heads
+    b_rows, kvh, s_len, hd = cache["k"][0].shape
     rows = jnp.arange(b_rows)
 
     def one_step(carry, _):
         ck, cv, tok, pos, cnt = carry
+        ck, cv = list(ck), list(cv)
         live = pos < s_len
         n_blocks = jnp.minimum(jnp.max(jnp.where(live, pos, 0)) // block + 1, s_len // block)
         x = params["embed"][tok][:, None, :]
         qpos = pos[:, None]
 
-        def layer(c, lp_i):
-            x, ck, cv = c
+        def layer(x, lp_i):
             lp, i = lp_i
             q, k, v = _qkv(cfg, lp, x, qpos)
-            ck = ck.at[i, rows, :, pos].set(k[:, 0].astype(ck.dtype), mode="drop")
-            cv = cv.at[i, rows, :, pos].set(v[:, 0].astype(cv.dtype), mode="drop")
+            ck[i] = ck[i].at[rows, :, pos].set(k[:, 0].astype(ck[i].dtype), mode="drop")
+            cv[i] = cv[i].at[rows, :, pos].set(v[:, 0].astype(cv[i].dtype), mode="drop")
+            kc, vc = ck[i], cv[i]
+            if s_len <= full_attention_max:
+                attn = _attend_full(cfg, q, qpos, kc, vc)
+            else:
 
-            def get_block(j):
-                start = (i, 0, 0, j * block, 0)
-                size = (1, b_rows, kvh, block, cfg.head_dim)
-                return (
-                    lax.dynamic_slice(ck, start, size)[0].astype(x.dtype),
-                    lax.dynamic_slice(cv, start, size)[0].astype(x.dtype),
-                )
+                def get_block(j):
+                    start, size = (0, 0, j * block, 0), (b_rows, kvh, block, hd)
+                    return (
+                        lax.dynamic_slice(kc, start, size).astype(x.dtype),
+                        lax.dynamic_slice(vc, start, size).astype(x.dtype),
+                    )
 
-            attn = _attend(cfg, q, qpos, get_block, n_blocks, block)
-            return (_mlp_and_out(cfg, lp, x, attn), ck, cv), None
+                attn = _attend(cfg, q, qpos, get_block, n_blocks, block)
+            return _mlp_and_out(cfg, lp, x, attn), None
 
-        x, ck, cv = run_layers(params, layer, (x, ck, cv))
+        x = run_layers(params, layer, x)
         logits = _logits(params, cfg, x[:, 0])
         nxt = sample(
             logits, state["temperature"], state["top_k"], state["top_p"], state["keys"], cnt

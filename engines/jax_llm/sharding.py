@@ -62,13 +62,13 @@ def _spec(shape: tuple[int, ...], axes: dict[int, str], mesh: Mesh) -> P:
     return P(*parts)
 
 
-_LAYER_AXES = {
-    "wqkv": {2: "model"},
-    "bqkv": {1: "model"},
-    "wo": {1: "model"},
-    "w_gate_up": {3: "model"},
-    "b_gate_up": {2: "model"},
-    "w_down": {1: "model"},
+_LAYER_AXES = {  # per-layer weights (model.py layout)
+    "wqkv": {1: "model"},
+    "bqkv": {0: "model"},
+    "wo": {0: "model"},
+    "w_gate_up": {2: "model"},
+    "b_gate_up": {1: "model"},
+    "w_down": {0: "model"},
 }
 
 
@@ -80,24 +80,19 @@ def param_shardings(params: dict[str, Any], mesh: Mesh) -> dict[str, Any]:
         "embed": named(params["embed"].shape, {}),
         "lm_head": named(params["lm_head"].shape, {1: "model"}),
         "final_norm": named(params["final_norm"].shape, {}),
+        "layers": [
+            {k: named(v.shape, _LAYER_AXES.get(k, {})) for k, v in lp.items()}
+            for lp in params["layers"]
+        ],
     }
-    layers = params["layers"]
-    if isinstance(layers, list | tuple):  # per-layer dicts: no leading L axis
-        out["layers"] = [
-            {k: named(v.shape, {d - 1: a for d, a in _LAYER_AXES.get(k, {}).items()})
-             for k, v in lp.items()}
-            for lp in layers
-        ]
-    else:
-        out["layers"] = {k: named(v.shape, _LAYER_AXES.get(k, {})) for k, v in layers.items()}
     return out
 
 
 def cache_sharding(shape: tuple[int, ...], mesh: Mesh, batch_axis: bool) -> NamedSharding:
-    """[L, rows, KVH, S, hd]: rows over "data" (decode slots only), KV heads over "model"."""
-    axes = {2: "model"}
+    """One layer's [rows, KVH, S, hd]: rows over "data" (decode slots only), heads over "model"."""
+    axes = {1: "model"}
     if batch_axis:
-        axes[1] = "data"
+        axes[0] = "data"
     return NamedSharding(mesh, _spec(shape, axes, mesh))
 
 

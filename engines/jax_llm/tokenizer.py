@@ -108,10 +108,18 @@ class ChatTokenizer:
         tok.decoder = decoders.ByteLevel()
         types = list(meta.get("tokenizer.ggml.token_type", []))
         tok.add_special_tokens(
-            [AddedToken(t, special=True, normalized=False) for t, k in zip(tokens, types) if k == 3]
+            [
+                AddedToken(t, special=True, normalized=False)
+                for t, k in zip(tokens, types, strict=False)
+                if k == 3
+            ]
         )
         tok.add_tokens(
-            [AddedToken(t, special=False, normalized=False) for t, k in zip(tokens, types) if k == 4]
+            [
+                AddedToken(t, special=False, normalized=False)
+                for t, k in zip(tokens, types, strict=False)
+                if k == 4
+            ]
         )
         special = {}
         for name, key in (

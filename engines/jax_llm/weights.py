@@ -146,7 +146,7 @@ def _with_freq_factors(cfg: ModelConfig, factors: np.ndarray) -> ModelConfig:
 
 
 def to_params(cfg: ModelConfig, tensors: dict[str, np.ndarray], dtype: Any) -> dict[str, Any]:
-    """HF-named tensors -> the fused, layer-stacked numpy pytree (``dtype`` e.g. np.float32)."""
+    """HF-named tensors -> the fused numpy pytree of ``model.py`` (``dtype`` e.g. np.float32)."""
 
     def get(name: str) -> np.ndarray:
         if name not in tensors:
@@ -155,12 +155,15 @@ def to_params(cfg: ModelConfig, tensors: dict[str, np.ndarray], dtype: Any) -> d
 
     d, hd = cfg.hidden_size, cfg.head_dim
     kvh, g, f = cfg.num_kv_heads, cfg.group_size, cfg.intermediate_size
-    per_layer: dict[str, list[np.ndarray]] = {}
-
-    def add(key: str, value: np.ndarray) -> None:
-        per_layer.setdefault(key, []).append(value.astype(dtype))
+    layers: list[dict[str, np.ndarray]] = []
 
     for i in range(cfg.num_layers):
+        layer: dict[str, np.ndarray] = {}
+        layers.append(layer)
+
+        def add(key: str, value: np.ndarray, layer=layer) -> None:
+            layer[key] = np.ascontiguousarray(value, dtype=dtype)
+
         p = f"layers.{i}."
         q = get(p + "self_attn.q_proj.weight").T.reshape(d, kvh, g, hd)
         k = get(p + "self_attn.k_proj.weight").T.reshape(d, kvh, 1, hd)
@@ -200,5 +203,5 @@ def to_params(cfg: ModelConfig, tensors: dict[str, np.ndarray], dtype: Any) -> d
         "embed": embed.astype(dtype),
         "lm_head": np.ascontiguousarray(head.T).astype(dtype),
         "final_norm": get("norm.weight").astype(dtype),
-        "layers": {k: np.stack(v) for k, v in per_layer.items()},
+        "layers": layers,
     }

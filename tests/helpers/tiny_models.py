@@ -144,8 +144,13 @@ def _variant_config(variant: str, vocab_size: int) -> tuple[Any, str, dict[str, 
         return cfg, CHATML_TEMPLATE, {**ml, "bos_token": None}
     if variant == "smollm2":
         cfg = LlamaConfig(
-            **{**common, "hidden_size": 96, "num_attention_heads": 6, "num_key_value_heads": 2,
-               "bos_token_id": 1},
+            **{
+                **common,
+                "hidden_size": 96,
+                "num_attention_heads": 6,
+                "num_key_value_heads": 2,
+                "bos_token_id": 1,
+            },
             rope_theta=100000.0,
             tie_word_embeddings=True,
         )
@@ -215,7 +220,8 @@ def tiny_gguf(hf_dir: str, out_path: str, quant: str = "F32") -> str:
         cfg = json.load(f)
     with open(os.path.join(hf_dir, "tokenizer_config.json")) as f:
         tcfg = json.load(f)
-    tok = json.loads(open(os.path.join(hf_dir, "tokenizer.json")).read())
+    with open(os.path.join(hf_dir, "tokenizer.json")) as f:
+        tok = json.load(f)
     tensors: dict[str, np.ndarray] = {}
     for name in sorted(os.listdir(hf_dir)):
         if name.endswith(".safetensors"):
@@ -249,7 +255,11 @@ def tiny_gguf(hf_dir: str, out_path: str, quant: str = "F32") -> str:
     w.add_add_bos_token(False)
     w.add_chat_template(tcfg["chat_template"])
 
-    names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight", "lm_head.weight": "output.weight"}
+    names = {
+        "model.embed_tokens.weight": "token_embd.weight",
+        "model.norm.weight": "output_norm.weight",
+        "lm_head.weight": "output.weight",
+    }
     layer_names = {
         "input_layernorm.weight": "attn_norm.weight",
         "self_attn.q_proj.weight": "attn_q.weight",

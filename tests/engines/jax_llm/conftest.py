@@ -22,4 +22,3 @@ def _compile_cache(tmp_path_factory):
         path = tmp_path_factory.mktemp("jax-cache")
         jax.config.update("jax_compilation_cache_dir", str(path))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    yield

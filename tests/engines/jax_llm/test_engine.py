@@ -6,12 +6,11 @@ from __future__ import annotations
 import dataclasses
 
 import jax
-import numpy as np
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from engines.base import EngineConfig, ErrorCode, FinishReason, Request, sampling_from_dict
+from engines.base import EngineConfig, ErrorCode, FinishReason, Request
 from engines.jax_llm import JaxLLMEngine
 from engines.registry import engine_class
 from tests.engines.conformance import PROMPTS, EngineConformance, chat, completion
@@ -23,7 +22,9 @@ OPTIONS = {"prefill_buckets": [16, 32, 64, 128], "decode_steps": 4, "attention_b
 def make_engine(model_dir: str, batch_size: int = 4, **options) -> JaxLLMEngine:
     engine = JaxLLMEngine(
         EngineConfig(
-            model=model_dir, batch_size=batch_size, max_seq_len=256,
+            model=model_dir,
+            batch_size=batch_size,
+            max_seq_len=256,
             options={**OPTIONS, **options},
         )
     )
@@ -82,8 +83,10 @@ def test_compilations_never_depend_on_the_data(engine):
         engine.generate([chat("a", "Hi", max_tokens=1)])
         engine.generate([chat(f"b{i}", p, max_tokens=3 + 5 * i) for i, p in enumerate(PROMPTS)])
         engine.generate(
-            [completion("c", " ".join(["word"] * 100), max_tokens=2),
-             chat("d", PROMPTS[2], temperature=0.8, top_p=0.9, top_k=20, seed=5, max_tokens=9)]
+            [
+                completion("c", " ".join(["word"] * 100), max_tokens=2),
+                chat("d", PROMPTS[2], temperature=0.8, top_p=0.9, top_k=20, seed=5, max_tokens=9),
+            ]
         )
         assert engine.stats().compilations == before
         assert compiles == []
@@ -134,13 +137,19 @@ def test_slots_are_refilled_so_a_long_answer_does_not_hold_the_batch(engine):
 
 def test_seeded_sampling_does_not_depend_on_slot_or_batch(engine):
     def sampled(rid: str, seed: int, **kw) -> Request:
-        return chat(rid, PROMPTS[1], temperature=1.0, seed=seed, max_tokens=12,
-                    ignore_eos=True, **kw)
+        return chat(
+            rid, PROMPTS[1], temperature=1.0, seed=seed, max_tokens=12, ignore_eos=True, **kw
+        )
 
     alone = engine.generate([sampled("a", 7)])[0]
     crowd = engine.generate(
-        [chat("x", PROMPTS[0]), completion("y", PROMPTS[3]), sampled("b", 8), sampled("c", 7),
-         chat("z", PROMPTS[5], temperature=0.5, seed=1)]
+        [
+            chat("x", PROMPTS[0]),
+            completion("y", PROMPTS[3]),
+            sampled("b", 8),
+            sampled("c", 7),
+            chat("z", PROMPTS[5], temperature=0.5, seed=1),
+        ]
     )
     assert crowd[3].token_ids == alone.token_ids
     assert crowd[2].token_ids != alone.token_ids  # another seed, another draw
@@ -160,8 +169,9 @@ def test_stop_token_ids_and_stop_strings(engine):
     assert res.token_ids == base.token_ids[: first + 1]
     assert res.text == engine.tokenizer.decode(base.token_ids[:first])
     stop = base.text[5:8]
-    res = engine.generate([completion("t", PROMPTS[4], max_tokens=12, stop=[stop],
-                                      ignore_eos=True)])[0]
+    res = engine.generate(
+        [completion("t", PROMPTS[4], max_tokens=12, stop=[stop], ignore_eos=True)]
+    )[0]
     assert res.finish_reason == FinishReason.STOP
     assert res.text == base.text[: base.text.find(stop)]
 
@@ -173,8 +183,10 @@ def test_eos_stops_unless_ignored(tmp_path, engine):
     other = make_engine(model_dir)
     assert eos in other.info.eos_token_ids
     stopped, ignored = other.generate(
-        [completion("e", PROMPTS[0], max_tokens=6),
-         completion("i", PROMPTS[0], max_tokens=6, ignore_eos=True)]
+        [
+            completion("e", PROMPTS[0], max_tokens=6),
+            completion("i", PROMPTS[0], max_tokens=6, ignore_eos=True),
+        ]
     )
     first = probe.token_ids.index(eos)
     assert stopped.finish_reason == FinishReason.STOP

@@ -13,7 +13,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from engines import models
-from engines.base import EngineConfig, ErrorCode, Request, RequestError
+from engines.base import EngineConfig, ErrorCode, RequestError
 from engines.jax_llm import JaxLLMEngine, model, weights
 from engines.jax_llm.tokenizer import ChatTokenizer
 from jobs import storage
@@ -81,10 +81,19 @@ def test_tiny_gguf_equals_the_hf_checkpoint(tiny_dirs, tmp_path, quant):
     path = tiny_gguf(d, str(tmp_path / f"tiny-{quant}.gguf"), quant=quant)
     cfg_g, tensors_g, meta = weights.load_gguf(path)
     cfg_h, tensors_h = weights.load_hf(d)
-    assert cfg_g.tie_word_embeddings and cfg_g.num_kv_heads == cfg_h.num_kv_heads
+    assert cfg_g.tie_word_embeddings
+    assert cfg_g.num_kv_heads == cfg_h.num_kv_heads
     tokens = jnp.asarray(np.random.RandomState(4).randint(0, cfg_h.vocab_size, size=(2, 30)))
-    lg = model.forward_logits(jax.tree.map(jnp.asarray, weights.to_params(cfg_g, tensors_g, np.float32)), tokens, cfg=cfg_g)
-    lh = model.forward_logits(jax.tree.map(jnp.asarray, weights.to_params(cfg_h, tensors_h, np.float32)), tokens, cfg=cfg_h)
+    lg = model.forward_logits(
+        jax.tree.map(jnp.asarray, weights.to_params(cfg_g, tensors_g, np.float32)),
+        tokens,
+        cfg=cfg_g,
+    )
+    lh = model.forward_logits(
+        jax.tree.map(jnp.asarray, weights.to_params(cfg_h, tensors_h, np.float32)),
+        tokens,
+        cfg=cfg_h,
+    )
     diff = float(np.abs(np.asarray(lg) - np.asarray(lh)).max())
     assert diff <= (1e-4 if quant == "F32" else 0.05 * float(np.abs(np.asarray(lh)).max()))
     ours, hf = ChatTokenizer.from_gguf(meta), ChatTokenizer.from_hf_dir(d)
@@ -125,14 +134,26 @@ def test_engine_loads_a_gs_model_into_the_cache_once(gcs_bucket, tiny_dirs, tmp_
     real = storage.download
     monkeypatch.setattr(storage, "download", lambda src, dst: (calls.append(src), real(src, dst)))
     cache = str(tmp_path / "cache")
-    remote = JaxLLMEngine(EngineConfig(model=url, batch_size=4, max_seq_len=256, cache_dir=cache,
-                                       options={"prefill_buckets": [16, 32, 64, 128],
-                                                "decode_steps": 4, "attention_block": 32}))
+    remote = JaxLLMEngine(
+        EngineConfig(
+            model=url,
+            batch_size=4,
+            max_seq_len=256,
+            cache_dir=cache,
+            options={
+                "prefill_buckets": [16, 32, 64, 128],
+                "decode_steps": 4,
+                "attention_block": 32,
+            },
+        )
+    )
     remote.warmup()
     assert len(calls) == len(os.listdir(d))
     local = make_engine(d)
     reqs = [chat("a", PROMPTS[0], max_tokens=6, ignore_eos=True), completion("b", "Hello")]
-    assert [r.token_ids for r in remote.generate(reqs)] == [r.token_ids for r in local.generate(reqs)]
+    assert [r.token_ids for r in remote.generate(reqs)] == [
+        r.token_ids for r in local.generate(reqs)
+    ]
     models.resolve_model(url, cache_dir=cache)  # verified against generations: no re-download
     assert len(calls) == len(os.listdir(d))
 
@@ -154,8 +175,9 @@ def test_reference_transformers_loads_the_tiny_gguf(tiny_dirs, tmp_path):
     """Sanity check of the helper itself: transformers' GGUF loader agrees with our GGUF file."""
     d = tiny_dirs["smollm2"]
     path = tiny_gguf(d, str(tmp_path / "t.gguf"))
-    ref = AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file="t.gguf",
-                                               dtype=torch.float32).eval()
+    ref = AutoModelForCausalLM.from_pretrained(
+        str(tmp_path), gguf_file="t.gguf", dtype=torch.float32
+    ).eval()
     hf = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
     x = torch.tensor([[5, 6, 7, 8, 9, 10]])
     with torch.no_grad():

@@ -40,36 +40,51 @@ def test_prefill_logits_match_transformers(tiny_dirs, variant):
     assert np.abs(expected).max() > 0.5  # the comparison is not between near-zero numbers
 
 
-@pytest.mark.parametrize("variant", ["qwen2", "mistral"])
-def test_decode_logits_match_transformers(tiny_dirs, variant):
+@pytest.mark.parametrize(("variant", "full"), [("qwen2", 512), ("mistral", 512), ("llama", 0)])
+def test_decode_logits_match_transformers(tiny_dirs, variant, full):
     """Prefill 20 tokens into a slot, then decode step by step: every step's logits equal the
-    reference's logits for the same (greedy) continuation."""
+    reference's logits for the same (greedy) continuation. ``full``: up to which cache length
+    decode attends to whole rows (0 = always walk the cache in blocks)."""
     cfg, params = _ours(tiny_dirs[variant])
     ref = _reference(tiny_dirs[variant])
     prompt = np.random.RandomState(2).randint(0, cfg.vocab_size, size=20).astype(np.int32)
     block, seq, b_rows, steps = 16, 64, 2, 12
-    shape = (cfg.num_layers, b_rows, cfg.num_kv_heads, seq, cfg.head_dim)
-    cache = {"k": jnp.zeros(shape), "v": jnp.zeros(shape)}
-    store_shape = (cfg.num_layers, 1, cfg.num_kv_heads, 16, cfg.head_dim)
-    store = {"k": jnp.zeros(store_shape), "v": jnp.zeros(store_shape)}
+
+    def zeros(shape):
+        return [jnp.zeros(shape) for _ in range(cfg.num_layers)]
+
+    cache = {k: zeros((b_rows, cfg.num_kv_heads, seq, cfg.head_dim)) for k in "kv"}
+    store = {k: zeros((1, cfg.num_kv_heads, 16, cfg.head_dim)) for k in "kv"}
     one = lambda v, dt=np.int32: np.array([v], dt)  # noqa: E731
     batch = {
-        "tokens": np.pad(prompt, (0, 12))[None], "slots": one(1), "starts": one(0),
-        "lens": one(20), "load_rows": one(1), "save_rows": one(1),
-        "temperature": one(0, np.float32), "top_k": one(0), "top_p": one(1, np.float32),
-        "keys": np.zeros((1, 2), np.uint32), "counters": one(0),
+        "tokens": np.pad(prompt, (0, 12))[None],
+        "slots": one(1),
+        "starts": one(0),
+        "lens": one(20),
+        "load_rows": one(1),
+        "save_rows": one(1),
+        "temperature": one(0, np.float32),
+        "top_k": one(0),
+        "top_p": one(1, np.float32),
+        "keys": np.zeros((1, 2), np.uint32),
+        "counters": one(0),
     }
     prefill = jax.jit(functools.partial(model.prefill, cfg=cfg, block=block))
     cache, store, first = prefill(params, cache, store, batch)
-    decode = jax.jit(functools.partial(
-        model.decode, cfg=cfg, block=block, steps=1, return_logits=True))
+    decode = jax.jit(
+        functools.partial(
+            model.decode, cfg=cfg, block=block, steps=1, return_logits=True, full_attention_max=full
+        )
+    )
     seq_ids = [*prompt.tolist(), int(first[0])]
     for _ in range(steps):
         state = {
             "tokens": np.array([0, seq_ids[-1]], np.int32),
             "positions": np.array([seq, len(seq_ids) - 1], np.int32),  # slot 0 idle
-            "temperature": np.zeros(2, np.float32), "top_k": np.zeros(2, np.int32),
-            "top_p": np.ones(2, np.float32), "keys": np.zeros((2, 2), np.uint32),
+            "temperature": np.zeros(2, np.float32),
+            "top_k": np.zeros(2, np.int32),
+            "top_p": np.ones(2, np.float32),
+            "keys": np.zeros((2, 2), np.uint32),
             "counters": np.zeros(2, np.int32),
         }
         cache, toks, logits = decode(params, cache, state)
@@ -83,7 +98,7 @@ def test_decode_logits_match_transformers(tiny_dirs, variant):
 def test_bfloat16_params_track_float32(tiny_dirs):
     cfg, p32 = _ours(tiny_dirs["llama"])
     _, p16 = _ours(tiny_dirs["llama"], dtype=jnp.bfloat16)
-    assert p16["layers"]["wqkv"].dtype == jnp.bfloat16
+    assert p16["layers"][0]["wqkv"].dtype == jnp.bfloat16
     tokens = jnp.asarray(np.random.RandomState(3).randint(0, cfg.vocab_size, size=(2, 24)))
     l32 = np.asarray(model.forward_logits(p32, tokens, cfg=cfg))
     l16 = np.asarray(model.forward_logits(p16, tokens, cfg=cfg))
@@ -110,8 +125,12 @@ def test_sampling_filters():
 
     def draw(temp, top_k, top_p, n=200):
         toks = sample(
-            logits, jnp.full(4, temp), jnp.full(4, top_k, jnp.int32), jnp.full(4, top_p),
-            keys, counters[:n],
+            logits,
+            jnp.full(4, temp),
+            jnp.full(4, top_k, jnp.int32),
+            jnp.full(4, top_p),
+            keys,
+            counters[:n],
         )
         return set(np.asarray(toks).ravel().tolist())
 

@@ -101,7 +101,9 @@ def test_greedy_completions_equal_transformers(smollm2, gguf_path):
         if list(res.token_ids) == expected:
             identical += 1
             continue
-        step = next(k for k, (a, b) in enumerate(zip(res.token_ids, expected)) if a != b)
+        step = next(
+            k for k, (a, b) in enumerate(zip(res.token_ids, expected, strict=True)) if a != b
+        )
         logits = ref_logits[step, row]
         top2 = np.sort(logits)[-2:]
         gap = float(top2[1] - top2[0])
@@ -127,9 +129,14 @@ def _greedy_batch(ref, prompts: list[list[int]]) -> tuple[list[list[int]], np.nd
     ref.generation_config.eos_token_id = None
     with torch.no_grad():
         out = ref.generate(
-            input_ids=ids, attention_mask=mask, max_new_tokens=NEW_TOKENS,
-            min_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=2,
-            return_dict_in_generate=True, output_logits=True,
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=NEW_TOKENS,
+            min_new_tokens=NEW_TOKENS,
+            do_sample=False,
+            pad_token_id=2,
+            return_dict_in_generate=True,
+            output_logits=True,
         )
     tokens = out.sequences[:, width:].tolist()
     return tokens, torch.stack(out.logits).float().numpy()

@@ -226,8 +226,15 @@ class JaxLLMEngine(Engine):
     def _alloc_cache(self) -> None:
         cfg = self.cfg
         dtype = _DTYPES[self.config.dtype]
-        shape = (self.batch, cfg.num_kv_heads, self.max_seq_len, cfg.head_dim)
-        store_shape = (max(1, self.store_rows), cfg.num_kv_heads, self.prefix_max, cfg.head_dim)
+        kvh, hd, rows = cfg.num_kv_heads, cfg.head_dim, max(1, self.store_rows)
+        shapes = {
+            "k": (self.batch, kvh, hd, self.max_seq_len),
+            "v": (self.batch, kvh, self.max_seq_len, hd),
+        }
+        store_shapes = {
+            "k": (rows, kvh, hd, self.prefix_max),
+            "v": (rows, kvh, self.prefix_max, hd),
+        }
 
         def zeros(shape: tuple[int, ...], batch_axis: bool) -> list[jax.Array]:
             if self.mesh is None:
@@ -238,8 +245,8 @@ class JaxLLMEngine(Engine):
                 make = fn
             return [make() for _ in range(cfg.num_layers)]
 
-        self.cache = {k: zeros(shape, True) for k in ("k", "v")}
-        self.store = {k: zeros(store_shape, False) for k in ("k", "v")}
+        self.cache = {k: zeros(shapes[k], True) for k in ("k", "v")}
+        self.store = {k: zeros(store_shapes[k], False) for k in ("k", "v")}
         self._store_index = collections.OrderedDict()
 
     # -- contract ----------------------------------------------------------------------------
@@ -337,11 +344,14 @@ class JaxLLMEngine(Engine):
             "save_rows": save,
             **self._sampling_arrays([*seqs, *[None] * (p_rows - len(seqs))], p_rows),
         }
+        t0 = time.perf_counter()
         self.cache, self.store, nxt = self._prefill(self.params, self.cache, self.store, batch)
+        nxt = np.asarray(nxt)  # waits for the device
         if count:
+            self._stats.prefill_seconds += time.perf_counter() - t0
             self._stats.computed_token_slots += p_rows * t
             self._stats.useful_token_slots += int(lens.sum())
-        return np.asarray(nxt)
+        return nxt
 
     def _run_decode(self, active: dict[int, _Seq], count: bool = True) -> np.ndarray:
         b = self.batch

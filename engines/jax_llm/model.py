@@ -10,8 +10,8 @@ Parameter layout (one pytree; ``layers`` is a list with one dict per layer):
 Fusing Q/K/V (and gate/up) makes one wide matmul instead of three (two), and grouping the fused
 columns by KV head lets tensor parallelism shard them on the KV-head axis without collectives.
 
-KV cache: ``k``/``v``, each a list of L per-layer arrays [B, KVH, S, hd] -- one row per decode
-slot (separate buffers, so a layer reads its cache without slicing a bigger array). A prefix store
+KV cache: ``k``/``v``, each a list of L per-layer arrays -- k [B, KVH, hd, S] (transposed, so
+decode's scores are a plain matmul), v [B, KVH, S, hd] -- one row per decode slot (separate buffers, so a layer reads its cache without slicing a bigger array). A prefix store
 of the same layout with R rows and fewer positions holds shared prefixes (e.g. a system prompt).
 Attention walks the cache in blocks of ``block`` keys with an online softmax and a *dynamic*
 number of blocks (the longest live sequence), so there is one program whatever the lengths, and a
@@ -88,8 +88,8 @@ def _mlp_and_out(cfg: ModelConfig, lp: Params, x: jax.Array, attn: jax.Array) ->
 def _attend(cfg: ModelConfig, q, qpos, get_block, n_blocks, block: int):
     """Online-softmax attention of q [N, T, KVH, G, hd] over cache blocks 0..n_blocks-1.
 
-    ``get_block(j)`` returns the keys/values of block j, each [N, KVH, block, hd]; key j*block+i
-    is visible to a query at position p when it is <= p (and within the sliding window).
+    ``get_block(j)`` returns block j's keys [N, KVH, hd, block] (transposed: the scores are then
+    a plain matmul) and values [N, KVH, block, hd]; key j*block+i is visible to a query at position p when it is <= p (and within the sliding window).
     """
     n, t, kvh, g, hd = q.shape
     scale = 1.0 / np.sqrt(hd)
@@ -101,11 +101,7 @@ def _attend(cfg: ModelConfig, q, qpos, get_block, n_blocks, block: int):
     def body(j, carry):
         m, denom, acc = carry
         kb, vb = get_block(j)
-        if t == 1:  # decode: many tiny products; a fused multiply-reduce beats batched dots
-            s = jnp.sum(qf[:, 0, :, :, None, :] * kb[:, :, None].astype(jnp.float32), -1)
-            s = s[:, :, :, None, :]
-        else:
-            s = jnp.einsum("ntkgh,nkwh->nkgtw", qf, kb.astype(jnp.float32))
+        s = jnp.einsum("ntkgh,nkhw->nkgtw", qf, kb.astype(jnp.float32))
         kpos = j * block + jnp.arange(block)
         visible = kpos[None, None, :] <= qpos[:, :, None]
         if cfg.sliding_window:
@@ -115,13 +111,9 @@ def _attend(cfg: ModelConfig, q, qpos, get_block, n_blocks, block: int):
         corr = jnp.exp(m - m_new)
         p = jnp.exp(s - m_new[..., None])
         denom = denom * corr + p.sum(-1)
-        if t == 1:
-            pv = jnp.sum(p[:, :, :, 0, :, None] * vb[:, :, None].astype(jnp.float32), 3)
-            pv = pv[:, :, :, None, :]
-        else:
-            pv = jnp.einsum(
-                "nkgtw,nkwh->nkgth", p.astype(vb.dtype), vb, preferred_element_type=jnp.float32
-            )
+        pv = jnp.einsum(
+            "nkgtw,nkwh->nkgth", p.astype(vb.dtype), vb, preferred_element_type=jnp.float32
+        )
         return m_new, denom, acc * corr[..., None] + pv
 
     _, denom, acc = lax.fori_loop(0, n_blocks, body, (m0, d0, acc0))
@@ -265,7 +257,7 @@ def _prefill_layers(params, cfg, ck, cv, tokens, slots, starts, lens, block):
     t_len = tokens.shape[1]
     positions = starts[:, None] + jnp.arange(t_len, dtype=jnp.int32)[None, :]
     x = params["embed"][tokens]
-    b_rows, s_len = ck[0].shape[0], ck[0].shape[2]
+    b_rows, s_len = cv[0].shape[0], cv[0].shape[2]
     n_blocks = jnp.minimum(
         (jnp.max(jnp.where(lens > 0, starts + lens, 0)) + block - 1) // block, s_len // block
     )
@@ -276,13 +268,14 @@ def _prefill_layers(params, cfg, ck, cv, tokens, slots, starts, lens, block):
     def layer(x, lp_i):
         lp, i = lp_i
         q, k, v = _qkv(cfg, lp, x, positions)
-        ck[i] = ck[i].at[slots[:, None], :, positions].set(k.astype(ck[i].dtype), mode="drop")
+        ck[i] = ck[i].at[slots[:, None], :, :, positions].set(k.astype(ck[i].dtype), mode="drop")
         cv[i] = cv[i].at[slots[:, None], :, positions].set(v.astype(cv[i].dtype), mode="drop")
         kc, vc = ck[i], cv[i]
 
         def get_block(j):
             kpos = (j * block + jnp.arange(block))[None, None, :]
-            return kc[rows, head_ix, kpos].astype(x.dtype), vc[rows, head_ix, kpos].astype(x.dtype)
+            kb = jnp.swapaxes(kc[rows, head_ix, :, kpos], -1, -2)
+            return kb.astype(x.dtype), vc[rows, head_ix, kpos].astype(x.dtype)
 
         attn = _attend(cfg, q, positions, get_block, n_blocks, block)
         return _mlp_and_out(cfg, lp, x, attn), None
@@ -294,7 +287,8 @@ def _prefill_layers(params, cfg, ck, cv, tokens, slots, starts, lens, block):
 def prefill(params, cache, store, batch, *, cfg: ModelConfig, block: int):
     """Prefill a batch of P sequences into their slots and sample each one's next token.
 
-    ``cache``/``store``: {"k": [...], "v": [...]}, per-layer arrays [rows, KVH, len, hd].
+    ``cache``/``store``: {"k": [...], "v": [...]}, per-layer arrays: k [rows, KVH, hd, len]
+    (transposed), v [rows, KVH, len, hd].
     ``batch`` (all [P] unless said): tokens [P, T]; slots (B = padding row); starts (first
     position; > 0 after a reused prefix); lens (real tokens in the row); load_rows
     (prefix-store row copied into the slot first, R = none); save_rows (store row that receives
@@ -303,28 +297,34 @@ def prefill(params, cache, store, batch, *, cfg: ModelConfig, block: int):
     Returns (cache, store, next_tokens [P]). Not jitted here: each engine jits its own copy
     (static cfg/block, donated cache/store) so it can count its compilations.
     """
-    b_rows = cache["k"][0].shape[0]
-    r_rows, p_len = store["k"][0].shape[0], store["k"][0].shape[2]
+    b_rows = cache["v"][0].shape[0]
+    r_rows, p_len = store["v"][0].shape[0], store["v"][0].shape[2]
     slots = batch["slots"]
     load_slots = jnp.where(batch["load_rows"] < r_rows, slots, b_rows)
     load_rows = jnp.minimum(batch["load_rows"], r_rows - 1)
     save_slots = jnp.minimum(slots, b_rows - 1)
     save_rows = batch["save_rows"]
 
-    def load(c, st):
-        return c.at[load_slots, :, :p_len].set(st[load_rows], mode="drop")
-
-    ck = [load(c, st) for c, st in zip(cache["k"], store["k"], strict=True)]
-    cv = [load(c, st) for c, st in zip(cache["v"], store["v"], strict=True)]
+    ck = [
+        c.at[load_slots, :, :, :p_len].set(st[load_rows], mode="drop")
+        for c, st in zip(cache["k"], store["k"], strict=True)
+    ]
+    cv = [
+        c.at[load_slots, :, :p_len].set(st[load_rows], mode="drop")
+        for c, st in zip(cache["v"], store["v"], strict=True)
+    ]
     x, ck, cv = _prefill_layers(
         params, cfg, ck, cv, batch["tokens"], slots, batch["starts"], batch["lens"], block
     )
 
-    def save(st, c):
-        return st.at[save_rows].set(c[save_slots, :, :p_len], mode="drop")
-
-    sk = [save(st, c) for st, c in zip(store["k"], ck, strict=True)]
-    sv = [save(st, c) for st, c in zip(store["v"], cv, strict=True)]
+    sk = [
+        st.at[save_rows].set(c[save_slots, :, :, :p_len], mode="drop")
+        for st, c in zip(store["k"], ck, strict=True)
+    ]
+    sv = [
+        st.at[save_rows].set(c[save_slots, :, :p_len], mode="drop")
+        for st, c in zip(store["v"], cv, strict=True)
+    ]
 
     last = jnp.maximum(batch["lens"] - 1, 0)
     h = jnp.take_along_axis(x, last[:, None, None], axis=1)[:, 0]
@@ -345,9 +345,10 @@ def forward_logits(params, tokens, *, cfg: ModelConfig, block: int = 16):
     """All-position logits [N, T, V] of tokens [N, T] from an empty cache (tests, scoring)."""
     n, t = tokens.shape
     s_len = -(-t // block) * block
-    shape = (n, cfg.num_kv_heads, s_len, cfg.head_dim)
-    ck = [jnp.zeros(shape, params["embed"].dtype) for _ in range(cfg.num_layers)]
-    cv = [jnp.zeros(shape, params["embed"].dtype) for _ in range(cfg.num_layers)]
+    k_shape = (n, cfg.num_kv_heads, cfg.head_dim, s_len)
+    v_shape = (n, cfg.num_kv_heads, s_len, cfg.head_dim)
+    ck = [jnp.zeros(k_shape, params["embed"].dtype) for _ in range(cfg.num_layers)]
+    cv = [jnp.zeros(v_shape, params["embed"].dtype) for _ in range(cfg.num_layers)]
     slots = jnp.arange(n, dtype=jnp.int32)
     zeros = jnp.zeros((n,), jnp.int32)
     lens = jnp.full((n,), t, jnp.int32)
@@ -364,11 +365,12 @@ FULL_ATTENTION_MAX = 128
 
 
 def _attend_full(cfg: ModelConfig, q, qpos, kc, vc):
-    """Decode attention of q [B, 1, KVH, G, hd] over whole cache rows [B, KVH, S, hd]."""
+    """Decode attention of q [B, 1, KVH, G, hd] over whole cache rows (k [B, KVH, hd, S],
+    v [B, KVH, S, hd])."""
     n, _, kvh, g, hd = q.shape
     qf = q[:, 0].astype(jnp.float32) * (1.0 / np.sqrt(hd))
-    s = jnp.einsum("nkgh,nkwh->nkgw", qf, kc.astype(jnp.float32))
-    kpos = jnp.arange(kc.shape[2])[None, :]
+    s = jnp.einsum("nkgh,nkhw->nkgw", qf, kc.astype(jnp.float32))
+    kpos = jnp.arange(kc.shape[3])[None, :]
     visible = kpos <= qpos
     if cfg.sliding_window:
         visible &= kpos > qpos - cfg.sliding_window
@@ -397,7 +399,7 @@ def decode(
     sampling counter), temperature, top_k, top_p, keys [B, 2].
     Returns (cache, tokens [steps, B]) -- plus the last step's logits [B, V] if return_logits.
     """
-    b_rows, kvh, s_len, hd = cache["k"][0].shape
+    b_rows, kvh, s_len, hd = cache["v"][0].shape
     rows = jnp.arange(b_rows)
 
     def one_step(carry, _):
@@ -411,7 +413,7 @@ def decode(
         def layer(x, lp_i):
             lp, i = lp_i
             q, k, v = _qkv(cfg, lp, x, qpos)
-            ck[i] = ck[i].at[rows, :, pos].set(k[:, 0].astype(ck[i].dtype), mode="drop")
+            ck[i] = ck[i].at[rows, :, :, pos].set(k[:, 0].astype(ck[i].dtype), mode="drop")
             cv[i] = cv[i].at[rows, :, pos].set(v[:, 0].astype(cv[i].dtype), mode="drop")
             kc, vc = ck[i], cv[i]
             if s_len <= full_attention_max:
@@ -419,11 +421,9 @@ def decode(
             else:
 
                 def get_block(j):
-                    start, size = (0, 0, j * block, 0), (b_rows, kvh, block, hd)
-                    return (
-                        lax.dynamic_slice(kc, start, size).astype(x.dtype),
-                        lax.dynamic_slice(vc, start, size).astype(x.dtype),
-                    )
+                    kb = lax.dynamic_slice(kc, (0, 0, 0, j * block), (b_rows, kvh, hd, block))
+                    vb = lax.dynamic_slice(vc, (0, 0, j * block, 0), (b_rows, kvh, block, hd))
+                    return kb.astype(x.dtype), vb.astype(x.dtype)
 
                 attn = _attend(cfg, q, qpos, get_block, n_blocks, block)
             return _mlp_and_out(cfg, lp, x, attn), None

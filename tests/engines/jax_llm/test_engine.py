@@ -215,7 +215,27 @@ def test_usage_padding_and_rejections(engine):
     useful = after.useful_token_slots - before.useful_token_slots
     assert 0 < useful <= computed
     assert after.requests - before.requests == 4
-    assert after.busy_seconds > before.busy_seconds
+    prefill = after.prefill_seconds - before.prefill_seconds
+    assert 0 < prefill < after.busy_seconds - before.busy_seconds
+
+
+def test_a_device_failure_fails_the_unfinished_requests_only(engine):
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated device failure")
+
+    engine._decode_fn, engine._decode = engine._decode, broken
+    try:
+        results = engine.generate(
+            [chat("one", PROMPTS[0], max_tokens=1), chat("two", PROMPTS[1], max_tokens=5)]
+        )
+    finally:
+        engine._decode = engine._decode_fn
+    assert results[0].ok  # finished by its prefill, before the failure
+    assert results[1].error_code == ErrorCode.ENGINE_FAILED
+    assert "simulated device failure" in results[1].error_message
+    again = engine.generate([chat("three", PROMPTS[1], max_tokens=5, ignore_eos=True)])[0]
+    assert again.ok
+    assert again.usage.completion_tokens == 5
 
 
 def test_max_tokens_is_bounded_by_the_kv_cache(engine):

@@ -53,8 +53,9 @@ def test_decode_logits_match_transformers(tiny_dirs, variant, full):
     def zeros(shape):
         return [jnp.zeros(shape) for _ in range(cfg.num_layers)]
 
-    cache = {k: zeros((b_rows, cfg.num_kv_heads, seq, cfg.head_dim)) for k in "kv"}
-    store = {k: zeros((1, cfg.num_kv_heads, 16, cfg.head_dim)) for k in "kv"}
+    kvh, hd = cfg.num_kv_heads, cfg.head_dim
+    cache = {"k": zeros((b_rows, kvh, hd, seq)), "v": zeros((b_rows, kvh, seq, hd))}
+    store = {"k": zeros((1, kvh, hd, 16)), "v": zeros((1, kvh, 16, hd))}
     one = lambda v, dt=np.int32: np.array([v], dt)  # noqa: E731
     batch = {
         "tokens": np.pad(prompt, (0, 12))[None],

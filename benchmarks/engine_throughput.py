@@ -268,10 +268,10 @@ def main(argv: list[str] | None = None) -> int:
         out["hf"] = run_hf(args.prompts, args.new_tokens, args.hf_batch)
         log(f"hf: {out['hf']['tok_s']}")
     if "vllm" in legs:
-        model_dir = hf_dir(default_cache_dir())
         if importlib.util.find_spec("vllm") is not None:
-            out["vllm"] = run_vllm(args.prompts, args.new_tokens, model_dir)
+            out["vllm"] = run_vllm(args.prompts, args.new_tokens, hf_dir(default_cache_dir()))
         elif args.vllm_python:
+            hf_dir(default_cache_dir())  # made here: the other venv may lack our dependencies
             log(f"vllm via {args.vllm_python} ...")
             cmd = [
                 args.vllm_python,

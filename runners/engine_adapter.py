@@ -43,6 +43,7 @@ def engine_config(spec: Any) -> EngineConfig:
 class LoadedEngine:
     engine: Engine
     load_seconds: float  # construction + warmup: charged to the first shard it serves
+    warmup_stats: EngineStats  # what loading and warmup did (compilations): charged likewise
     charged: bool = False
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
@@ -61,7 +62,8 @@ def shared_engine(spec: Any) -> LoadedEngine:
             t0 = time.perf_counter()
             engine = engine_class(spec.engine)(config)
             engine.warmup()
-            loaded = LoadedEngine(engine, time.perf_counter() - t0)
+            stats = dataclasses.replace(engine.stats())
+            loaded = LoadedEngine(engine, time.perf_counter() - t0, stats)
             log.info(
                 "loaded engine %s for %s in %.1fs", spec.engine, spec.model, loaded.load_seconds
             )
@@ -81,12 +83,9 @@ def close_engines() -> None:
         _LOADED.clear()
 
 
-def _minus(after: EngineStats, before: EngineStats) -> EngineStats:
+def _combine(a: EngineStats, b: EngineStats, sign: int) -> EngineStats:
     return EngineStats(
-        **{
-            f.name: getattr(after, f.name) - getattr(before, f.name)
-            for f in dataclasses.fields(EngineStats)
-        }
+        **{f.name: getattr(a, f.name) + sign * getattr(b, f.name) for f in dataclasses.fields(a)}
     )
 
 
@@ -136,13 +135,15 @@ def serve(
     order = sorted(range(len(runnable)), key=lambda j: runnable[j][0])
     ordered = [requests[j] for j in order]
     with loaded.lock:
-        charged = 0.0 if loaded.charged else loaded.load_seconds
-        before = EngineStats() if not loaded.charged else dataclasses.replace(engine.stats())
-        loaded.charged = True
+        before = dataclasses.replace(engine.stats())
         # An exception here is an engine or infrastructure failure, not a bad record: it fails
         # the shard (Beam retries the bundle; a rerun resumes) rather than erroring its records.
         outputs = engine.generate(ordered, on_result=on_result) if ordered else []
-        delta = _minus(engine.stats(), before)
+        delta = _combine(engine.stats(), before, -1)
+        charged = 0.0
+        if not loaded.charged:  # the process's first shard also pays for loading and warmup
+            delta = _combine(delta, loaded.warmup_stats, +1)
+            charged, loaded.charged = loaded.load_seconds, True
     if len(outputs) != len(ordered):
         raise RuntimeError(
             f"engine {engine.name} returned {len(outputs)} results for {len(ordered)} requests"

@@ -209,8 +209,20 @@ class Usage:
 
 
 @dataclasses.dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token's log-probability, and the most likely alternatives (best first)."""
+
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
 class Result:
-    """The outcome of one request: text and finish reason, or an error code and message."""
+    """The outcome of one request: text and finish reason, or an error code and message.
+
+    ``logprobs`` is set (one entry per generated token) when the request asked for them.
+    """
 
     record_id: str
     text: str | None = None
@@ -219,6 +231,7 @@ class Result:
     token_ids: tuple[int, ...] = ()
     error_code: ErrorCode | None = None
     error_message: str | None = None
+    logprobs: tuple[TokenLogprob, ...] | None = None
 
     @property
     def ok(self) -> bool:

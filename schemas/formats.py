@@ -26,6 +26,7 @@ from engines.base import (
     Result,
     SamplingParams,
     TaskKind,
+    TokenLogprob,
     sampling_from_dict,
 )
 from schemas import avro
@@ -269,8 +270,9 @@ class OpenAIBatch(_JsonLines):
     }
     # body fields accepted and ignored: they do not change what is generated
     IGNORED: ClassVar[frozenset[str]] = frozenset(
-        {"model", "user", "metadata", "store", "stream", "n", "service_tier"}
-    )
+        {"model", "user", "metadata", "store", "stream", "n", "service_tier",
+         "logprobs", "top_logprobs"}  # the last two are read by _logprobs
+    )  # fmt: skip
 
     def _parse_obj(self, rid, obj, location, task, defaults) -> Parsed:
         method = obj.get("method", "POST")
@@ -307,6 +309,7 @@ class OpenAIBatch(_JsonLines):
             if body.get(key) is not None:
                 value = body[key]
                 sampling[ours] = [value] if key == "stop" and isinstance(value, str) else value
+        sampling.update(self._logprobs(kind, body))
         if kind is TaskKind.CHAT:
             if "messages" not in body:
                 raise RequestError(ErrorCode.EMPTY_MESSAGES, "body has no messages")
@@ -317,6 +320,20 @@ class OpenAIBatch(_JsonLines):
                 prompt = prompt[0]
             req = _request(rid, task, defaults, sampling, prompt=prompt)
         return Parsed(req, location)
+
+    @staticmethod
+    def _logprobs(kind: TaskKind, body: dict[str, Any]) -> dict[str, Any]:
+        """Chat asks with ``logprobs: true`` (+ ``top_logprobs: n``); completions with ``logprobs: n``."""
+        want, top = body.get("logprobs"), body.get("top_logprobs")
+        if kind is TaskKind.COMPLETION:
+            return {} if want is None else {"logprobs": want}
+        if top is not None and want is not True:
+            raise RequestError(ErrorCode.INVALID_SAMPLING, "top_logprobs needs logprobs: true")
+        if want in (None, False):
+            return {}
+        if want is not True:
+            raise RequestError(ErrorCode.INVALID_SAMPLING, "logprobs must be true or false")
+        return {"logprobs": 0 if top is None else top}
 
     def encode_results(self, items, job) -> bytes:
         lines = []
@@ -333,7 +350,7 @@ class OpenAIBatch(_JsonLines):
                 choice = {
                     "index": 0,
                     "message": {"role": "assistant", "content": res.text},
-                    "logprobs": None,
+                    "logprobs": _chat_logprobs(res.logprobs),
                     "finish_reason": str(res.finish_reason),
                 }
                 body = {"id": f"chatcmpl-{h}", "object": "chat.completion"}
@@ -341,7 +358,7 @@ class OpenAIBatch(_JsonLines):
                 choice = {
                     "index": 0,
                     "text": res.text,
-                    "logprobs": None,
+                    "logprobs": _completion_logprobs(res.logprobs),
                     "finish_reason": str(res.finish_reason),
                 }
                 body = {"id": f"cmpl-{h}", "object": "text_completion"}
@@ -354,6 +371,45 @@ class OpenAIBatch(_JsonLines):
             }
             lines.append(json.dumps(line, ensure_ascii=False))
         return ("\n".join(lines) + "\n").encode() if lines else b""
+
+
+def _chat_logprobs(logprobs: Sequence[TokenLogprob] | None) -> dict[str, Any] | None:
+    if logprobs is None:
+        return None
+
+    def entry(token: str, logprob: float) -> dict[str, Any]:
+        return {"token": token, "logprob": logprob, "bytes": list(token.encode())}
+
+    content = [
+        {**entry(t.token, t.logprob), "top_logprobs": [entry(a, lp) for a, lp in t.top]}
+        for t in logprobs
+    ]
+    return {"content": content, "refusal": None}
+
+
+def _completion_logprobs(logprobs: Sequence[TokenLogprob] | None) -> dict[str, Any] | None:
+    if logprobs is None:
+        return None
+    offsets, at = [], 0
+    for t in logprobs:
+        offsets.append(at)
+        at += len(t.token)
+    return {
+        "tokens": [t.token for t in logprobs],
+        "token_logprobs": [t.logprob for t in logprobs],
+        "top_logprobs": [dict(t.top) for t in logprobs],
+        "text_offset": offsets,
+    }
+
+
+def _result_logprobs(logprobs: Sequence[TokenLogprob] | None) -> list[dict[str, Any]] | None:
+    if logprobs is None:
+        return None
+    return [
+        {"token": t.token, "logprob": t.logprob,
+         "top_logprobs": [{"token": a, "logprob": lp} for a, lp in t.top]}
+        for t in logprobs
+    ]  # fmt: skip
 
 
 def _result_record(parsed: Parsed, res: Result, job: JobInfo) -> dict[str, Any]:
@@ -369,6 +425,7 @@ def _result_record(parsed: Parsed, res: Result, job: JobInfo) -> dict[str, Any]:
         "model": job.model,
         "job_id": job.job_id,
         "metadata": dict(parsed.metadata) if parsed.metadata else None,
+        "logprobs": _result_logprobs(res.logprobs),
     }
 
 

@@ -30,6 +30,7 @@ from engines.base import (
     RequestError,
     Result,
     SamplingParams,
+    TokenLogprob,
     Usage,
 )
 from engines.models import resolve_model
@@ -179,7 +180,24 @@ class VLLMEngine(Engine):
                 cached_tokens=int(out.num_cached_tokens or 0),
             ),
             token_ids=tuple(completion.token_ids),
+            logprobs=self._logprobs(request, completion),
         )
+
+    def _logprobs(self, request: Request, completion: Any) -> tuple[TokenLogprob, ...] | None:
+        k = request.sampling.logprobs
+        if k is None or completion.logprobs is None:
+            return None
+        out = []
+        # one dict per generated token: the sampled token plus the k most likely, by token id
+        for token_id, position in zip(completion.token_ids, completion.logprobs, strict=True):
+            chosen = position[token_id]
+            ranked = sorted(position.values(), key=lambda lp: -lp.logprob)[:k]
+            out.append(TokenLogprob(
+                token=chosen.decoded_token or "",
+                logprob=float(chosen.logprob),
+                top=tuple((lp.decoded_token or "", float(lp.logprob)) for lp in ranked),
+            ))  # fmt: skip
+        return tuple(out)
 
     def _account(self, results: list[Result], seconds: float) -> None:
         s = self._stats

@@ -55,6 +55,22 @@ class TestVLLMConformance(EngineConformance):
         assert results[1].error_code == ErrorCode.ENGINE_REJECTED
         assert "vocab" in results[1].error_message.lower()
 
+    def test_logprobs_when_asked(self, engine):
+        plain, asked = engine.generate([chat("p", "hello there", max_tokens=5, ignore_eos=True),
+                                        chat("l", "hello there", max_tokens=5, ignore_eos=True, logprobs=3)])  # fmt: skip
+        assert plain.logprobs is None
+        assert len(asked.logprobs) == len(asked.token_ids) == 5
+        assert asked.token_ids == plain.token_ids
+        for t in asked.logprobs:
+            assert t.logprob <= 0
+            assert len(t.top) == 3
+            assert [lp for _, lp in t.top] == sorted((lp for _, lp in t.top), reverse=True)
+            assert t.top[0] == (t.token, t.logprob)  # greedy: the chosen token is the likeliest
+        joined = "".join(t.token for t in asked.logprobs)
+        for special in engine._tokenizer.all_special_tokens:  # the text skips special tokens
+            joined = joined.replace(special, "")
+        assert joined == asked.text
+
     def test_close_leaves_no_child_process(self, engine):
         psutil = require("psutil", "counts child processes")
         assert psutil.Process().children(recursive=True) == []

@@ -119,7 +119,7 @@ def test_avro_round_trip_and_results():
     out = avro.from_avro_bytes(fmt.encode_results([(parsed[1], res)], JobInfo("j", "m", 0)))
     assert out == [{"id": "r2", "text": "ok", "finish_reason": "stop",
                     "usage": {"prompt_tokens": 4, "completion_tokens": 1, "cached_tokens": 0},
-                    "model": "m", "job_id": "j", "metadata": {"src": "t"}}]  # fmt: skip
+                    "model": "m", "job_id": "j", "metadata": {"src": "t"}, "logprobs": None}]  # fmt: skip
 
 
 def test_openai_output_lines_follow_the_batch_output_format():
@@ -142,3 +142,44 @@ def test_openai_output_lines_follow_the_batch_output_format():
                                 "logprobs": None, "finish_reason": "length"}]  # fmt: skip
     assert body["usage"] == {"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11,
                              "prompt_tokens_details": {"cached_tokens": 4}}  # fmt: skip
+
+
+def test_openai_logprobs_requests_and_output():
+    import json
+
+    from engines.base import TokenLogprob
+
+    chat_req = parse("openai", line(openai_chat("lp", "Hi", logprobs=True, top_logprobs=2)))
+    assert chat_req.request.sampling.logprobs == 2
+    assert (
+        parse("openai", line(openai_chat("lp", "Hi", logprobs=True))).request.sampling.logprobs == 0
+    )
+    assert (
+        parse("openai", line(openai_chat("lp", "Hi", top_logprobs=2))).code
+        == ErrorCode.INVALID_SAMPLING
+    )
+    cmpl = {"custom_id": "c", "method": "POST", "url": "/v1/completions",
+            "body": {"prompt": "Once", "logprobs": 3}}  # fmt: skip
+    assert parse("openai", line(cmpl), TaskKind.COMPLETION).request.sampling.logprobs == 3
+
+    lps = (
+        TokenLogprob("He", -0.25, (("He", -0.25), ("Hi", -1.5))),
+        TokenLogprob("llo", -0.5, (("llo", -0.5),)),
+    )
+    res = Result(
+        "lp", text="Hello", finish_reason=FinishReason.STOP, usage=Usage(3, 2, 0), logprobs=lps
+    )
+    out = json.loads(FORMATS["openai"].encode_results([(chat_req, res)], JobInfo("j", "m", 0)))
+    content = out["response"]["body"]["choices"][0]["logprobs"]["content"]
+    assert content[0] == {"token": "He", "logprob": -0.25, "bytes": [72, 101],
+                          "top_logprobs": [{"token": "He", "logprob": -0.25, "bytes": [72, 101]},
+                                           {"token": "Hi", "logprob": -1.5, "bytes": [72, 105]}]}  # fmt: skip
+    c = parse("openai", line(cmpl), TaskKind.COMPLETION)
+    out = json.loads(FORMATS["openai"].encode_results([(c, res)], JobInfo("j", "m", 0)))
+    assert out["response"]["body"]["choices"][0]["logprobs"] == {
+        "tokens": ["He", "llo"], "token_logprobs": [-0.25, -0.5],
+        "top_logprobs": [{"He": -0.25, "Hi": -1.5}, {"llo": -0.5}], "text_offset": [0, 2]}  # fmt: skip
+    rec = avro.from_avro_bytes(
+        FORMATS["avro"].encode_results([(chat_req, res)], JobInfo("j", "m", 0))
+    )
+    assert rec[0]["logprobs"][0]["top_logprobs"][1] == {"token": "Hi", "logprob": -1.5}

@@ -71,9 +71,18 @@ class TestVLLMConformance(EngineConformance):
             joined = joined.replace(special, "")
         assert joined == asked.text
 
-    def test_close_leaves_no_child_process(self, engine):
-        psutil = require("psutil", "counts child processes")
-        assert psutil.Process().children(recursive=True) == []
+
+def test_an_engine_leaves_no_process_after_close(tiny_model):
+    psutil = require("psutil", "counts child processes")
+    me = psutil.Process()
+    before = {p.pid for p in me.children(recursive=True)}  # e.g. the session's emulators
+    engine = vllm_engine(tiny_model, batch_size=4, max_seq_len=128)
+    [result] = engine.generate([chat("one", "hello there")])
+    assert result.ok
+    engine.close()
+    engine.close()  # idempotent
+    left = [p for p in me.children(recursive=True) if p.pid not in before]
+    assert left == [], f"processes left by the vLLM engine: {left}"
 
 
 def _first_divergence(a: list[int], b: list[int]) -> int | None:

@@ -34,18 +34,16 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from engines.models import ModelNotFound
     from engines.registry import EngineNotAvailable
     from jobs.pubsub import PubSubNameError
-    from jobs.spec import SpecError
+    from jobs.spec import JobIdConflict, SpecError
     from jobs.storage import StorageError
-    from jobs.store import IllegalTransition, JobIdConflict, JobNotFound
+    from jobs.store import IllegalTransition, JobNotFound
     from jobs.submit import LaunchError
-    from runners.pipeline import JobConflict
     from runners.shards import InputChanged
 
     return (
         SpecError,
         ModelNotFound,
         EngineNotAvailable,
-        JobConflict,
         InputChanged,
         StorageError,
         JobNotFound,

@@ -95,6 +95,32 @@ class JobSpec:
 
 
 FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(JobSpec)}
+SPEC_FILE = "spec.json"
+
+
+class JobIdConflict(ValueError):
+    """The job id is already used by a job with a different spec."""
+
+
+def record_once(spec: JobSpec, job_id: str, job_folder: str) -> None:
+    """Write ``<job_folder>/spec.json`` if absent (compare-and-swap); the same job id with the
+    same spec is fine (a resume or a duplicate submission), with another spec it is refused."""
+    path = storage.join(job_folder, SPEC_FILE)
+    body = {"job_id": job_id, "spec_digest": spec.digest, "spec": spec.to_dict()}
+    try:
+        storage.write_bytes(
+            path,
+            json.dumps(body, indent=2).encode(),
+            if_generation_match=0,
+            content_type="application/json",
+        )
+    except storage.PreconditionFailed:
+        existing = json.loads(storage.read_bytes(path))
+        if existing.get("spec_digest") != spec.digest:
+            raise JobIdConflict(
+                f"job id {job_id} is already used by another spec (in {job_folder}); "
+                "choose another job id (or name), or delete that job folder"
+            ) from None
 
 
 # --------------------------------------------------------------------------- loading

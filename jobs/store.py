@@ -40,8 +40,9 @@ import tenacity
 
 from jobs import storage
 from jobs.retry import CLOUD_RETRY
+from jobs.spec import SPEC_FILE, record_once
 
-SPEC_FILE, STATUS_FILE, REJECTED_DIR = "spec.json", "status.json", "_rejected"
+STATUS_FILE, REJECTED_DIR = "status.json", "_rejected"
 
 
 class JobState(enum.StrEnum):
@@ -68,10 +69,6 @@ TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {
 
 class JobNotFound(LookupError):
     """No job with this id under the store's root."""
-
-
-class JobIdConflict(ValueError):
-    """The job id is already used by a job with a different spec."""
 
 
 class IllegalTransition(RuntimeError):
@@ -211,21 +208,7 @@ class JobStore:
         spec returns the existing record (a duplicate submission); with another spec it is
         refused with JobIdConflict.
         """
-        body = {"job_id": job_id, "spec_digest": spec.digest, "spec": spec.to_dict()}
-        try:
-            storage.write_bytes(
-                self.spec_path(job_id),
-                json.dumps(body, indent=2).encode(),
-                if_generation_match=0,
-                content_type="application/json",
-            )
-        except storage.PreconditionFailed:
-            existing = json.loads(storage.read_bytes(self.spec_path(job_id)))
-            if existing.get("spec_digest") != spec.digest:
-                raise JobIdConflict(
-                    f"job id {job_id} is already used by another spec (in "
-                    f"{self.job_folder(job_id)}); choose another job id"
-                ) from None
+        record_once(spec, job_id, self.job_folder(job_id))
         at = now_rfc3339()
         doc = {
             "job_id": job_id,

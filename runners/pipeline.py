@@ -14,7 +14,6 @@ stays bounded by one shard whatever the input size.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from apache_beam.metrics import Metrics
 
 from engines.base import ErrorCode, TaskKind
 from jobs import manifest, storage
+from jobs import spec as job_spec
 from jobs.manifest import ShardStats
 from jobs.spec import JobSpec
 from runners import dedup, engine_adapter, shards
@@ -34,10 +34,6 @@ from schemas.formats import FORMATS, JobInfo, Parsed, RecordError, encode_errors
 
 log = logging.getLogger(__name__)
 NAMESPACE = "hyperbatch"
-
-
-class JobConflict(RuntimeError):
-    """The job id is already used by a different spec."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -243,18 +239,7 @@ def build(p: beam.Pipeline, ctx: JobContext) -> beam.PCollection:
 
 
 def record_spec(ctx: JobContext) -> None:
-    """Write spec.json once; a job id reused with a different spec is refused."""
-    path = storage.join(ctx.job_dir, "spec.json")
-    body = {"job_id": ctx.job_id, "spec_digest": ctx.spec.digest, "spec": ctx.spec.to_dict()}
-    try:
-        storage.write_bytes(path, json.dumps(body, indent=2).encode(), if_generation_match=0)
-    except storage.PreconditionFailed:
-        existing = json.loads(storage.read_bytes(path))
-        if existing.get("spec_digest") != ctx.spec.digest:
-            raise JobConflict(
-                f"job {ctx.job_id} already exists at {ctx.job_dir} with a different spec; "
-                "give this run another --job-id (or name) or delete that job folder"
-            ) from None
+    job_spec.record_once(ctx.spec, ctx.job_id, ctx.job_dir)
 
 
 def run(

@@ -17,7 +17,8 @@ from collections import Counter
 from collections.abc import Sequence
 
 from jobs import pubsub
-from jobs.store import JobIdConflict, JobStore
+from jobs.spec import JobIdConflict
+from jobs.store import JobStore
 from jobs.submit import DEFAULT_CLAIM_TTL_S, Launcher, submit
 from jobs.triggers.messages import Delivery, Ignored, Rejected, interpret
 

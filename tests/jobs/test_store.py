@@ -14,7 +14,8 @@ import pytest
 
 from jobs import storage
 from jobs.events import CollectedEvents
-from jobs.store import IllegalTransition, JobIdConflict, JobNotFound, JobState, JobStore
+from jobs.spec import JobIdConflict
+from jobs.store import IllegalTransition, JobNotFound, JobState, JobStore
 from schemas import avro
 from tests.jobs.control_plane import make_spec, write_input
 

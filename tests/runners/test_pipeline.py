@@ -153,7 +153,7 @@ def test_job_id_reused_with_another_spec_is_refused(tmp_path):
     spec = make_spec(str(tmp_path / "in.jsonl"), str(tmp_path / "out"))
     pipeline.run(spec, job_id="shared-id")
     other = make_spec(str(tmp_path / "in.jsonl"), str(tmp_path / "out"), batch_size=4)
-    with pytest.raises(pipeline.JobConflict, match="different spec"):
+    with pytest.raises(job_spec.JobIdConflict, match="already used by another spec"):
         pipeline.run(other, job_id="shared-id")
 
 

@@ -49,24 +49,6 @@ class ShardStats:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
-@dataclasses.dataclass
-class Totals:
-    """The sum of many ShardStats (a Beam combiner accumulator, too)."""
-
-    shards: list[ShardStats] = dataclasses.field(default_factory=list)
-
-    def add(self, s: ShardStats) -> Totals:
-        self.shards.append(s)
-        return self
-
-    def merge(self, other: Totals) -> Totals:
-        self.shards.extend(other.shards)
-        return self
-
-    def total(self, field: str) -> float:
-        return sum(getattr(s, field) for s in self.shards)
-
-
 def _rfc3339(t: float | None = None) -> str:
     when = dt.datetime.fromtimestamp(t, dt.UTC) if t is not None else dt.datetime.now(dt.UTC)
     return when.isoformat(timespec="seconds").replace("+00:00", "Z")
@@ -81,24 +63,28 @@ def build(
     results_glob: str,
     errors_glob: str,
 ) -> dict[str, Any]:
-    totals = Totals(sorted(shards, key=lambda s: s.shard))
+    ordered = sorted(shards, key=lambda s: s.shard)
+
+    def total(field: str) -> float:
+        return sum(getattr(s, field) for s in ordered)
+
     price = pricing.price_for(spec.accelerator, spec.spot, spec.usd_per_accelerator_hour)
     count = spec.accelerator_count
-    accel_s = totals.total("accelerator_seconds")
+    accel_s = total("accelerator_seconds")
     cost = pricing.cost_usd(price, accel_s, count)
-    records_in = int(totals.total("records_in"))
-    results, errors = int(totals.total("results")), int(totals.total("errors"))
-    p_tok, c_tok = int(totals.total("prompt_tokens")), int(totals.total("completion_tokens"))
+    records_in = int(total("records_in"))
+    results, errors = int(total("results")), int(total("errors"))
+    p_tok, c_tok = int(total("prompt_tokens")), int(total("completion_tokens"))
     by_code: Counter[str] = Counter()
-    for s in totals.shards:
+    for s in ordered:
         by_code.update(s.errors_by_code)
-    computed = totals.total("computed_token_slots")
-    useful = totals.total("useful_token_slots")
+    computed = total("computed_token_slots")
+    useful = total("useful_token_slots")
     error_rate = errors / records_in if records_in else 0.0
     status = "SUCCEEDED" if error_rate <= spec.max_error_rate else "FAILED"
 
     total_tok = p_tok + c_tok
-    busy, prefill = totals.total("busy_seconds"), totals.total("prefill_seconds")
+    busy, prefill = total("busy_seconds"), total("prefill_seconds")
     if busy > 0 and 0 < prefill <= busy:
         # One accelerator serves both: input tokens pay for the time spent on prompts.
         input_share, cost_split = prefill / busy, "measured_prefill_time"
@@ -132,7 +118,7 @@ def build(
         "errors_by_code": dict(sorted(by_code.items())),
         "prompt_tokens": p_tok,
         "completion_tokens": c_tok,
-        "cached_tokens": int(totals.total("cached_tokens")),
+        "cached_tokens": int(total("cached_tokens")),
         "output_tokens_per_second": round(c_tok / wall_seconds, 3) if wall_seconds else 0.0,
         "total_tokens_per_second": round(total_tok / wall_seconds, 3) if wall_seconds else 0.0,
         "cost_usd": round(cost, 8),
@@ -141,7 +127,7 @@ def build(
         "usd_per_1k_output_tokens": per_1k(cost * (1 - input_share), c_tok),
         "usd_per_1k_tokens": per_1k(cost, total_tok),
         "padding_waste_percent": round(100 * (1 - useful / computed), 3) if computed else 0.0,
-        "engine_compilations": int(totals.total("compilations")),
+        "engine_compilations": int(total("compilations")),
         "shards": [
             {
                 "shard": s.shard,
@@ -153,7 +139,7 @@ def build(
                 "accelerator_seconds": round(s.accelerator_seconds, 3),
                 "cost_usd": round(pricing.cost_usd(price, s.accelerator_seconds, count), 8),
             }
-            for s in totals.shards
+            for s in ordered
         ],
         "outputs": {"results": results_glob, "errors": errors_glob},
     }

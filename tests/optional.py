@@ -9,14 +9,20 @@ from __future__ import annotations
 import importlib
 import os
 from types import ModuleType
+from typing import NoReturn
 
 import pytest
+
+
+def unavailable(what: str, detail: str) -> NoReturn:
+    """Fail under CI; skip with the reason elsewhere."""
+    if os.environ.get("CI"):
+        pytest.fail(f"CI needs {what}: {detail}", pytrace=False)
+    pytest.skip(f"{what} is not available here ({detail}); `make test` installs it")
 
 
 def require(module: str, why: str) -> ModuleType:
     try:
         return importlib.import_module(module)
     except ImportError as e:
-        if os.environ.get("CI"):
-            pytest.fail(f"{module} must be installed in CI ({why}): {e}")
-        pytest.skip(f"{module} is not installed ({why}); `make test` installs it")
+        unavailable(module, f"{why}: {e}")

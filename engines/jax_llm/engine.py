@@ -526,13 +526,14 @@ class JaxLLMEngine(Engine):
         active: dict[int, _Seq] = {}
         try:
             self._serve(pending, active, finish)
-        except Exception as e:
-            log.exception("jax engine failed while serving a batch")
-            self._alloc_cache()  # donated buffers may be gone
-            for i, r in enumerate(requests):
-                if results[i] is None:
-                    finish(i, Result.failed(r.record_id, ErrorCode.ENGINE_FAILED, repr(e)))
-        self._stats.busy_seconds += time.perf_counter() - t0
+        except BaseException:
+            # A device or runtime failure is not the records' fault: leave the engine usable
+            # (donated buffers may be gone) and let it fail the caller's shard, which a rerun
+            # (or Beam's bundle retry) serves again, instead of committing error records.
+            self._alloc_cache()
+            raise
+        finally:
+            self._stats.busy_seconds += time.perf_counter() - t0
         return [r for r in results if r is not None]
 
     def _serve(self, pending, active, finish) -> None:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
-import logging
 import os
 import secrets
 import time
@@ -54,8 +53,6 @@ from engines.base import (
 from engines.jax_llm import model, sharding, weights
 from engines.jax_llm.config import ModelConfig
 from engines.jax_llm.tokenizer import ChatTokenizer
-
-log = logging.getLogger(__name__)
 
 #: option -> (default, description). Defaults that depend on the model are None here.
 OPTIONS: dict[str, tuple[Any, str]] = {

@@ -255,13 +255,25 @@ def _gcs_read_retry() -> Any:
     return DEFAULT_RETRY
 
 
+@contextlib.contextmanager
+def _temp_beside(path: str, prefix: str = ".tmp-") -> Iterator[str]:
+    """An empty temp file in ``path``'s folder (created if needed), so that ``os.replace`` onto
+    ``path`` is atomic; removed afterwards unless it was moved into place."""
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=prefix)
+    os.close(fd)
+    try:
+        yield tmp
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 @CLOUD_RETRY
 def download(path: str, local_path: str) -> None:
     """Copy one object to a local file atomically (verified by size and, for GCS, crc32c)."""
-    os.makedirs(os.path.dirname(local_path) or ".", exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(local_path) or ".", prefix=".dl-")
-    os.close(fd)
-    try:
+    with _temp_beside(local_path, ".dl-") as tmp:
         if is_gcs(path):
             blob = _blob(path)
             # checksum="crc32c" makes the client verify the bytes it wrote against the object's.
@@ -272,9 +284,6 @@ def download(path: str, local_path: str) -> None:
         else:
             shutil.copyfile(path, tmp)
         os.replace(tmp, local_path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 # --------------------------------------------------------------------------- writing
@@ -305,10 +314,8 @@ def write_bytes(
     """
     if is_gcs(path):
         return _gcs_write(path, data, if_generation_match, content_type)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
+    with _temp_beside(path) as tmp:
+        with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -329,9 +336,6 @@ def write_bytes(
                 os.replace(tmp, path)
                 return new_gen
         return os.stat(path).st_mtime_ns
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 @CLOUD_RETRY
@@ -357,15 +361,9 @@ def upload_file(local_path: str, path: str, content_type: str = "application/oct
     if is_gcs(path):
         _blob(path).upload_from_filename(local_path, content_type=content_type)
         return
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-")
-    os.close(fd)
-    try:
+    with _temp_beside(path) as tmp:
         shutil.copyfile(local_path, tmp)
         os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 @contextlib.contextmanager

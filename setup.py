@@ -53,7 +53,11 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.11",
     packages=find_packages(include=["jobs*", "runners*", "engines*", "schemas*"]),
-    package_data={"schemas": ["*.avsc"], "jobs": ["*.json", "*.yaml"]},
+    package_data={
+        "schemas": ["*.avsc"],
+        "jobs": ["*.json", "*.yaml"],
+        "engines.jax_llm": ["*.cc"],  # the CPU attention kernel, compiled on first use
+    },
     install_requires=CORE,
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["hyperbatch=jobs.cli:main"]},

@@ -26,6 +26,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import logging
 import os
 import secrets
 import time
@@ -50,7 +51,7 @@ from engines.base import (
     Result,
     Usage,
 )
-from engines.jax_llm import model, sharding, weights
+from engines.jax_llm import cpu_attention, model, sharding, weights
 from engines.jax_llm.config import ModelConfig
 from engines.jax_llm.tokenizer import ChatTokenizer
 
@@ -67,7 +68,9 @@ OPTIONS: dict[str, tuple[Any, str]] = {
     "tensor_parallel": (None, "devices on the 'model' mesh axis (default: gcd(devices, KV heads))"),
     "data_parallel": (None, "devices on the 'data' mesh axis (default: the rest)"),
     "compilation_cache_dir": (None, "JAX persistent compilation cache (default under the cache)"),
+    "attention": ("auto", "auto | cpu (the C++ kernel; CPU, one device, float32) | xla"),
 }
+ATTENTION = ("auto", "cpu", "xla")
 
 _DTYPES = {
     "float32": np.float32,
@@ -76,6 +79,7 @@ _DTYPES = {
     "bf16": ml_dtypes.bfloat16,
 }
 DEFAULT_MAX_SEQ_LEN = 1024
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(eq=False)
@@ -193,15 +197,18 @@ class JaxLLMEngine(Engine):
             self.params = jax.device_put(host_params, devices[0])
         self._device = devices[0]
         del host_params
+        self.attention = self._choose_attention(str(opt["attention"]))
         self._alloc_cache()
         self._store_index: collections.OrderedDict[tuple[int, ...], int] = collections.OrderedDict()
 
         self._prefill = jax.jit(
-            functools.partial(model.prefill, cfg=cfg, block=self.block),
+            functools.partial(model.prefill, cfg=cfg, block=self.block, attention=self.attention),
             donate_argnames=("cache", "store"),
         )
         self._decode = jax.jit(
-            functools.partial(model.decode, cfg=cfg, block=self.block, steps=self.steps),
+            functools.partial(
+                model.decode, cfg=cfg, block=self.block, steps=self.steps, attention=self.attention
+            ),
             donate_argnames=("cache",),
         )
         self._stats = EngineStats(load_seconds=time.perf_counter() - t0)
@@ -219,6 +226,34 @@ class JaxLLMEngine(Engine):
                 f"{devices}; lower accelerator_count"
             )
         return devices[:n]
+
+    def _choose_attention(self, requested: str) -> str:
+        """``cpu`` (our kernel) where it serves this engine, else ``xla``; ``auto`` says why
+        it falls back on a CPU, ``cpu`` refuses to."""
+        if requested not in ATTENTION:
+            raise ValueError(f"attention={requested!r}; use one of {', '.join(ATTENTION)}")
+        if requested == "xla":
+            return "xla"
+        cfg = self.cfg
+        if self._device.platform != "cpu":
+            reason = f"the device is a {self._device.platform}, not a CPU"
+        elif self.mesh is not None:
+            reason = "the model is sharded over several devices"
+        elif _DTYPES[self.config.dtype] is not np.float32:
+            reason = f"dtype is {self.config.dtype}, the kernel computes float32"
+        else:
+            reason = cpu_attention.supports(cfg.num_heads, cfg.num_kv_heads)
+        if reason is None:
+            try:
+                cpu_attention.load(self.config.cache_dir)
+                return "cpu"
+            except cpu_attention.KernelUnavailable as e:
+                reason = str(e)
+        if requested == "cpu":
+            raise ValueError(f"attention=cpu is not available: {reason}; use attention=auto")
+        if self._device.platform == "cpu":
+            log.warning("jax engine: XLA attention instead of the CPU kernel: %s", reason)
+        return "xla"
 
     def _alloc_cache(self) -> None:
         cfg = self.cfg

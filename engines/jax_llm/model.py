@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from engines.jax_llm import cpu_attention
 from engines.jax_llm.config import ModelConfig
 
 Params = dict[str, Any]  # the pytree described in the module docstring
@@ -250,7 +251,7 @@ def sample(logits, temperature, top_k, top_p, keys, counters):
 # Prefill: P sequences of T tokens each, written into their decode slots
 
 
-def _prefill_layers(params, cfg, ck, cv, tokens, slots, starts, lens, block):
+def _prefill_layers(params, cfg, ck, cv, tokens, slots, starts, lens, block, attention):
     """Run the layers over tokens [P, T] at positions starts+t, writing K/V into cache rows
     ``slots`` (an out-of-range slot drops the writes: padding rows). ``ck``/``cv``: per-layer
     lists of [B, KVH, S, hd]. Returns (hidden [P, T, D], ck, cv)."""
@@ -271,6 +272,9 @@ def _prefill_layers(params, cfg, ck, cv, tokens, slots, starts, lens, block):
         ck[i] = ck[i].at[slots[:, None], :, :, positions].set(k.astype(ck[i].dtype), mode="drop")
         cv[i] = cv[i].at[slots[:, None], :, positions].set(v.astype(cv[i].dtype), mode="drop")
         kc, vc = ck[i], cv[i]
+        if attention == "cpu":
+            attn = cpu_attention.attend(q, kc, vc, slots, positions, cfg.sliding_window)
+            return _mlp_and_out(cfg, lp, x, attn), None
 
         def get_block(j):
             kpos = (j * block + jnp.arange(block))[None, None, :]
@@ -284,7 +288,7 @@ def _prefill_layers(params, cfg, ck, cv, tokens, slots, starts, lens, block):
     return x, ck, cv
 
 
-def prefill(params, cache, store, batch, *, cfg: ModelConfig, block: int):
+def prefill(params, cache, store, batch, *, cfg: ModelConfig, block: int, attention: str = "xla"):
     """Prefill a batch of P sequences into their slots and sample each one's next token.
 
     ``cache``/``store``: {"k": [...], "v": [...]}, per-layer arrays: k [rows, KVH, hd, len]
@@ -314,7 +318,16 @@ def prefill(params, cache, store, batch, *, cfg: ModelConfig, block: int):
         for c, st in zip(cache["v"], store["v"], strict=True)
     ]
     x, ck, cv = _prefill_layers(
-        params, cfg, ck, cv, batch["tokens"], slots, batch["starts"], batch["lens"], block
+        params,
+        cfg,
+        ck,
+        cv,
+        batch["tokens"],
+        slots,
+        batch["starts"],
+        batch["lens"],
+        block,
+        attention,
     )
 
     sk = [
@@ -340,8 +353,8 @@ def prefill(params, cache, store, batch, *, cfg: ModelConfig, block: int):
     return {"k": ck, "v": cv}, {"k": sk, "v": sv}, nxt
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "block"))
-def forward_logits(params, tokens, *, cfg: ModelConfig, block: int = 16):
+@functools.partial(jax.jit, static_argnames=("cfg", "block", "attention"))
+def forward_logits(params, tokens, *, cfg: ModelConfig, block: int = 16, attention: str = "xla"):
     """All-position logits [N, T, V] of tokens [N, T] from an empty cache (tests, scoring)."""
     n, t = tokens.shape
     s_len = -(-t // block) * block
@@ -352,7 +365,7 @@ def forward_logits(params, tokens, *, cfg: ModelConfig, block: int = 16):
     slots = jnp.arange(n, dtype=jnp.int32)
     zeros = jnp.zeros((n,), jnp.int32)
     lens = jnp.full((n,), t, jnp.int32)
-    x, _, _ = _prefill_layers(params, cfg, ck, cv, tokens, slots, zeros, lens, block)
+    x, _, _ = _prefill_layers(params, cfg, ck, cv, tokens, slots, zeros, lens, block, attention)
     return _logits(params, cfg, x)
 
 
@@ -391,6 +404,7 @@ def decode(
     steps: int,
     return_logits: bool = False,
     full_attention_max: int = FULL_ATTENTION_MAX,
+    attention: str = "xla",
 ):
     """``steps`` decode steps for every slot.
 
@@ -416,7 +430,9 @@ def decode(
             ck[i] = ck[i].at[rows, :, :, pos].set(k[:, 0].astype(ck[i].dtype), mode="drop")
             cv[i] = cv[i].at[rows, :, pos].set(v[:, 0].astype(cv[i].dtype), mode="drop")
             kc, vc = ck[i], cv[i]
-            if s_len <= full_attention_max:
+            if attention == "cpu":
+                attn = cpu_attention.attend(q, kc, vc, rows, qpos, cfg.sliding_window)
+            elif s_len <= full_attention_max:
                 attn = _attend_full(cfg, q, qpos, kc, vc)
             else:
 

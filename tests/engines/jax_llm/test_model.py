@@ -11,8 +11,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from engines.jax_llm import model, weights
+from engines.jax_llm import cpu_attention, model, weights
 from tests.helpers.tiny_models import VARIANTS
+from tests.optional import unavailable
 
 
 def _reference(model_dir: str):
@@ -26,13 +27,31 @@ def _ours(model_dir: str, dtype=np.float32):
     return cfg, jax.tree.map(jnp.asarray, weights.to_params(cfg, tensors, dtype))
 
 
+@pytest.fixture(scope="module")
+def cpu_kernel() -> str:
+    try:
+        return cpu_attention.load()
+    except cpu_attention.KernelUnavailable as e:
+        unavailable("the CPU attention kernel", str(e))
+
+
+@pytest.fixture(params=["xla", "cpu"])
+def attention(request) -> str:
+    """Both attention implementations: XLA's (every platform) and the CPU kernel."""
+    if request.param == "cpu":
+        request.getfixturevalue("cpu_kernel")
+    return request.param
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_prefill_logits_match_transformers(tiny_dirs, variant):
+def test_prefill_logits_match_transformers(tiny_dirs, variant, attention):
     cfg, params = _ours(tiny_dirs[variant])
     ref = _reference(tiny_dirs[variant])
     # 40 positions: longer than mistral's 24-token sliding window, past llama3's original context
     tokens = np.random.RandomState(1).randint(0, cfg.vocab_size, size=(3, 40)).astype(np.int32)
-    ours = np.asarray(model.forward_logits(params, jnp.asarray(tokens), cfg=cfg, block=16))
+    ours = np.asarray(
+        model.forward_logits(params, jnp.asarray(tokens), cfg=cfg, block=16, attention=attention)
+    )
     with torch.no_grad():
         expected = ref(torch.tensor(tokens, dtype=torch.long)).logits.numpy()
     assert ours.shape == expected.shape
@@ -40,11 +59,21 @@ def test_prefill_logits_match_transformers(tiny_dirs, variant):
     assert np.abs(expected).max() > 0.5  # the comparison is not between near-zero numbers
 
 
-@pytest.mark.parametrize(("variant", "full"), [("qwen2", 512), ("mistral", 512), ("llama", 0)])
-def test_decode_logits_match_transformers(tiny_dirs, variant, full):
+@pytest.mark.parametrize(
+    ("variant", "full", "attention"),
+    [
+        ("qwen2", 512, "xla"),
+        ("mistral", 512, "xla"),
+        ("llama", 0, "xla"),
+        ("qwen2", 0, "cpu"),
+        ("mistral", 0, "cpu"),
+    ],
+    indirect=["attention"],
+)
+def test_decode_logits_match_transformers(tiny_dirs, variant, full, attention):
     """Prefill 20 tokens into a slot, then decode step by step: every step's logits equal the
     reference's logits for the same (greedy) continuation. ``full``: up to which cache length
-    decode attends to whole rows (0 = always walk the cache in blocks)."""
+    XLA's decode attends to whole rows (0 = always walk the cache in blocks)."""
     cfg, params = _ours(tiny_dirs[variant])
     ref = _reference(tiny_dirs[variant])
     prompt = np.random.RandomState(2).randint(0, cfg.vocab_size, size=20).astype(np.int32)
@@ -70,11 +99,17 @@ def test_decode_logits_match_transformers(tiny_dirs, variant, full):
         "keys": np.zeros((1, 2), np.uint32),
         "counters": one(0),
     }
-    prefill = jax.jit(functools.partial(model.prefill, cfg=cfg, block=block))
+    prefill = jax.jit(functools.partial(model.prefill, cfg=cfg, block=block, attention=attention))
     cache, store, first = prefill(params, cache, store, batch)
     decode = jax.jit(
         functools.partial(
-            model.decode, cfg=cfg, block=block, steps=1, return_logits=True, full_attention_max=full
+            model.decode,
+            cfg=cfg,
+            block=block,
+            steps=1,
+            return_logits=True,
+            full_attention_max=full,
+            attention=attention,
         )
     )
     seq_ids = [*prompt.tolist(), int(first[0])]

@@ -205,6 +205,16 @@ class JaxLLMEngine(Engine):
             functools.partial(model.prefill, cfg=cfg, block=self.block, attention=self.attention),
             donate_argnames=("cache", "store"),
         )
+        # With the CPU kernel, prefill packs tokens of many prompts into one call (no padding
+        # but the last call's tail, one program whatever the prompt lengths).
+        self.packed = self.attention == "cpu"
+        self.pieces = max(1, min(self.batch, self.prefill_tokens // 8))  # Q: pieces per call
+        self._prefill_packed = jax.jit(
+            functools.partial(
+                model.prefill_packed, cfg=cfg, block=self.block, attention=self.attention
+            ),
+            donate_argnames=("cache", "store"),
+        )
         self._decode = jax.jit(
             functools.partial(
                 model.decode, cfg=cfg, block=self.block, steps=self.steps, attention=self.attention
@@ -303,7 +313,11 @@ class JaxLLMEngine(Engine):
 
     def compilations(self) -> int:
         """Programs compiled by this engine so far (bounded by the shape buckets)."""
-        return int(self._prefill._cache_size() + self._decode._cache_size())
+        return int(
+            self._prefill._cache_size()
+            + self._prefill_packed._cache_size()
+            + self._decode._cache_size()
+        )
 
     def stats(self) -> EngineStats:
         self._stats.compilations = self.compilations()
@@ -311,8 +325,11 @@ class JaxLLMEngine(Engine):
 
     def warmup(self) -> None:
         t0 = time.perf_counter()
-        for t in self.buckets:
-            self._run_prefill(t, [], [], count=False)
+        if self.packed:
+            self._run_prefill_packed([], count=False)
+        else:
+            for t in self.buckets:
+                self._run_prefill(t, [], [], count=False)
         self._run_decode({}, count=False)
         jax.block_until_ready(self.cache)
         self._stats.warmup_seconds += time.perf_counter() - t0
@@ -384,6 +401,83 @@ class JaxLLMEngine(Engine):
             self._stats.computed_token_slots += p_rows * t
             self._stats.useful_token_slots += int(lens.sum())
         return nxt
+
+    def _run_prefill_packed(
+        self, pieces: Sequence[tuple[_Seq, tuple[int, int, int, int]]], count: bool = True
+    ) -> np.ndarray:
+        """One packed prefill call: ``pieces[i]`` = (seq, (start, end, load_row, save_row)),
+        at most ``self.pieces`` of them and ``prefill_tokens`` tokens in all. A piece loads its
+        prefix row if it starts the part, saves its store row and samples a token if it ends
+        it (``end`` is the part's end when the piece is its last). Returns the sampled token
+        per piece (meaningful for pieces that end a sequence)."""
+        m, q = self.prefill_tokens, self.pieces
+        r, b = max(1, self.store_rows), self.batch
+        tokens = np.zeros(m, np.int32)
+        slots = np.full(m, b, np.int32)
+        positions = np.zeros(m, np.int32)
+        load_slots, save_slots = np.full(q, b, np.int32), np.full(q, b, np.int32)
+        load_rows, save_rows = np.full(q, r, np.int32), np.full(q, r, np.int32)
+        emit = np.zeros(q, np.int32)
+        at = 0
+        for i, (s, (a, e, lr, sr)) in enumerate(pieces):
+            n = e - a
+            tokens[at : at + n] = s.ids[a:e]
+            slots[at : at + n] = s.slot
+            positions[at : at + n] = np.arange(a, e)
+            load_slots[i], load_rows[i] = s.slot, lr
+            save_slots[i], save_rows[i] = s.slot, sr
+            emit[i] = at + n - 1
+            at += n
+        batch = {
+            "tokens": tokens,
+            "slots": slots,
+            "positions": positions,
+            "load_slots": load_slots,
+            "load_rows": load_rows,
+            "save_slots": save_slots,
+            "save_rows": save_rows,
+            "emit": emit,
+            **self._sampling_arrays([s for s, _ in pieces] + [None] * (q - len(pieces)), q),
+        }
+        t0 = time.perf_counter()
+        self.cache, self.store, nxt = self._prefill_packed(
+            self.params, self.cache, self.store, batch
+        )
+        nxt = np.asarray(nxt)  # waits for the device
+        if count:
+            self._stats.prefill_seconds += time.perf_counter() - t0
+            self._stats.computed_token_slots += m
+            self._stats.useful_token_slots += at
+        return nxt
+
+    def _prefill_in_pieces(self, parts: list[tuple[_Seq, tuple[int, int, int, int]]]):
+        """Packed prefill of (seq, (start, end, load, save)) parts, each split where a call is
+        full (only its first piece loads the prefix, only its last saves and samples); returns
+        (seq, next token) for every part."""
+        none = max(1, self.store_rows)
+        out: list[tuple[_Seq, Any]] = []
+        call: list[tuple[_Seq, tuple[int, int, int, int]]] = []
+        ends: list[bool] = []  # does call[i] end its part?
+        room = self.prefill_tokens
+
+        def run() -> None:
+            toks = self._run_prefill_packed(call)
+            out.extend((c[0], toks[i]) for i, c in enumerate(call) if ends[i])
+            call.clear()
+            ends.clear()
+
+        for s, (a, e, load, save) in parts:
+            while a < e:
+                if room == 0 or len(call) == self.pieces:
+                    run()
+                    room = self.prefill_tokens
+                n = min(e - a, room)
+                ends.append(a + n == e)
+                call.append((s, (a, a + n, load, save if ends[-1] else none)))
+                a, room, load = a + n, room - n, none
+        if call:
+            run()
+        return out
 
     def _run_decode(self, active: dict[int, _Seq], count: bool = True) -> np.ndarray:
         b = self.batch
@@ -494,7 +588,9 @@ class JaxLLMEngine(Engine):
         return None
 
     def _prefill_groups(self, parts: list[tuple[_Seq, tuple[int, int, int, int]]]):
-        """Run prefill calls for (seq, (start, end, load, save)) grouped by bucket."""
+        """Run prefill calls for (seq, (start, end, load, save)): packed, or by bucket."""
+        if self.packed:
+            return self._prefill_in_pieces(parts)
         by_bucket: dict[int, list] = collections.defaultdict(list)
         for s, part in parts:
             by_bucket[_bucket(part[1] - part[0], self.buckets)].append((s, part))

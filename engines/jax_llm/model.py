@@ -288,6 +288,68 @@ def _prefill_layers(params, cfg, ck, cv, tokens, slots, starts, lens, block, att
     return x, ck, cv
 
 
+def _load_prefixes(cache, store, slots, rows):
+    """Copy prefix-store rows ``rows`` into cache rows ``slots`` (first positions; a row >= R
+    or a slot >= B copies nothing). Skipped when nothing loads. The store rows are picked by a
+    one-hot matmul (exact: one product by 1.0 per element) -- XLA's CPU gather is many times
+    slower than a matmul of this size."""
+    b_rows = cache["v"][0].shape[0]
+    r_rows, p_len = store["v"][0].shape[0], store["v"][0].shape[2]
+    loads = rows < r_rows
+    slots = jnp.where(loads, slots, b_rows)
+    pick = (rows[:, None] == jnp.arange(r_rows)[None, :]).astype(jnp.float32)
+
+    def rows_of(st):
+        got = jnp.einsum("qr,r...->q...", pick, st, preferred_element_type=jnp.float32)
+        return got.astype(st.dtype)
+
+    def load(ck, cv):
+        ck = [
+            c.at[slots, :, :, :p_len].set(rows_of(st), mode="drop")
+            for c, st in zip(ck, store["k"], strict=True)
+        ]
+        cv = [
+            c.at[slots, :, :p_len].set(rows_of(st), mode="drop")
+            for c, st in zip(cv, store["v"], strict=True)
+        ]
+        return ck, cv
+
+    return lax.cond(jnp.any(loads), load, lambda ck, cv: (ck, cv), cache["k"], cache["v"])
+
+
+def _save_prefixes(store, ck, cv, slots, rows):
+    """Copy the first positions of cache rows ``slots`` into store rows ``rows`` (R = none);
+    skipped when nothing saves."""
+    b_rows = cv[0].shape[0]
+    r_rows, p_len = store["v"][0].shape[0], store["v"][0].shape[2]
+    slots = jnp.minimum(slots, b_rows - 1)
+
+    def save(sk, sv):
+        sk = [
+            st.at[rows].set(c[slots, :, :, :p_len], mode="drop")
+            for st, c in zip(sk, ck, strict=True)
+        ]
+        sv = [
+            st.at[rows].set(c[slots, :, :p_len], mode="drop") for st, c in zip(sv, cv, strict=True)
+        ]
+        return sk, sv
+
+    sk, sv = lax.cond(jnp.any(rows < r_rows), save, lambda sk, sv: (sk, sv), store["k"], store["v"])
+    return {"k": sk, "v": sv}
+
+
+def _sample_batch(params, cfg, h, batch):
+    logits = _logits(params, cfg, h)
+    return sample(
+        logits,
+        batch["temperature"],
+        batch["top_k"],
+        batch["top_p"],
+        batch["keys"],
+        batch["counters"],
+    )
+
+
 def prefill(params, cache, store, batch, *, cfg: ModelConfig, block: int, attention: str = "xla"):
     """Prefill a batch of P sequences into their slots and sample each one's next token.
 
@@ -301,22 +363,8 @@ def prefill(params, cache, store, batch, *, cfg: ModelConfig, block: int, attent
     Returns (cache, store, next_tokens [P]). Not jitted here: each engine jits its own copy
     (static cfg/block, donated cache/store) so it can count its compilations.
     """
-    b_rows = cache["v"][0].shape[0]
-    r_rows, p_len = store["v"][0].shape[0], store["v"][0].shape[2]
     slots = batch["slots"]
-    load_slots = jnp.where(batch["load_rows"] < r_rows, slots, b_rows)
-    load_rows = jnp.minimum(batch["load_rows"], r_rows - 1)
-    save_slots = jnp.minimum(slots, b_rows - 1)
-    save_rows = batch["save_rows"]
-
-    ck = [
-        c.at[load_slots, :, :, :p_len].set(st[load_rows], mode="drop")
-        for c, st in zip(cache["k"], store["k"], strict=True)
-    ]
-    cv = [
-        c.at[load_slots, :, :p_len].set(st[load_rows], mode="drop")
-        for c, st in zip(cache["v"], store["v"], strict=True)
-    ]
+    ck, cv = _load_prefixes(cache, store, slots, batch["load_rows"])
     x, ck, cv = _prefill_layers(
         params,
         cfg,
@@ -329,28 +377,43 @@ def prefill(params, cache, store, batch, *, cfg: ModelConfig, block: int, attent
         block,
         attention,
     )
-
-    sk = [
-        st.at[save_rows].set(c[save_slots, :, :, :p_len], mode="drop")
-        for st, c in zip(store["k"], ck, strict=True)
-    ]
-    sv = [
-        st.at[save_rows].set(c[save_slots, :, :p_len], mode="drop")
-        for st, c in zip(store["v"], cv, strict=True)
-    ]
-
+    store = _save_prefixes(store, ck, cv, slots, batch["save_rows"])
     last = jnp.maximum(batch["lens"] - 1, 0)
     h = jnp.take_along_axis(x, last[:, None, None], axis=1)[:, 0]
-    logits = _logits(params, cfg, h)
-    nxt = sample(
-        logits,
-        batch["temperature"],
-        batch["top_k"],
-        batch["top_p"],
-        batch["keys"],
-        batch["counters"],
+    return {"k": ck, "v": cv}, store, _sample_batch(params, cfg, h, batch)
+
+
+def prefill_packed(
+    params, cache, store, batch, *, cfg: ModelConfig, block: int, attention: str = "cpu"
+):
+    """Prefill M tokens that belong to any mix of sequences: no padding but the call's tail.
+
+    Each token carries its own slot and position, so a call holds many short prompts, or a piece
+    of a long one (the rest follows in the next call: its earlier K/V are already in the cache).
+    ``batch``: tokens, slots (B = padding), positions -- [M]; per piece of a sequence, [Q]:
+    load_slots/load_rows (prefix-store row copied into the slot before the layers run),
+    save_slots/save_rows (store row that receives the slot's first positions after them), emit
+    (index of the token whose next token is sampled) and the sampling arrays as in ``prefill``.
+    Meant for the CPU kernel, whose attention reads each token's own cache row; XLA's attention
+    gathers whole rows per token here (correct, slow). Returns (cache, store, next_tokens [Q]).
+    """
+    ck, cv = _load_prefixes(cache, store, batch["load_slots"], batch["load_rows"])
+    tokens, positions = batch["tokens"][:, None], batch["positions"]
+    x, ck, cv = _prefill_layers(
+        params,
+        cfg,
+        ck,
+        cv,
+        tokens,
+        batch["slots"],
+        positions,
+        jnp.ones_like(positions),
+        block,
+        attention,
     )
-    return {"k": ck, "v": cv}, {"k": sk, "v": sv}, nxt
+    store = _save_prefixes(store, ck, cv, batch["save_slots"], batch["save_rows"])
+    h = x[batch["emit"], 0]
+    return {"k": ck, "v": cv}, store, _sample_batch(params, cfg, h, batch)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "block", "attention"))

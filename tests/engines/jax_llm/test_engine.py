@@ -32,9 +32,17 @@ def make_engine(model_dir: str, batch_size: int = 4, **options) -> JaxLLMEngine:
     return engine
 
 
-@pytest.fixture(scope="module")
-def engine(tiny_dirs) -> JaxLLMEngine:
-    return make_engine(tiny_dirs["smollm2"])
+# Both execution paths: the CPU kernel with packed prefill, and XLA's attention with prefill
+# buckets (the path TPUs and GPUs take).
+ATTENTION = ["cpu", "xla"]
+
+
+@pytest.fixture(scope="module", params=ATTENTION)
+def engine(tiny_dirs, request) -> JaxLLMEngine:
+    engine = make_engine(tiny_dirs["smollm2"], attention=request.param)
+    assert engine.attention == request.param
+    assert engine.packed == (request.param == "cpu")
+    return engine
 
 
 @pytest.fixture(scope="module")
@@ -53,10 +61,10 @@ def greedy_reference(ref, ids: list[int], n: int) -> list[int]:
 
 
 class TestJaxEngineConformance(EngineConformance):
-    @pytest.fixture(scope="class")
+    @pytest.fixture(scope="class", params=ATTENTION)
     @classmethod
-    def engine(cls, tiny_dirs):
-        return make_engine(tiny_dirs["smollm2"])
+    def engine(cls, tiny_dirs, request):
+        return make_engine(tiny_dirs["smollm2"], attention=request.param)
 
 
 def test_registered_as_jax():
@@ -69,7 +77,9 @@ def test_unknown_option_is_refused(tiny_dirs):
 
 
 def test_compilations_never_depend_on_the_data(engine):
-    assert engine.stats().compilations == len(engine.buckets) + 1
+    # one decode program, plus one packed prefill program or one per prompt-length bucket
+    programs = 2 if engine.packed else len(engine.buckets) + 1
+    assert engine.stats().compilations == programs
     compiles: list[str] = []
     listen = True
 
@@ -249,3 +259,25 @@ def test_stats_are_a_snapshot(engine):
     engine.generate([chat("a", "Hi", max_tokens=2)])
     assert engine.stats().requests == snap.requests + 1
     assert dataclasses.asdict(snap)["requests"] == snap.requests
+
+
+def test_packed_prefill_splits_long_prompts_across_calls(tiny_dirs, reference):
+    """32 tokens per prefill call: prompts of 40-70 tokens are prefilled in pieces over several
+    calls (several prompts share a call) and still decode exactly as transformers does."""
+    small = make_engine(tiny_dirs["smollm2"], attention="cpu", prefill_tokens=32)
+    calls = []
+    original = small._run_prefill_packed
+
+    def counting(pieces, count=True):
+        calls.append([(s.index, a, e) for s, (a, e, _, _) in pieces])
+        return original(pieces, count)
+
+    small._run_prefill_packed = counting
+    reqs = [chat(f"l{i}", PROMPTS[i], max_tokens=6, ignore_eos=True) for i in (2, 4, 1)]
+    results = small.generate(reqs)
+    for req, res in zip(reqs, results, strict=True):
+        assert list(res.token_ids) == greedy_reference(reference, small.prompt_tokens(req), 6)
+    assert all(sum(e - a for _, a, e in call) <= 32 for call in calls)
+    split = [i for i in range(3) if sum(i in {x for x, _, _ in c} for c in calls) > 1]
+    assert split  # at least one prompt was prefilled over more than one call
+    assert any(len({x for x, _, _ in c}) > 1 for c in calls)  # and calls hold several prompts

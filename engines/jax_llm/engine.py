@@ -9,6 +9,12 @@ How a ``generate()`` call runs (JetStream's prefill -> insert -> generate, with 
   writes the prompt's K/V straight into the slots' cache rows and samples the first token. So the
   number of compiled programs is ``len(prefill_buckets) + 1``, whatever the data, and ``warmup()``
   compiles them all. Slots whose request finished are refilled between decode calls.
+* On a CPU (one device, float32) attention runs in our C++ kernel (``cpu_attention``), which
+  reads each token's own cache row, so prefill is *packed* instead: every call takes
+  ``prefill_tokens`` tokens from any mix of prompts, a long prompt continues in the next call,
+  and the only padding is the last call's tail; ``prefill_buckets`` then only bound the prompt
+  length, and the programs are two (prefill, decode). ``attention: xla`` keeps the bucketed
+  path TPUs and GPUs take.
 * Shared prefixes: a chat prompt is split where the last message's content begins (system prompt,
   history, role header). That prefix is prefilled once into a prefix-store row (LRU,
   ``prefix_cache_rows`` rows) and copied into every slot that needs it; only the rest is

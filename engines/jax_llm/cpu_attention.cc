@@ -1,28 +1,39 @@
-// Attention over the slot KV cache for the XLA CPU backend (an XLA FFI custom call).
+// One attention layer over the slot KV cache for the XLA CPU backend (an XLA FFI custom call).
 //
 // XLA's CPU code for decode attention is a batched matmul of B*KVH tiny [G, hd] x [hd, S]
-// products plus a masked softmax over the whole cache row: per layer it costs several times
-// what reading the cache does. This kernel computes, for every query row n, token t, KV head k:
+// products plus a masked softmax over the whole cache row, and the RoPE and cache writes around
+// it are separate passes: together several times what reading the cache costs. This kernel
+// takes the layer's raw q/k/v projections of N tokens, each with its cache row and position,
+// and in two phases
 //
-//   out[n, t, k, g, :] = softmax_w(scale * q[n, t, k, g, :] . K[rows[n], k, :, w]) V[rows[n], k, w, :]
+//   1. writes RoPE(k) and v of every token into its cache row at its position (in place: the
+//      caches are aliased to outputs), then
+//   2. computes, for every token n and KV head k, over the visible keys w = lo .. pos[n]
+//      (lo = pos - window + 1 with a sliding window, else 0) -- its own included:
 //
-// over the visible keys w = lo .. qpos[n, t] only (lo = qpos - window + 1 with a sliding window,
-// else 0), reading each key and value once for the G query heads that share it. A row whose
-// cache row is out of range, or whose position is outside the cache, gets zeros (padding and
-// idle slots). Every row is computed on its own, in a fixed order, so its result does not depend
-// on what else is in the batch.
+//        out[n, k, g, :] = softmax_w(RoPE(q[n, k, g]) . K[rows[n], k, :, w] / sqrt(hd))
+//                          V[rows[n], k, w, :]
 //
-// Layouts (float32, row-major): q/out [N, T, KVH, G, HD]; k cache [R, KVH, HD, S] (transposed);
-// v cache [R, KVH, S, HD]; rows [N]; qpos [N, T]. Supported: 1 <= G <= 8 query heads per KV head.
+//      reading each key and value once for the G query heads that share it.
 //
-// Work is split over (n, k) pairs, claimed from an atomic counter by the calling thread and by
-// helpers scheduled on XLA's intra-op thread pool. The caller waits only for pairs already
-// claimed, never for a helper to start, so a busy pool cannot deadlock it.
+// A token whose cache row is out of range, or whose position is outside the cache, writes
+// nothing and gets zeros (padding and idle slots). Each token is computed on its own, in a
+// fixed order, so its result does not depend on what else is in the call; the tokens of one
+// call may share a row (a prompt's tokens see each other through phase 1).
+//
+// Layouts (float32, row-major): qkv [N, KVH, G+2, HD] (per KV head: G query heads, k, v);
+// cos/sin [N, HD] (RoPE tables at each token's position); k cache [R, KVH, HD, S] (transposed);
+// v cache [R, KVH, S, HD]; rows, pos [N]; out [N, KVH, G, HD]. Supported: 1 <= G <= 8.
+//
+// Work is claimed from an atomic counter by the calling thread and by helpers scheduled on
+// XLA's intra-op thread pool. The caller waits only for work already claimed, never for a
+// helper to start, so a busy pool cannot deadlock it.
 
 #include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <thread>
 #include <vector>
@@ -34,6 +45,8 @@ namespace ffi = xla::ffi;
 namespace {
 
 constexpr int kLanes = 8;
+constexpr int kMaxGroup = 8;
+constexpr int64_t kWriteChunk = 16;  // tokens per unit of phase 1
 typedef float V8 __attribute__((vector_size(32)));
 typedef float V8u __attribute__((vector_size(32), aligned(4)));  // unaligned loads and stores
 
@@ -41,18 +54,49 @@ inline V8 Load(const float* p) { return *reinterpret_cast<const V8u*>(p); }
 inline void Store(float* p, V8 v) { *reinterpret_cast<V8u*>(p) = v; }
 inline V8 Splat(float x) { return V8{x, x, x, x, x, x, x, x}; }
 
-struct Job {
-  const float* q;
-  const float* k;
-  const float* v;
+struct Layer {
+  const float* qkv;
+  const float* cos;
+  const float* sin;
+  float* k;  // the caches, updated in place
+  float* v;
   const int32_t* rows;
-  const int32_t* qpos;
+  const int32_t* pos;
   float* out;
-  int64_t n, t, kvh, g, hd, r, s, window;
+  int64_t n, kvh, g, hd, r, s, window;
   float scale;
-  std::atomic<int64_t> next{0};
-  std::atomic<int64_t> done{0};
+
+  const float* Head(int64_t i, int64_t kh, int64_t j) const {
+    return qkv + ((i * kvh + kh) * (g + 2) + j) * hd;
+  }
+  bool Live(int64_t i) const {
+    return rows[i] >= 0 && rows[i] < r && pos[i] >= 0 && pos[i] < s;
+  }
 };
+
+// dst = x * cos + rotate_half(x) * sin, rotate_half(x) = [-x[hd/2:], x[:hd/2]] (as XLA does it).
+inline void Rope(const float* x, const float* cos, const float* sin, int64_t hd, float* dst) {
+  const int64_t half = hd / 2;
+  for (int64_t h = 0; h < half; ++h) dst[h] = x[h] * cos[h] - x[h + half] * sin[h];
+  for (int64_t h = half; h < hd; ++h) dst[h] = x[h] * cos[h] + x[h - half] * sin[h];
+}
+
+// Phase 1 for tokens [first, first + kWriteChunk): RoPE(k) and v into their cache rows.
+void WriteTokens(const Layer& L, int64_t chunk) {
+  float kr[1024];
+  const int64_t S = L.s, HD = L.hd;
+  for (int64_t i = chunk * kWriteChunk; i < std::min(L.n, (chunk + 1) * kWriteChunk); ++i) {
+    if (!L.Live(i)) continue;
+    const int64_t row = L.rows[i], p = L.pos[i];
+    for (int64_t kh = 0; kh < L.kvh; ++kh) {
+      Rope(L.Head(i, kh, L.g), L.cos + i * HD, L.sin + i * HD, HD, kr);
+      float* K = L.k + ((row * L.kvh + kh) * HD) * S + p;
+      for (int64_t h = 0; h < HD; ++h) K[h * S] = kr[h];
+      std::memcpy(L.v + ((row * L.kvh + kh) * S + p) * HD, L.Head(i, kh, L.g + 1),
+                  HD * sizeof(float));
+    }
+  }
+}
 
 // sc[g * ld + w] = scale * q[g] . K[:, w] for w < len. K points at the first visible key of a
 // [HD][S] block; `room` keys are readable from there (a vector may read past len, not past room).
@@ -113,111 +157,136 @@ void Mix(const float* p, int64_t ld, const float* V, int64_t HD, int64_t len, fl
   }
 }
 
+// Phase 2 for one (token, KV head) pair.
 template <int G>
-void RunPair(const Job& j, int64_t pair, std::vector<float>& scratch) {
-  const int64_t n = pair / j.kvh, kh = pair % j.kvh;
-  const int64_t HD = j.hd, S = j.s;
-  const int32_t row = j.rows[n];
-  for (int64_t t = 0; t < j.t; ++t) {
-    const int64_t qo = (((n * j.t + t) * j.kvh + kh) * G) * HD;
-    float* o = j.out + qo;
-    const int32_t p = j.qpos[n * j.t + t];
-    if (row < 0 || row >= j.r || p < 0 || p >= S) {
-      std::fill(o, o + G * HD, 0.0f);
-      continue;
-    }
-    const int64_t lo = j.window > 0 ? std::max<int64_t>(0, p - j.window + 1) : 0;
-    const int64_t len = p + 1 - lo;
-    const int64_t ld = (len + kLanes - 1) / kLanes * kLanes;
-    const float* K = j.k + ((row * j.kvh + kh) * HD) * S + lo;
-    const float* V = j.v + ((row * j.kvh + kh) * S + lo) * HD;
-    if (static_cast<int64_t>(scratch.size()) < G * ld) scratch.resize(G * ld);
-    float* sc = scratch.data();
-    Scores<G>(j.q + qo, K, S, HD, len, S - lo, j.scale, sc, ld);
-    float inv[G];
-    for (int g = 0; g < G; ++g) {
-      float* s = sc + g * ld;
-      float m = s[0];
-      for (int64_t w = 1; w < len; ++w) m = std::max(m, s[w]);
-      float sum = 0.0f;
-      for (int64_t w = 0; w < len; ++w) {
-        s[w] = std::exp(s[w] - m);
-        sum += s[w];
-      }
-      inv[g] = 1.0f / sum;
-    }
-    Mix<G>(sc, ld, V, HD, len, o);
-    for (int g = 0; g < G; ++g)
-      for (int64_t h = 0; h < HD; ++h) o[g * HD + h] *= inv[g];
+void AttendPair(const Layer& L, int64_t pair, std::vector<float>& scratch) {
+  const int64_t i = pair / L.kvh, kh = pair % L.kvh;
+  const int64_t HD = L.hd, S = L.s;
+  float* o = L.out + ((i * L.kvh + kh) * G) * HD;
+  if (!L.Live(i)) {
+    std::fill(o, o + G * HD, 0.0f);
+    return;
   }
+  const int64_t row = L.rows[i], p = L.pos[i];
+  const int64_t lo = L.window > 0 ? std::max<int64_t>(0, p - L.window + 1) : 0;
+  const int64_t len = p + 1 - lo;
+  const int64_t ld = (len + kLanes - 1) / kLanes * kLanes;
+  if (static_cast<int64_t>(scratch.size()) < G * (ld + HD)) scratch.resize(G * (ld + HD));
+  float* q = scratch.data();  // [G][HD], RoPE'd
+  float* sc = q + G * HD;     // [G][ld]
+  for (int g = 0; g < G; ++g) Rope(L.Head(i, kh, g), L.cos + i * HD, L.sin + i * HD, HD, q + g * HD);
+  const float* K = L.k + ((row * L.kvh + kh) * HD) * S + lo;
+  const float* V = L.v + ((row * L.kvh + kh) * S + lo) * HD;
+  Scores<G>(q, K, S, HD, len, S - lo, L.scale, sc, ld);
+  float inv[G];
+  for (int g = 0; g < G; ++g) {
+    float* s = sc + g * ld;
+    float m = s[0];
+    for (int64_t w = 1; w < len; ++w) m = std::max(m, s[w]);
+    float sum = 0.0f;
+    for (int64_t w = 0; w < len; ++w) {
+      s[w] = std::exp(s[w] - m);
+      sum += s[w];
+    }
+    inv[g] = 1.0f / sum;
+  }
+  Mix<G>(sc, ld, V, HD, len, o);
+  for (int g = 0; g < G; ++g)
+    for (int64_t h = 0; h < HD; ++h) o[g * HD + h] *= inv[g];
+}
+
+// Runs fn(unit) for unit in [0, total) on the calling thread and pool helpers; returns when all
+// are done.
+template <typename Fn>
+void ParallelFor(ffi::ThreadPool& pool, int64_t total, Fn fn) {
+  struct State {
+    std::atomic<int64_t> next{0};
+    std::atomic<int64_t> done{0};
+  };
+  auto state = std::make_shared<State>();
+  auto work = [state, total, fn] {
+    for (int64_t u; (u = state->next.fetch_add(1, std::memory_order_relaxed)) < total;) {
+      fn(u);
+      state->done.fetch_add(1, std::memory_order_release);
+    }
+  };
+  const int64_t helpers = std::min<int64_t>(pool.num_threads(), total) - 1;
+  for (int64_t h = 0; h < helpers; ++h) pool.Schedule(decltype(work)(work));  // late: no work
+  work();
+  while (state->done.load(std::memory_order_acquire) < total) std::this_thread::yield();
 }
 
 template <int G>
-void Work(Job& j) {
-  thread_local std::vector<float> scratch;
-  const int64_t total = j.n * j.kvh;
-  for (int64_t pair; (pair = j.next.fetch_add(1, std::memory_order_relaxed)) < total;) {
-    RunPair<G>(j, pair, scratch);
-    j.done.fetch_add(1, std::memory_order_release);
-  }
+void Attend(ffi::ThreadPool& pool, const Layer& L) {
+  ParallelFor(pool, L.n * L.kvh, [&L](int64_t pair) {
+    thread_local std::vector<float> scratch;
+    AttendPair<G>(L, pair, scratch);
+  });
 }
 
-using WorkFn = void (*)(Job&);
+using AttendFn = void (*)(ffi::ThreadPool&, const Layer&);
 
-WorkFn ForGroup(int64_t g) {
+AttendFn ForGroup(int64_t g) {
   switch (g) {
-    case 1: return Work<1>;
-    case 2: return Work<2>;
-    case 3: return Work<3>;
-    case 4: return Work<4>;
-    case 5: return Work<5>;
-    case 6: return Work<6>;
-    case 7: return Work<7>;
-    case 8: return Work<8>;
+    case 1: return Attend<1>;
+    case 2: return Attend<2>;
+    case 3: return Attend<3>;
+    case 4: return Attend<4>;
+    case 5: return Attend<5>;
+    case 6: return Attend<6>;
+    case 7: return Attend<7>;
+    case 8: return Attend<8>;
     default: return nullptr;
   }
 }
 
-ffi::Error Attention(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
-                     ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::S32> rows,
-                     ffi::Buffer<ffi::S32> qpos, ffi::ResultBuffer<ffi::F32> out,
-                     int64_t window) {
-  const auto qd = q.dimensions();
+ffi::Error AttentionLayer(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> qkv,
+                          ffi::Buffer<ffi::F32> cos, ffi::Buffer<ffi::F32> sin,
+                          ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> v,
+                          ffi::Buffer<ffi::S32> rows, ffi::Buffer<ffi::S32> pos,
+                          ffi::ResultBuffer<ffi::F32> out, ffi::ResultBuffer<ffi::F32> k_out,
+                          ffi::ResultBuffer<ffi::F32> v_out, int64_t window) {
+  const auto qd = qkv.dimensions();
   const auto kd = k.dimensions();
   const auto vd = v.dimensions();
-  if (qd.size() != 5 || kd.size() != 4 || vd.size() != 4)
-    return ffi::Error::InvalidArgument("attention: q must be rank 5, the caches rank 4");
-  auto job = std::make_shared<Job>();
-  job->n = qd[0], job->t = qd[1], job->kvh = qd[2], job->g = qd[3], job->hd = qd[4];
-  job->r = kd[0], job->s = kd[3], job->window = window;
-  if (kd[1] != job->kvh || kd[2] != job->hd || vd[0] != job->r || vd[1] != job->kvh ||
-      vd[2] != job->s || vd[3] != job->hd || rows.element_count() != job->n ||
-      qpos.element_count() != job->n * job->t)
-    return ffi::Error::InvalidArgument("attention: q, caches, rows and qpos disagree in shape");
-  const WorkFn work = ForGroup(job->g);
-  if (work == nullptr)
-    return ffi::Error::InvalidArgument("attention: needs 1 to 8 query heads per KV head");
-  job->q = q.typed_data(), job->k = k.typed_data(), job->v = v.typed_data();
-  job->rows = rows.typed_data(), job->qpos = qpos.typed_data(), job->out = out->typed_data();
-  job->scale = 1.0f / std::sqrt(static_cast<float>(job->hd));
+  if (qd.size() != 4 || kd.size() != 4 || vd.size() != 4)
+    return ffi::Error::InvalidArgument("attention: qkv and the caches must be rank 4");
+  Layer L;
+  L.n = qd[0], L.kvh = qd[1], L.g = qd[2] - 2, L.hd = qd[3];
+  L.r = kd[0], L.s = kd[3], L.window = window;
+  if (kd[1] != L.kvh || kd[2] != L.hd || vd[0] != L.r || vd[1] != L.kvh || vd[2] != L.s ||
+      vd[3] != L.hd || cos.element_count() != L.n * L.hd || sin.element_count() != L.n * L.hd ||
+      rows.element_count() != L.n || pos.element_count() != L.n)
+    return ffi::Error::InvalidArgument("attention: qkv, tables, caches, rows, pos disagree");
+  const AttendFn attend = ForGroup(L.g);
+  if (attend == nullptr || L.hd > 1024 || L.hd % 2)
+    return ffi::Error::InvalidArgument("attention: needs 1-8 query heads per KV head, even hd");
+  if (k_out->typed_data() != k.typed_data() || v_out->typed_data() != v.typed_data())
+    return ffi::Error::Internal("attention: the caches must be aliased to the outputs");
+  L.qkv = qkv.typed_data(), L.cos = cos.typed_data(), L.sin = sin.typed_data();
+  L.k = k_out->typed_data(), L.v = v_out->typed_data();
+  L.rows = rows.typed_data(), L.pos = pos.typed_data(), L.out = out->typed_data();
+  L.scale = 1.0f / std::sqrt(static_cast<float>(L.hd));
 
-  const int64_t total = job->n * job->kvh;
-  const int64_t helpers = std::min<int64_t>(pool.num_threads(), total) - 1;
-  for (int64_t i = 0; i < helpers; ++i) pool.Schedule([job, work] { work(*job); });
-  work(*job);
-  while (job->done.load(std::memory_order_acquire) < total) std::this_thread::yield();
+  ParallelFor(pool, (L.n + kWriteChunk - 1) / kWriteChunk,
+              [&L](int64_t chunk) { WriteTokens(L, chunk); });
+  attend(pool, L);
   return ffi::Error::Success();
 }
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(HyperbatchAttention, Attention,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(HyperbatchAttentionLayer, AttentionLayer,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // q
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // k cache
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // v cache
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // qkv
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // cos
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // sin
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // k cache (aliased to k_out)
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // v cache (aliased to v_out)
                                   .Arg<ffi::Buffer<ffi::S32>>()  // rows
-                                  .Arg<ffi::Buffer<ffi::S32>>()  // qpos
+                                  .Arg<ffi::Buffer<ffi::S32>>()  // pos
                                   .Ret<ffi::Buffer<ffi::F32>>()  // out
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // k_out
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // v_out
                                   .Attr<int64_t>("window"));

@@ -1,10 +1,10 @@
-"""The CPU attention kernel (``cpu_attention.cc``): built once per machine, called from JAX.
+"""The CPU attention-layer kernel (``cpu_attention.cc``): built once per machine, called from JAX.
 
 The kernel is compiled on first use with the machine's C++ compiler (``$CXX``, else ``g++``,
 ``c++`` or ``clang++``) for the machine's own CPU (``-march=native``), into
 ``<cache>/cpu-kernels/<key>/`` where the key hashes the source, the compiler, the flags, jaxlib
 and the CPU, so a copied cache never runs code built for another CPU. It is registered as an XLA
-FFI target of the CPU platform; ``attend`` calls it. Engines ask ``load()`` and say why they use
+FFI target of the CPU platform; ``attention_layer`` calls it. Engines ask ``load()`` and say why they use
 XLA's attention instead when it raises ``KernelUnavailable``.
 """
 
@@ -28,7 +28,7 @@ import numpy as np
 from engines import models
 
 SOURCE = Path(__file__).with_name("cpu_attention.cc")
-TARGET = "hyperbatch_cpu_attention"
+TARGET = "hyperbatch_cpu_attention_layer"
 MAX_GROUP = 8  # query heads per KV head the kernel is specialised for
 # -ffast-math lets the exp loop vectorise; it is given when compiling only, never when linking,
 # so the library does not switch the whole process to flush-to-zero.
@@ -116,7 +116,7 @@ def load(cache_dir: str | None = None) -> str:
             path = build(cache_dir)
             try:
                 lib = ctypes.cdll.LoadLibrary(path)
-                capsule = jax.ffi.pycapsule(lib.HyperbatchAttention)
+                capsule = jax.ffi.pycapsule(lib.HyperbatchAttentionLayer)
             except (OSError, AttributeError) as e:
                 raise KernelUnavailable(f"loading {path} failed: {e}") from e
             jax.ffi.register_ffi_target(TARGET, capsule, platform="cpu")
@@ -124,17 +124,30 @@ def load(cache_dir: str | None = None) -> str:
         return _loaded
 
 
-def attend(q, k_cache, v_cache, rows, qpos, window: int | None) -> jax.Array:
-    """Attention of q [N, T, KVH, G, hd] over cache rows ``rows`` [N] (k [R, KVH, hd, S],
-    v [R, KVH, S, hd]) for queries at positions qpos [N, T]; returns [N, T, KVH*G*hd] float32.
-    Rows out of range and positions outside the cache give zeros. ``load()`` must have run."""
-    n, t, kvh, g, hd = q.shape
-    out = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct(q.shape, jnp.float32))(
-        q.astype(jnp.float32),
-        k_cache.astype(jnp.float32),
-        v_cache.astype(jnp.float32),
+def attention_layer(qkv, cos, sin, k_cache, v_cache, rows, pos, window: int | None):
+    """One layer's cache update and attention for N tokens (all float32).
+
+    qkv [N, KVH, G+2, hd]: each KV head's G query projections, then k, then v, before RoPE;
+    cos/sin [N, hd]: RoPE tables at each token's position; caches k [R, KVH, hd, S], v
+    [R, KVH, S, hd]; rows/pos [N]: each token's cache row and position. Writes RoPE(k) and v of
+    every token, then attends each token's RoPE'd queries over its row's keys up to its position.
+    Tokens with a row out of range or a position outside the cache write nothing and get zeros.
+    Returns (out [N, KVH*G*hd], k_cache, v_cache), the caches updated in place (aliased).
+    ``load()`` must have run."""
+    n, kvh, g2, hd = qkv.shape
+    shapes = (
+        jax.ShapeDtypeStruct((n, kvh, g2 - 2, hd), jnp.float32),
+        jax.ShapeDtypeStruct(k_cache.shape, jnp.float32),
+        jax.ShapeDtypeStruct(v_cache.shape, jnp.float32),
+    )
+    out, k_cache, v_cache = jax.ffi.ffi_call(TARGET, shapes, input_output_aliases={3: 1, 4: 2})(
+        qkv.astype(jnp.float32),
+        cos.astype(jnp.float32),
+        sin.astype(jnp.float32),
+        k_cache,
+        v_cache,
         rows.astype(jnp.int32),
-        qpos.astype(jnp.int32),
+        pos.astype(jnp.int32),
         window=np.int64(window or 0),
     )
-    return out.reshape(n, t, kvh * g * hd)
+    return out.reshape(n, kvh * (g2 - 2) * hd), k_cache, v_cache

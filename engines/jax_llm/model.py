@@ -55,12 +55,18 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return x * cos.astype(x.dtype) + rotated * sin.astype(x.dtype)
 
 
-def _qkv(cfg: ModelConfig, lp: Params, x: jax.Array, positions: jax.Array):
-    """x [N, T, D] -> q [N, T, KVH, G, hd] (RoPE'd, unscaled), k/v [N, T, KVH, hd]."""
+def _project_qkv(cfg: ModelConfig, lp: Params, x: jax.Array) -> jax.Array:
+    """x [N, T, D] -> qkv [N, T, KVH, G+2, hd]: per KV head its G queries, k, v (before RoPE)."""
     h = rms_norm(x, lp["attn_norm"], cfg.rms_norm_eps)
     qkv = jnp.einsum("ntd,dkgh->ntkgh", h, lp["wqkv"])
     if "bqkv" in lp:
         qkv = qkv + lp["bqkv"]
+    return qkv
+
+
+def _qkv(cfg: ModelConfig, lp: Params, x: jax.Array, positions: jax.Array):
+    """x [N, T, D] -> q [N, T, KVH, G, hd] (RoPE'd, unscaled), k/v [N, T, KVH, hd]."""
+    qkv = _project_qkv(cfg, lp, x)
     g = cfg.group_size
     q, k, v = qkv[..., :g, :], qkv[..., g, :], qkv[..., g + 1, :]
     cos, sin = rope_tables(cfg, positions)
@@ -265,16 +271,31 @@ def _prefill_layers(params, cfg, ck, cv, tokens, slots, starts, lens, block, att
     head_ix = jnp.arange(cfg.num_kv_heads)[None, :, None]
     rows = jnp.minimum(slots, b_rows - 1)[:, None, None]
     ck, cv = list(ck), list(cv)
+    if attention == "cpu":  # the kernel takes a flat list of tokens, each with its row
+        n, t_len = tokens.shape
+        flat_rows = jnp.repeat(slots, t_len)
+        flat_pos = positions.reshape(-1)
+        cos, sin = (a.reshape(n * t_len, -1) for a in rope_tables(cfg, flat_pos))
 
     def layer(x, lp_i):
         lp, i = lp_i
+        if attention == "cpu":
+            qkv = _project_qkv(cfg, lp, x)
+            attn, ck[i], cv[i] = cpu_attention.attention_layer(
+                qkv.reshape(n * t_len, *qkv.shape[2:]),
+                cos,
+                sin,
+                ck[i],
+                cv[i],
+                flat_rows,
+                flat_pos,
+                cfg.sliding_window,
+            )
+            return _mlp_and_out(cfg, lp, x, attn.reshape(n, t_len, -1)), None
         q, k, v = _qkv(cfg, lp, x, positions)
         ck[i] = ck[i].at[slots[:, None], :, :, positions].set(k.astype(ck[i].dtype), mode="drop")
         cv[i] = cv[i].at[slots[:, None], :, positions].set(v.astype(cv[i].dtype), mode="drop")
         kc, vc = ck[i], cv[i]
-        if attention == "cpu":
-            attn = cpu_attention.attend(q, kc, vc, slots, positions, cfg.sliding_window)
-            return _mlp_and_out(cfg, lp, x, attn), None
 
         def get_block(j):
             kpos = (j * block + jnp.arange(block))[None, None, :]
@@ -486,16 +507,22 @@ def decode(
         n_blocks = jnp.minimum(jnp.max(jnp.where(live, pos, 0)) // block + 1, s_len // block)
         x = params["embed"][tok][:, None, :]
         qpos = pos[:, None]
+        if attention == "cpu":
+            cos, sin = rope_tables(cfg, pos)
 
         def layer(x, lp_i):
             lp, i = lp_i
+            if attention == "cpu":
+                qkv = _project_qkv(cfg, lp, x)[:, 0]
+                attn, ck[i], cv[i] = cpu_attention.attention_layer(
+                    qkv, cos, sin, ck[i], cv[i], rows, pos, cfg.sliding_window
+                )
+                return _mlp_and_out(cfg, lp, x, attn[:, None]), None
             q, k, v = _qkv(cfg, lp, x, qpos)
             ck[i] = ck[i].at[rows, :, :, pos].set(k[:, 0].astype(ck[i].dtype), mode="drop")
             cv[i] = cv[i].at[rows, :, pos].set(v[:, 0].astype(cv[i].dtype), mode="drop")
             kc, vc = ck[i], cv[i]
-            if attention == "cpu":
-                attn = cpu_attention.attend(q, kc, vc, rows, qpos, cfg.sliding_window)
-            elif s_len <= full_attention_max:
+            if s_len <= full_attention_max:
                 attn = _attend_full(cfg, q, qpos, kc, vc)
             else:
 

@@ -1,6 +1,9 @@
-"""The C++ CPU attention kernel equals attention written out in numpy, on every edge it has."""
+"""The C++ CPU attention-layer kernel equals the same layer written out in numpy, on every edge
+it has: RoPE, cache writes in place, tokens that share a row, windows, dead rows and tails."""
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -19,22 +22,41 @@ def kernel() -> str:
         unavailable("the CPU attention kernel", str(e))
 
 
-def reference(q, k, v, rows, qpos, window):
-    """softmax(q . k / sqrt(hd)) v over keys lo..qpos of each row's cache row, in float64."""
-    n, t, kvh, g, hd = q.shape
-    out = np.zeros(q.shape, np.float64)
-    for i in range(n):
-        for j in range(t):
-            p = qpos[i, j]
-            if not (0 <= rows[i] < k.shape[0] and 0 <= p < k.shape[3]):
-                continue
-            lo = max(0, p - window + 1) if window else 0
-            keys = k[rows[i], :, :, lo : p + 1].astype(np.float64)  # [KVH, hd, W]
-            vals = v[rows[i], :, lo : p + 1].astype(np.float64)  # [KVH, W, hd]
-            s = np.einsum("kgh,khw->kgw", q[i, j].astype(np.float64), keys) / np.sqrt(hd)
-            e = np.exp(s - s.max(-1, keepdims=True))
-            out[i, j] = np.einsum("kgw,kwh->kgh", e / e.sum(-1, keepdims=True), vals)
-    return out.reshape(n, t, kvh * g * hd)
+def rope(x, cos, sin):
+    half = x.shape[-1] // 2
+    return x * cos + np.concatenate([-x[..., half:], x[..., :half]], -1) * sin
+
+
+def reference(qkv, cos, sin, k, v, rows, pos, window):
+    """Write RoPE(k), v of every live token, then softmax(q . k / sqrt(hd)) v over keys lo..pos
+    of its row, in float64. Returns (out [N, KVH*G*hd], k, v)."""
+    n, kvh, g2, hd = qkv.shape
+    g = g2 - 2
+    k, v = k.astype(np.float64), v.astype(np.float64)
+    live = [0 <= rows[i] < k.shape[0] and 0 <= pos[i] < k.shape[3] for i in range(n)]
+    for i in np.flatnonzero(live):
+        k[rows[i], :, :, pos[i]] = rope(qkv[i, :, g], cos[i], sin[i])
+        v[rows[i], :, pos[i]] = qkv[i, :, g + 1]
+    out = np.zeros((n, kvh, g, hd))
+    for i in np.flatnonzero(live):
+        p = pos[i]
+        lo = max(0, p - window + 1) if window else 0
+        q = rope(qkv[i, :, :g].astype(np.float64), cos[i], sin[i])  # [KVH, G, hd]
+        s = np.einsum("kgh,khw->kgw", q, k[rows[i], :, :, lo : p + 1]) / np.sqrt(hd)
+        e = np.exp(s - s.max(-1, keepdims=True))
+        out[i] = np.einsum("kgw,kwh->kgh", e / e.sum(-1, keepdims=True), v[rows[i], :, lo : p + 1])
+    return out.reshape(n, -1), k, v
+
+
+def tables(pos, hd):
+    inv = 1.0 / (10000.0 ** (np.arange(0, hd, 2) / hd))
+    f = np.concatenate([np.outer(pos, inv)] * 2, -1)
+    return np.cos(f).astype(np.float32), np.sin(f).astype(np.float32)
+
+
+@functools.partial(jax.jit, static_argnums=7, donate_argnums=(3, 4))
+def layer(qkv, cos, sin, k, v, rows, pos, window):
+    return cpu_attention.attention_layer(qkv, cos, sin, k, v, rows, pos, window)
 
 
 @pytest.mark.parametrize(
@@ -48,38 +70,48 @@ def reference(q, k, v, rows, qpos, window):
 )
 def test_kernel_equals_reference(kernel, g, hd, s, window):
     rng = np.random.default_rng(g * 1000 + hd)
-    n, t, kvh, r = 5, 3, 2, 4
-    q = rng.standard_normal((n, t, kvh, g, hd), dtype=np.float32)
+    kvh, r = 2, 4
     k = rng.standard_normal((r, kvh, hd, s), dtype=np.float32)
     v = rng.standard_normal((r, kvh, s, hd), dtype=np.float32)
-    rows = np.array([2, 0, r, 3, 1], np.int32)  # row 2 of the queries reads no cache row
-    qpos = rng.integers(0, s, size=(n, t)).astype(np.int32)
-    qpos[0] = [0, s - 1, s]  # the first key only, the last key, past the cache (idle)
-    qpos[4, 0] = -1
-    got = np.asarray(
-        jax.jit(cpu_attention.attend, static_argnums=5)(
-            jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), rows, qpos, window
-        )
-    )
-    want = reference(q, k, v, rows, qpos, window)
-    assert got.shape == (n, t, kvh * g * hd)
-    assert np.abs(got - want).max() < 2e-5
-    assert np.all(got[2] == 0)
-    assert np.all(got[0, 2] == 0)
-    assert np.all(got[4, 0] == 0)
-    assert np.abs(got[1]).max() > 0.1  # real rows are not zeros
+    # tokens 0-2 are one prompt's consecutive positions in row 1 (they see each other); then a
+    # token at the first position, one at the last, one past the cache (idle), one in no row
+    rows = np.array([1, 1, 1, 0, 3, 2, r, 2], np.int32)
+    pos = np.array([10, 11, 12, 0, s - 1, s, 5, -1], np.int32)
+    qkv = rng.standard_normal((len(rows), kvh, g + 2, hd), dtype=np.float32)
+    cos, sin = tables(np.clip(pos, 0, None), hd)
+    want, want_k, want_v = reference(qkv, cos, sin, k, v, rows, pos, window)
+    out, got_k, got_v = layer(qkv, cos, sin, jnp.asarray(k), jnp.asarray(v), rows, pos, window)
+    out, got_k, got_v = np.asarray(out), np.asarray(got_k), np.asarray(got_v)
+    assert out.shape == (len(rows), kvh * g * hd)
+    assert np.abs(out - want).max() < 2e-5
+    assert np.abs(got_k - want_k).max() < 1e-5
+    assert np.abs(got_v - want_v).max() < 1e-6
+    assert np.all(out[5:] == 0)  # idle, no row, negative position: zeros, nothing written
+    assert np.abs(out[:5]).max() > 0.1
+    changed = np.argwhere(np.any(got_k != k, axis=2))  # (row, head, position) written
+    assert {(int(a), int(c)) for a, _, c in changed} == {
+        (1, 10),
+        (1, 11),
+        (1, 12),
+        (0, 0),
+        (3, s - 1),
+    }
 
 
-def test_a_row_does_not_depend_on_its_neighbours(kernel):
+def test_a_token_does_not_depend_on_its_neighbours(kernel):
     rng = np.random.default_rng(7)
-    q = rng.standard_normal((4, 1, 3, 3, 64), dtype=np.float32)
     k = rng.standard_normal((4, 3, 64, 128), dtype=np.float32)
     v = rng.standard_normal((4, 3, 128, 64), dtype=np.float32)
+    qkv = rng.standard_normal((4, 3, 5, 64), dtype=np.float32)
     rows = np.arange(4, dtype=np.int32)
-    fn = jax.jit(cpu_attention.attend, static_argnums=5)
-    a = np.asarray(fn(q, k, v, rows, np.array([[5], [100], [7], [127]], np.int32), None))
-    b = np.asarray(fn(q, k, v, rows, np.array([[5], [3], [120], [0]], np.int32), None))
-    assert np.array_equal(a[0], b[0])  # bit for bit, whatever the other rows attend to
+
+    def first(pos):
+        cos, sin = tables(pos, 64)
+        return np.asarray(layer(qkv, cos, sin, jnp.asarray(k), jnp.asarray(v), rows, pos, None)[0])
+
+    a = first(np.array([5, 100, 7, 127], np.int32))
+    b = first(np.array([5, 3, 120, 0], np.int32))
+    assert np.array_equal(a[0], b[0])  # bit for bit, whatever the other tokens attend to
 
 
 def test_build_is_cached_per_source_and_machine(kernel, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.helpers.tiny_models import VARIANTS, tiny_llama_dir
+from tests.optional import unavailable
 
 
 @pytest.fixture(scope="session")
@@ -22,3 +23,14 @@ def _compile_cache(tmp_path_factory):
         path = tmp_path_factory.mktemp("jax-cache")
         jax.config.update("jax_compilation_cache_dir", str(path))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
+@pytest.fixture(scope="session")
+def cpu_kernel() -> str:
+    """The CPU attention kernel, built and registered (a failure in CI, a skip elsewhere)."""
+    from engines.jax_llm import cpu_attention
+
+    try:
+        return cpu_attention.load()
+    except cpu_attention.KernelUnavailable as e:
+        unavailable("the CPU attention kernel", str(e))

@@ -11,15 +11,6 @@ import numpy as np
 import pytest
 
 from engines.jax_llm import cpu_attention
-from tests.optional import unavailable
-
-
-@pytest.fixture(scope="module")
-def kernel() -> str:
-    try:
-        return cpu_attention.load()
-    except cpu_attention.KernelUnavailable as e:
-        unavailable("the CPU attention kernel", str(e))
 
 
 def rope(x, cos, sin):
@@ -68,7 +59,7 @@ def layer(qkv, cos, sin, k, v, rows, pos, window):
         (8, 128, 45, 0),  # the largest group the kernel takes
     ],
 )
-def test_kernel_equals_reference(kernel, g, hd, s, window):
+def test_kernel_equals_reference(cpu_kernel, g, hd, s, window):
     rng = np.random.default_rng(g * 1000 + hd)
     kvh, r = 2, 4
     k = rng.standard_normal((r, kvh, hd, s), dtype=np.float32)
@@ -98,7 +89,7 @@ def test_kernel_equals_reference(kernel, g, hd, s, window):
     }
 
 
-def test_a_token_does_not_depend_on_its_neighbours(kernel):
+def test_a_token_does_not_depend_on_its_neighbours(cpu_kernel):
     rng = np.random.default_rng(7)
     k = rng.standard_normal((4, 3, 64, 128), dtype=np.float32)
     v = rng.standard_normal((4, 3, 128, 64), dtype=np.float32)
@@ -114,7 +105,7 @@ def test_a_token_does_not_depend_on_its_neighbours(kernel):
     assert np.array_equal(a[0], b[0])  # bit for bit, whatever the other tokens attend to
 
 
-def test_build_is_cached_per_source_and_machine(kernel, tmp_path):
+def test_build_is_cached_per_source_and_machine(cpu_kernel, tmp_path):
     first = cpu_attention.build(str(tmp_path))
     assert first.startswith(str(tmp_path))
     assert first.endswith(".so")

@@ -11,9 +11,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from engines.jax_llm import cpu_attention, model, weights
+from engines.jax_llm import model, weights
 from tests.helpers.tiny_models import VARIANTS
-from tests.optional import unavailable
 
 
 def _reference(model_dir: str):
@@ -25,14 +24,6 @@ def _reference(model_dir: str):
 def _ours(model_dir: str, dtype=np.float32):
     cfg, tensors = weights.load_hf(model_dir)
     return cfg, jax.tree.map(jnp.asarray, weights.to_params(cfg, tensors, dtype))
-
-
-@pytest.fixture(scope="module")
-def cpu_kernel() -> str:
-    try:
-        return cpu_attention.load()
-    except cpu_attention.KernelUnavailable as e:
-        unavailable("the CPU attention kernel", str(e))
 
 
 @pytest.fixture(params=["xla", "cpu"])

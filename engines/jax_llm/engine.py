@@ -64,7 +64,7 @@ from engines.jax_llm.tokenizer import ChatTokenizer
 #: option -> (default, description). Defaults that depend on the model are None here.
 OPTIONS: dict[str, tuple[Any, str]] = {
     "prefill_buckets": (None, "prompt-length buckets (default 16, 64, 256, ... max_seq_len/2)"),
-    "prefill_tokens": (256, "tokens per prefill call: P = max(1, prefill_tokens // bucket)"),
+    "prefill_tokens": (256, "tokens per prefill call (by bucket: P = max(1, this // bucket) rows)"),
     "decode_steps": (8, "decode steps per device call (tokens per slot between host checks)"),
     "attention_block": (64, "KV-cache block walked by the attention loop"),
     "prefix_cache_rows": (8, "rows of the shared-prefix store (0 disables prefix reuse)"),

@@ -321,7 +321,13 @@ def _load_prefixes(cache, store, slots, rows):
     pick = (rows[:, None] == jnp.arange(r_rows)[None, :]).astype(jnp.float32)
 
     def rows_of(st):
-        got = jnp.einsum("qr,r...->q...", pick, st, preferred_element_type=jnp.float32)
+        got = jnp.einsum(
+            "qr,r...->q...",
+            pick,
+            st,
+            precision=lax.Precision.HIGHEST,  # exact on TPU/GPU too (no bf16/tf32 passes)
+            preferred_element_type=jnp.float32,
+        )
         return got.astype(st.dtype)
 
     def load(ck, cv):

@@ -257,6 +257,17 @@ def sample(logits, temperature, top_k, top_p, keys, counters):
 # Prefill: P sequences of T tokens each, written into their decode slots
 
 
+def _kernel_layer(cfg: ModelConfig, lp: Params, x, kc, vc, rope, rows, pos):
+    """One layer with the CPU kernel: x [N, T, D]; rope = (cos, sin) [N*T, hd]; rows/pos
+    [N*T]: each token's cache row and position. Returns (x, kc, vc), the caches updated."""
+    n, t = x.shape[:2]
+    qkv = _project_qkv(cfg, lp, x)
+    attn, kc, vc = cpu_attention.attention_layer(
+        qkv.reshape(n * t, *qkv.shape[2:]), *rope, kc, vc, rows, pos, cfg.sliding_window
+    )
+    return _mlp_and_out(cfg, lp, x, attn.reshape(n, t, -1)), kc, vc
+
+
 def _prefill_layers(params, cfg, ck, cv, tokens, slots, starts, lens, block, attention):
     """Run the layers over tokens [P, T] at positions starts+t, writing K/V into cache rows
     ``slots`` (an out-of-range slot drops the writes: padding rows). ``ck``/``cv``: per-layer
@@ -264,34 +275,27 @@ def _prefill_layers(params, cfg, ck, cv, tokens, slots, starts, lens, block, att
     t_len = tokens.shape[1]
     positions = starts[:, None] + jnp.arange(t_len, dtype=jnp.int32)[None, :]
     x = params["embed"][tokens]
+    ck, cv = list(ck), list(cv)
+    if attention == "cpu":  # the kernel takes a flat list of tokens, each with its row
+        flat_rows, flat_pos = jnp.repeat(slots, t_len), positions.reshape(-1)
+        rope = rope_tables(cfg, flat_pos)
+
+        def layer(x, lp_i):
+            lp, i = lp_i
+            x, ck[i], cv[i] = _kernel_layer(cfg, lp, x, ck[i], cv[i], rope, flat_rows, flat_pos)
+            return x, None
+
+        return run_layers(params, layer, x), ck, cv
+
     b_rows, s_len = cv[0].shape[0], cv[0].shape[2]
     n_blocks = jnp.minimum(
         (jnp.max(jnp.where(lens > 0, starts + lens, 0)) + block - 1) // block, s_len // block
     )
     head_ix = jnp.arange(cfg.num_kv_heads)[None, :, None]
     rows = jnp.minimum(slots, b_rows - 1)[:, None, None]
-    ck, cv = list(ck), list(cv)
-    if attention == "cpu":  # the kernel takes a flat list of tokens, each with its row
-        n, t_len = tokens.shape
-        flat_rows = jnp.repeat(slots, t_len)
-        flat_pos = positions.reshape(-1)
-        cos, sin = (a.reshape(n * t_len, -1) for a in rope_tables(cfg, flat_pos))
 
     def layer(x, lp_i):
         lp, i = lp_i
-        if attention == "cpu":
-            qkv = _project_qkv(cfg, lp, x)
-            attn, ck[i], cv[i] = cpu_attention.attention_layer(
-                qkv.reshape(n * t_len, *qkv.shape[2:]),
-                cos,
-                sin,
-                ck[i],
-                cv[i],
-                flat_rows,
-                flat_pos,
-                cfg.sliding_window,
-            )
-            return _mlp_and_out(cfg, lp, x, attn.reshape(n, t_len, -1)), None
         q, k, v = _qkv(cfg, lp, x, positions)
         ck[i] = ck[i].at[slots[:, None], :, :, positions].set(k.astype(ck[i].dtype), mode="drop")
         cv[i] = cv[i].at[slots[:, None], :, positions].set(v.astype(cv[i].dtype), mode="drop")
@@ -513,17 +517,13 @@ def decode(
         n_blocks = jnp.minimum(jnp.max(jnp.where(live, pos, 0)) // block + 1, s_len // block)
         x = params["embed"][tok][:, None, :]
         qpos = pos[:, None]
-        if attention == "cpu":
-            cos, sin = rope_tables(cfg, pos)
+        rope = rope_tables(cfg, pos) if attention == "cpu" else None
 
         def layer(x, lp_i):
             lp, i = lp_i
             if attention == "cpu":
-                qkv = _project_qkv(cfg, lp, x)[:, 0]
-                attn, ck[i], cv[i] = cpu_attention.attention_layer(
-                    qkv, cos, sin, ck[i], cv[i], rows, pos, cfg.sliding_window
-                )
-                return _mlp_and_out(cfg, lp, x, attn[:, None]), None
+                x, ck[i], cv[i] = _kernel_layer(cfg, lp, x, ck[i], cv[i], rope, rows, pos)
+                return x, None
             q, k, v = _qkv(cfg, lp, x, qpos)
             ck[i] = ck[i].at[rows, :, :, pos].set(k[:, 0].astype(ck[i].dtype), mode="drop")
             cv[i] = cv[i].at[rows, :, pos].set(v[:, 0].astype(cv[i].dtype), mode="drop")

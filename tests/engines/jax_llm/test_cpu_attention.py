@@ -4,6 +4,7 @@ it has: RoPE, cache writes in place, tokens that share a row, windows, dead rows
 from __future__ import annotations
 
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -109,5 +110,7 @@ def test_build_is_cached_per_source_and_machine(cpu_kernel, tmp_path):
     first = cpu_attention.build(str(tmp_path))
     assert first.startswith(str(tmp_path))
     assert first.endswith(".so")
-    assert cpu_attention.build(str(tmp_path)) == first  # reused, not rebuilt
+    built = os.stat(first).st_mtime_ns
+    assert cpu_attention.build(str(tmp_path)) == first
+    assert os.stat(first).st_mtime_ns == built  # reused, not rebuilt
     assert len(list((tmp_path / "cpu-kernels").iterdir())) == 1

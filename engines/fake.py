@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from engines.base import (
+from hyperbatch.engines.base import (
     Engine,
     EngineConfig,
     EngineStats,

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal
 
-from jobs import storage
+from hyperbatch import storage
 
 ModelFormat = Literal["hf", "gguf"]
 HF_REQUIRED = ("config.json",)

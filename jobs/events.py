@@ -20,9 +20,9 @@ from typing import Any
 
 import fastavro.validation
 
-from jobs import pubsub
-from jobs.store import Record
-from schemas import avro
+from hyperbatch.jobs import pubsub
+from hyperbatch.jobs.store import Record
+from hyperbatch.schemas import avro
 
 log = logging.getLogger(__name__)
 EVENT_TYPE = "dev.hyperbatch.job.state_changed"
@@ -30,7 +30,7 @@ EVENT_TYPE = "dev.hyperbatch.job.state_changed"
 
 def manifest_summary(manifest: Mapping[str, Any], job_dir: str) -> dict[str, Any]:
     """The part of a cost manifest that travels with the final status and event."""
-    from jobs import storage
+    from hyperbatch import storage
 
     return {
         "status": manifest["status"],
@@ -93,7 +93,7 @@ class PubSubEvents:
         self.topic = pubsub.topic_path(topic)
 
     def publish(self, record: Record, previous: str | None) -> None:
-        from jobs.store import STATUS_FILE
+        from hyperbatch.jobs.store import STATUS_FILE
 
         status_url = f"{record.doc['root'].rstrip('/')}/{record.job_id}/{STATUS_FILE}"
         event = event_for(record, previous, status_url)
@@ -123,7 +123,7 @@ class CollectedEvents:
         self.events: list[dict[str, Any]] = []
 
     def publish(self, record: Record, previous: str | None) -> None:
-        from jobs.store import STATUS_FILE
+        from hyperbatch.jobs.store import STATUS_FILE
 
         url = f"{record.doc['root']}/{record.job_id}/{STATUS_FILE}"
         with self._lock:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from jobs.spec import SpecError
+from hyperbatch.jobs.spec import SpecError
 
 # Dataflow job names are [a-z]([-a-z0-9]*[a-z0-9])?; we keep to that, and to 63 characters.
 JOB_ID_RE = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")

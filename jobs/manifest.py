@@ -13,8 +13,9 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from jobs import pricing, storage
-from schemas import avro
+from hyperbatch.jobs import pricing
+from hyperbatch import storage
+from hyperbatch.schemas import avro
 
 MANIFEST_JSON = "manifest.json"
 MANIFEST_AVRO = "manifest.avro"

@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from jobs.retry import CLOUD_RETRY
+from hyperbatch.retry import CLOUD_RETRY
 
 _TOPIC_RE = re.compile(r"^projects/[^/]+/topics/[^/]+$")
 _SUBSCRIPTION_RE = re.compile(r"^projects/[^/]+/subscriptions/[^/]+$")

@@ -10,14 +10,14 @@ import json
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from jobs import storage
-from jobs.store import JobStore, Record
+from hyperbatch import storage
+from hyperbatch.jobs.store import JobStore, Record
 
 RESULTS_DIR, ERRORS_DIR, COMMITS_DIR = "results", "errors", "_commits"  # as runners.shards
 
 
 def locate(store: JobStore, record: Record) -> dict[str, Any]:
-    from schemas.formats import FORMATS
+    from hyperbatch.schemas.formats import FORMATS
 
     spec = store.spec(record.job_id)
     suffix = FORMATS[spec.input_format].result_suffix
@@ -48,7 +48,7 @@ def locate(store: JobStore, record: Record) -> dict[str, Any]:
 
 def stream(where: Mapping[str, Any], errors: bool = False) -> Iterator[str]:
     """Each record of the committed result (or error) files, as one JSON line."""
-    from schemas import avro
+    from hyperbatch.schemas import avro
 
     for path in where["error_files" if errors else "result_files"]:
         data = storage.read_bytes(path)

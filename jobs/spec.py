@@ -18,8 +18,9 @@ from typing import Any
 
 import yaml
 
-from engines.base import SAMPLING_FIELDS, SamplingParams, TaskKind, sampling_problems
-from jobs import pricing, storage
+from hyperbatch.engines.base import SAMPLING_FIELDS, SamplingParams, TaskKind, sampling_problems
+from hyperbatch.jobs import pricing
+from hyperbatch import storage
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,38}[a-z0-9]$")
 TASKS = tuple(t.value for t in TaskKind)
@@ -64,7 +65,7 @@ class JobSpec:
 
     @property
     def default_sampling(self) -> SamplingParams:
-        from engines.base import sampling_from_dict
+        from hyperbatch.engines.base import sampling_from_dict
 
         return sampling_from_dict(self.sampling)
 
@@ -182,7 +183,7 @@ def _absolutize(field: str, value: str, base_dir: str) -> str:
 
 
 def models_catalogue() -> tuple[str, ...]:
-    from engines.models import CATALOGUE
+    from hyperbatch.engines.models import CATALOGUE
 
     return tuple(CATALOGUE)
 
@@ -288,7 +289,7 @@ _VALUE_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
 
 
 def _engine_names() -> tuple[str, ...]:
-    from engines.registry import ENGINES
+    from hyperbatch.engines.registry import ENGINES
 
     return tuple(ENGINES)
 
@@ -303,7 +304,7 @@ def _has_type(value: Any, expected: type) -> bool:
 
 def check_spec_resources(spec: JobSpec) -> list[str]:
     """Checks that touch the outside world: inputs exist, the model and engine are there."""
-    from engines import models, registry
+    from hyperbatch.engines import models, registry
 
     problems = []
     try:

@@ -38,9 +38,9 @@ from typing import Any, Protocol
 
 import tenacity
 
-from jobs import storage
-from jobs.retry import CLOUD_RETRY
-from jobs.spec import SPEC_FILE, record_once
+from hyperbatch import storage
+from hyperbatch.retry import CLOUD_RETRY
+from hyperbatch.jobs.spec import SPEC_FILE, record_once
 
 STATUS_FILE, REJECTED_DIR = "status.json", "_rejected"
 
@@ -174,7 +174,7 @@ class JobStore:
 
     def spec(self, job_id: str) -> Any:
         """The job's JobSpec, as recorded at submission."""
-        from jobs import spec as job_spec
+        from hyperbatch.jobs import spec as job_spec
 
         body = json.loads(storage.read_bytes(self.spec_path(job_id)))
         return job_spec.validate(body["spec"], source=self.spec_path(job_id), check_resources=False)

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 import tenacity
 
-from jobs.store import JobState, JobStore, Record, now_rfc3339
+from hyperbatch.jobs.store import JobState, JobStore, Record, now_rfc3339
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from jobs import storage
+from hyperbatch import storage
 
 # a 128-bit id hash as two words, then where the record is: 28 bytes, sorted in place
 ENTRY = np.dtype([("h0", "<u8"), ("h1", "<u8"), ("file", "<u4"), ("line", "<u8")])

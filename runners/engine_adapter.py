@@ -20,9 +20,16 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from engines.base import Engine, EngineConfig, EngineStats, ErrorCode, RequestError, Result
-from engines.registry import engine_class
-from schemas.formats import Parsed
+from hyperbatch.engines.base import (
+    Engine,
+    EngineConfig,
+    EngineStats,
+    ErrorCode,
+    RequestError,
+    Result,
+)
+from hyperbatch.engines.registry import engine_class
+from hyperbatch.schemas.formats import Parsed
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Launchers: start a recorded job on this machine or on Dataflow, and the programs they start.
 
-* ``LocalLauncher`` starts ``python -m runners.launch execute`` as a background process (its
+* ``LocalLauncher`` starts ``python -m hyperbatch.runners.launch execute`` as a background process (its
   own session, so cancelling stops its worker processes too) on Beam's local FnApiRunner, in
   memory or with ``--workers N`` worker processes. The handle is the pid and host; the log is
   ``launch.log`` in the job's store folder (or ``~/.cache/hyperbatch/logs`` for a gs:// root).
@@ -31,10 +31,11 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from jobs import events, storage
-from jobs.retry import CLOUD_RETRY
-from jobs.store import IllegalTransition, JobState, JobStore, Record, now_rfc3339
-from jobs.submit import LaunchError
+from hyperbatch.jobs import events
+from hyperbatch import storage
+from hyperbatch.retry import CLOUD_RETRY
+from hyperbatch.jobs.store import IllegalTransition, JobState, JobStore, Record, now_rfc3339
+from hyperbatch.jobs.submit import LaunchError
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +53,6 @@ def import_plugins(modules: Sequence[str]) -> None:
 
 
 # =========================================================================== local
-
-
-def _repo_root() -> str:
-    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _process_alive(pid: int, job_id: str) -> bool:
@@ -106,7 +103,7 @@ class LocalLauncher:
         cmd = [
             self.python,
             "-m",
-            "runners.launch",
+            "hyperbatch.runners.launch",
             "execute",
             "--root",
             store.root,
@@ -146,8 +143,6 @@ class LocalLauncher:
     def launch(self, spec: Any, job_id: str, store: JobStore) -> dict[str, Any]:
         log_path = self.log_path(job_id, store)
         os.makedirs(os.path.dirname(log_path), exist_ok=True)
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [_repo_root(), env.get("PYTHONPATH")]))
         cmd = self.command(job_id, store)
         self._take_slot()
         try:
@@ -157,9 +152,7 @@ class LocalLauncher:
                     stdin=subprocess.DEVNULL,
                     stdout=out,
                     stderr=subprocess.STDOUT,
-                    env=env,
                     start_new_session=True,
-                    cwd=_repo_root(),
                 )
         except BaseException:
             self._free_slot()
@@ -328,7 +321,7 @@ def _stop_own_process_group() -> None:
 
 
 def _progress(job_dir: str, count_commits: bool) -> Callable[[], dict[str, Any]]:
-    from runners.progress import PROGRESS
+    from hyperbatch.runners.progress import PROGRESS
 
     def snapshot() -> dict[str, Any]:
         s = dataclasses.asdict(PROGRESS.snapshot())
@@ -375,8 +368,8 @@ def execute(
     """Run a QUEUED job to its end in this process; returns an exit code."""
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from runners import pipeline
-    from runners.options import local_options, local_runner
+    from hyperbatch.runners import pipeline
+    from hyperbatch.runners.options import local_options, local_runner
 
     store = JobStore(root, events.sink(events_topic))
     me = f"job process {os.getpid()}@{socket.gethostname()}"
@@ -473,7 +466,7 @@ ACCELERATED_DISK_GB = 200
 
 def worker_shape(accelerator: str, count: int) -> WorkerShape:
     """The Dataflow worker for ``count`` accelerators of a type; LaunchError if none exists."""
-    from jobs import pricing
+    from hyperbatch.jobs import pricing
 
     if accelerator in TPU_SLICES:
         tpu_type, slices = TPU_SLICES[accelerator]
@@ -840,7 +833,7 @@ def flex_main(argv: Sequence[str]) -> int:
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from runners import pipeline
+    from hyperbatch.runners import pipeline
 
     parser = argparse.ArgumentParser(prog="hyperbatch-flex")
     parser.add_argument("--hyperbatch_root", required=True)
@@ -884,7 +877,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["flex"]:
         return flex_main(argv[1:])
-    parser = argparse.ArgumentParser(prog="python -m runners.launch")
+    parser = argparse.ArgumentParser(prog="python -m hyperbatch.runners.launch")
     sub = parser.add_subparsers(dest="command", required=True)
     ex = sub.add_parser("execute", help="run a QUEUED job of a job store in this process")
     ex.add_argument("--root", required=True)

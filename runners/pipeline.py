@@ -22,15 +22,16 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from engines.base import ErrorCode, TaskKind
-from jobs import manifest, storage
-from jobs import spec as job_spec
-from jobs.manifest import ShardStats
-from jobs.spec import JobSpec
-from runners import dedup, engine_adapter, shards
-from runners.options import local_options, local_runner
-from runners.progress import PROGRESS
-from schemas.formats import FORMATS, JobInfo, Parsed, RecordError, encode_errors
+from hyperbatch.engines.base import ErrorCode, TaskKind
+from hyperbatch.jobs import manifest
+from hyperbatch import storage
+from hyperbatch.jobs import spec as job_spec
+from hyperbatch.jobs.manifest import ShardStats
+from hyperbatch.jobs.spec import JobSpec
+from hyperbatch.runners import dedup, engine_adapter, shards
+from hyperbatch.runners.options import local_options, local_runner
+from hyperbatch.runners.progress import PROGRESS
+from hyperbatch.schemas.formats import FORMATS, JobInfo, Parsed, RecordError, encode_errors
 
 log = logging.getLogger(__name__)
 NAMESPACE = "hyperbatch"

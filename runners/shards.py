@@ -16,9 +16,9 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from jobs import storage
-from jobs.manifest import ShardStats
-from schemas.formats import FORMATS, InputFormat, Location
+from hyperbatch import storage
+from hyperbatch.jobs.manifest import ShardStats
+from hyperbatch.schemas.formats import FORMATS, InputFormat, Location
 
 RESULTS_DIR, ERRORS_DIR, COMMITS_DIR = "results", "errors", "_commits"
 

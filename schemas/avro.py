@@ -27,7 +27,9 @@ def schema(name: str) -> dict[str, Any]:
     """The parsed schema ``schemas/<name>.avsc``."""
     if name not in SCHEMA_NAMES:
         raise KeyError(f"no schema {name!r}; known: {', '.join(SCHEMA_NAMES)}")
-    text = resources.files("schemas").joinpath(f"{name}.avsc").read_text(encoding="utf-8")
+    text = (
+        resources.files("hyperbatch.schemas").joinpath(f"{name}.avsc").read_text(encoding="utf-8")
+    )
     return fastavro.parse_schema(json.loads(text))
 
 

@@ -19,7 +19,7 @@ from typing import IO, Any, ClassVar
 
 import fastavro
 
-from engines.base import (
+from hyperbatch.engines.base import (
     ErrorCode,
     Request,
     RequestError,
@@ -29,7 +29,7 @@ from engines.base import (
     TokenLogprob,
     sampling_from_dict,
 )
-from schemas import avro
+from hyperbatch.schemas import avro
 
 
 @dataclasses.dataclass(frozen=True)

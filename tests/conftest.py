@@ -19,7 +19,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 @pytest.fixture(scope="session")
 def gcs_server():
     """fake-gcs-server on loopback; sets STORAGE_EMULATOR_HOST for the whole session."""
-    from jobs import storage
+    from hyperbatch import storage
 
     with emulators.fake_gcs_server() as url:
         previous = os.environ.get("STORAGE_EMULATOR_HOST")
@@ -38,7 +38,7 @@ def gcs_server():
 @pytest.fixture
 def gcs_bucket(gcs_server) -> str:
     """A fresh, empty bucket on the emulator: returns ``gs://<name>``."""
-    from jobs import storage
+    from hyperbatch import storage
 
     name = f"test-{uuid.uuid4().hex[:12]}"
     storage.gcs_client().create_bucket(name)
@@ -51,7 +51,7 @@ def pubsub_server():
 
     Missing emulator: the test fails in CI (CI=1, set by .ci/run) and is skipped elsewhere.
     """
-    from jobs import pubsub
+    from hyperbatch.jobs import pubsub
 
     try:
         emulators.pubsub_emulator_command()

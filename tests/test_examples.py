@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from jobs import spec as job_spec
+from hyperbatch.jobs import spec as job_spec
 from tests.optional import require
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

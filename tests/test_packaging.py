@@ -12,9 +12,9 @@ BLOCK_HEAVY = """
 import sys
 for name in ("jax", "jaxlib", "vllm", "torch", "transformers"):
     sys.modules[name] = None  # any import of these now raises ImportError
-import jobs, runners, schemas, engines
-import jobs.cli, jobs.spec, jobs.manifest, runners.pipeline, runners.engine_adapter, schemas.formats
-from engines.registry import EngineNotAvailable, engine_class
+import hyperbatch.cli, hyperbatch.jobs.spec, hyperbatch.jobs.manifest, hyperbatch.runners.pipeline
+import hyperbatch.runners.engine_adapter, hyperbatch.schemas.formats
+from hyperbatch.engines.registry import EngineNotAvailable, engine_class
 engine_class("fake")
 try:
     engine_class("jax")
@@ -36,4 +36,4 @@ def test_core_imports_without_heavy_engines():
 
 def test_console_script_is_declared():
     text = Path(ROOT, "setup.py").read_text()
-    assert '"hyperbatch=jobs.cli:main"' in text
+    assert '"hyperbatch=hyperbatch.cli:main"' in text

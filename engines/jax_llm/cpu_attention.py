@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from engines import models
+from hyperbatch.engines import models
 
 SOURCE = Path(__file__).with_name("cpu_attention.cc")
 TARGET = "hyperbatch_cpu_attention_layer"

@@ -43,8 +43,8 @@ import jax
 import ml_dtypes
 import numpy as np
 
-from engines import models
-from engines.base import (
+from hyperbatch.engines import models
+from hyperbatch.engines.base import (
     Engine,
     EngineConfig,
     EngineStats,
@@ -57,9 +57,9 @@ from engines.base import (
     Result,
     Usage,
 )
-from engines.jax_llm import cpu_attention, model, sharding, weights
-from engines.jax_llm.config import ModelConfig
-from engines.jax_llm.tokenizer import ChatTokenizer
+from hyperbatch.engines.jax_llm import cpu_attention, model, sharding, weights
+from hyperbatch.engines.jax_llm.config import ModelConfig
+from hyperbatch.engines.jax_llm.tokenizer import ChatTokenizer
 
 #: option -> (default, description). Defaults that depend on the model are None here.
 OPTIONS: dict[str, tuple[Any, str]] = {

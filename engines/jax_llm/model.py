@@ -28,8 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from engines.jax_llm import cpu_attention
-from engines.jax_llm.config import ModelConfig
+from hyperbatch.engines.jax_llm import cpu_attention
+from hyperbatch.engines.jax_llm.config import ModelConfig
 
 Params = dict[str, Any]  # the pytree described in the module docstring
 MASKED = -1e30  # finite, so a fully masked block keeps the online softmax free of NaNs

@@ -17,7 +17,7 @@ import jax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from engines.jax_llm.config import ModelConfig
+from hyperbatch.engines.jax_llm.config import ModelConfig
 
 
 def plan_mesh(

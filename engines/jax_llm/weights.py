@@ -15,7 +15,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-from engines.jax_llm.config import ModelConfig, UnsupportedModel, from_gguf, from_hf
+from hyperbatch.engines.jax_llm.config import ModelConfig, UnsupportedModel, from_gguf, from_hf
 
 _ST_DTYPES = {
     "F64": np.float64,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from engines.base import EngineConfig, SamplingParams
+from hyperbatch.engines.base import EngineConfig, SamplingParams
 
 # engine_options a job spec may set, passed to vllm.LLM(...) as they are
 LLM_OPTIONS = frozenset({

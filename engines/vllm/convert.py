@@ -12,7 +12,7 @@ import os
 import shutil
 import tempfile
 
-from engines.models import default_cache_dir
+from hyperbatch.engines.models import default_cache_dir
 
 
 def gguf_to_hf(gguf_path: str, cache_dir: str | None = None) -> str:

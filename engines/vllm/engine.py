@@ -18,7 +18,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from engines.base import (
+from hyperbatch.engines.base import (
     Engine,
     EngineConfig,
     EngineStats,
@@ -33,8 +33,8 @@ from engines.base import (
     TokenLogprob,
     Usage,
 )
-from engines.models import resolve_model
-from engines.vllm import args as vargs
+from hyperbatch.engines.models import resolve_model
+from hyperbatch.engines.vllm import args as vargs
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class VLLMEngine(Engine):
         local = resolve_model(config.model, config.cache_dir)
         path = local.path
         if local.format == "gguf":
-            from engines.vllm.convert import gguf_to_hf
+            from hyperbatch.engines.vllm.convert import gguf_to_hf
 
             path = gguf_to_hf(local.path, config.cache_dir)
         import vllm

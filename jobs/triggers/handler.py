@@ -16,11 +16,11 @@ import threading
 from collections import Counter
 from collections.abc import Sequence
 
-from jobs import pubsub
-from jobs.spec import JobIdConflict
-from jobs.store import JobStore
-from jobs.submit import DEFAULT_CLAIM_TTL_S, Launcher, submit
-from jobs.triggers.messages import Delivery, Ignored, Rejected, interpret
+from hyperbatch.jobs import pubsub
+from hyperbatch.jobs.spec import JobIdConflict
+from hyperbatch.jobs.store import JobStore
+from hyperbatch.jobs.submit import DEFAULT_CLAIM_TTL_S, Launcher, submit
+from hyperbatch.jobs.triggers.messages import Delivery, Ignored, Rejected, interpret
 
 log = logging.getLogger(__name__)
 

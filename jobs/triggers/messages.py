@@ -37,9 +37,9 @@ from typing import Any
 
 import yaml
 
-from jobs import storage
-from jobs.retry import CLOUD_RETRY
-from jobs.submit import JobRequest
+from hyperbatch import storage
+from hyperbatch.retry import CLOUD_RETRY
+from hyperbatch.jobs.submit import JobRequest
 
 SPEC_SUFFIXES = (".yaml", ".yml", ".json")
 # Files hyperbatch itself writes into job folders: never specs, even under a watched prefix.
@@ -145,8 +145,8 @@ def interpret(
 
 
 def _job_request(delivery: Delivery) -> JobRequest:
-    from jobs import spec as job_spec
-    from jobs.ids import check_job_id
+    from hyperbatch.jobs import spec as job_spec
+    from hyperbatch.jobs.ids import check_job_id
 
     body = _decode_body(delivery)
     for name in ("job_id", "submitted_by", "spec_url"):
@@ -203,7 +203,7 @@ def _job_request(delivery: Delivery) -> JobRequest:
 
 
 def _decode_body(delivery: Delivery) -> dict[str, Any]:
-    from schemas import avro
+    from hyperbatch.schemas import avro
 
     attrs = delivery.attributes
     encoding = (attrs.get("googclient_schemaencoding") or "").upper()
@@ -335,7 +335,7 @@ def _read_spec_object(url: str, generation: int | None) -> dict[str, Any]:
 
 
 def _needs_model(engine: Any) -> bool:
-    from engines.registry import ENGINES
+    from hyperbatch.engines.registry import ENGINES
 
     entry = ENGINES.get(engine) if isinstance(engine, str) else None
     return entry is None or entry.needs_model
@@ -345,7 +345,7 @@ def _build_spec(
     raw: Mapping[str, Any], overrides: Mapping[str, Any], base: str | None, source: str
 ) -> Any:
     """Validate a spec from a message: overrides applied, relative paths resolved or refused."""
-    from jobs import spec as job_spec
+    from hyperbatch.jobs import spec as job_spec
 
     try:
         extra = job_spec.parse_overrides([f"{k}={v}" for k, v in overrides.items()])

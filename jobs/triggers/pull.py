@@ -16,9 +16,9 @@ import threading
 import time
 from typing import Any
 
-from jobs import pubsub
-from jobs.triggers.handler import TriggerHandler
-from jobs.triggers.messages import Delivery
+from hyperbatch.jobs import pubsub
+from hyperbatch.jobs.triggers.handler import TriggerHandler
+from hyperbatch.jobs.triggers.messages import Delivery
 
 log = logging.getLogger(__name__)
 

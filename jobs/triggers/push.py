@@ -20,9 +20,9 @@ from collections.abc import Callable, Iterable
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from jobs.triggers.handler import TriggerHandler
-from jobs.triggers.messages import Delivery
-from jobs.triggers.oidc import Forbidden, OidcVerifier, Unauthenticated
+from hyperbatch.jobs.triggers.handler import TriggerHandler
+from hyperbatch.jobs.triggers.messages import Delivery
+from hyperbatch.jobs.triggers.oidc import Forbidden, OidcVerifier, Unauthenticated
 
 log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 16 << 20  # Pub/Sub messages are at most 10 MB; base64 adds a third

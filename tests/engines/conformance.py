@@ -9,7 +9,14 @@ from __future__ import annotations
 
 import pytest
 
-from engines.base import Engine, ErrorCode, FinishReason, Request, Result, sampling_from_dict
+from hyperbatch.engines.base import (
+    Engine,
+    ErrorCode,
+    FinishReason,
+    Request,
+    Result,
+    sampling_from_dict,
+)
 
 
 def chat(record_id: str, text: str, **sampling) -> Request:

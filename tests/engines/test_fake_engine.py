@@ -2,8 +2,8 @@
 
 import pytest
 
-from engines.base import EngineConfig, FinishReason
-from engines.fake import FakeEngine
+from hyperbatch.engines.base import EngineConfig, FinishReason
+from hyperbatch.engines.fake import FakeEngine
 from tests.engines.conformance import EngineConformance, chat
 
 

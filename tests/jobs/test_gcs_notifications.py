@@ -10,12 +10,12 @@ import threading
 import pytest
 import yaml
 
-from jobs import storage
-from jobs.store import JobStore
-from jobs.triggers.handler import TriggerHandler
-from jobs.triggers.messages import normalize_watch_prefix
-from jobs.triggers.pull import PullListener
-from runners.launch import LocalLauncher
+from hyperbatch import storage
+from hyperbatch.jobs.store import JobStore
+from hyperbatch.jobs.triggers.handler import TriggerHandler
+from hyperbatch.jobs.triggers.messages import normalize_watch_prefix
+from hyperbatch.jobs.triggers.pull import PullListener
+from hyperbatch.runners.launch import LocalLauncher
 from tests import emulators
 from tests.jobs import control_plane as cp
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from jobs import manifest, pricing
-from jobs import spec as job_spec
-from jobs.manifest import ShardStats
+from hyperbatch.jobs import manifest, pricing
+from hyperbatch.jobs import spec as job_spec
+from hyperbatch.jobs.manifest import ShardStats
 
 
 def spec(**kw):

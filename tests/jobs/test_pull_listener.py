@@ -13,13 +13,14 @@ import threading
 
 import pytest
 
-from jobs import pubsub, storage
-from jobs.events import PubSubEvents
-from jobs.store import JobStore
-from jobs.triggers.handler import TriggerHandler
-from jobs.triggers.messages import Delivery
-from jobs.triggers.pull import PullListener, dead_letter_topic_of
-from runners.launch import LocalLauncher
+from hyperbatch.jobs import pubsub
+from hyperbatch import storage
+from hyperbatch.jobs.events import PubSubEvents
+from hyperbatch.jobs.store import JobStore
+from hyperbatch.jobs.triggers.handler import TriggerHandler
+from hyperbatch.jobs.triggers.messages import Delivery
+from hyperbatch.jobs.triggers.pull import PullListener, dead_letter_topic_of
+from hyperbatch.runners.launch import LocalLauncher
 from tests.jobs import control_plane as cp
 
 pytestmark = pytest.mark.usefixtures("pubsub_server")

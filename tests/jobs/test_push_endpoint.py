@@ -18,11 +18,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from jobs import pubsub
-from jobs.store import JobStore
-from jobs.triggers.handler import TriggerHandler
-from jobs.triggers.oidc import OidcVerifier
-from jobs.triggers.push import make_app, make_http_server
+from hyperbatch.jobs import pubsub
+from hyperbatch.jobs.store import JobStore
+from hyperbatch.jobs.triggers.handler import TriggerHandler
+from hyperbatch.jobs.triggers.oidc import OidcVerifier
+from hyperbatch.jobs.triggers.push import make_app, make_http_server
 from tests.jobs import control_plane as cp
 
 AUDIENCE = "https://hyperbatch-trigger-abc-uc.a.run.app/"

@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from jobs import spec as job_spec
-from jobs.spec import SpecError
+from hyperbatch.jobs import spec as job_spec
+from hyperbatch.jobs.spec import SpecError
 
 
 @pytest.fixture

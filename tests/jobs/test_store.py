@@ -12,11 +12,11 @@ import threading
 import fastavro.validation
 import pytest
 
-from jobs import storage
-from jobs.events import CollectedEvents
-from jobs.spec import JobIdConflict
-from jobs.store import IllegalTransition, JobNotFound, JobState, JobStore
-from schemas import avro
+from hyperbatch import storage
+from hyperbatch.jobs.events import CollectedEvents
+from hyperbatch.jobs.spec import JobIdConflict
+from hyperbatch.jobs.store import IllegalTransition, JobNotFound, JobState, JobStore
+from hyperbatch.schemas import avro
 from tests.jobs.control_plane import make_spec, write_input
 
 

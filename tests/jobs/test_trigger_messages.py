@@ -10,9 +10,15 @@ import fastavro
 import pytest
 import yaml
 
-from jobs import storage
-from jobs.triggers.messages import Delivery, Ignored, Rejected, interpret, normalize_watch_prefix
-from schemas import avro
+from hyperbatch import storage
+from hyperbatch.jobs.triggers.messages import (
+    Delivery,
+    Ignored,
+    Rejected,
+    interpret,
+    normalize_watch_prefix,
+)
+from hyperbatch.schemas import avro
 from tests.jobs.control_plane import spec_dict, write_input
 
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from engines import registry
-from engines.base import OnResult, Request, Result
-from engines.fake import FakeEngine
+from hyperbatch.engines import registry
+from hyperbatch.engines.base import OnResult, Request, Result
+from hyperbatch.engines.fake import FakeEngine
 
 
 class SlowEngine(FakeEngine):

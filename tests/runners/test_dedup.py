@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import random
 
-from jobs import storage
-from runners import dedup
+from hyperbatch import storage
+from hyperbatch.runners import dedup
 
 
 def test_repeats_are_every_sighting_but_the_first(tmp_path, monkeypatch):

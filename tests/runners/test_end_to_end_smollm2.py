@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from engines.models import resolve_model
-from jobs import spec as job_spec
-from jobs import storage
-from runners import pipeline
+from hyperbatch.engines.models import resolve_model
+from hyperbatch.jobs import spec as job_spec
+from hyperbatch import storage
+from hyperbatch.runners import pipeline
 from tests.records import jsonl, openai_chat, read_jsonl
 
 # Questions SmolLM2-135M answers correctly (transformers gives the same answers on this GGUF;

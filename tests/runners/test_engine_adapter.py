@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from engines.base import ErrorCode
-from jobs import spec as job_spec
-from runners import engine_adapter
-from schemas.formats import Location, Parsed
+from hyperbatch.engines.base import ErrorCode
+from hyperbatch.jobs import spec as job_spec
+from hyperbatch.runners import engine_adapter
+from hyperbatch.schemas.formats import Location, Parsed
 from tests.engines.conformance import chat
 
 

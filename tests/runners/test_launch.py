@@ -14,11 +14,11 @@ from typing import ClassVar
 
 import pytest
 
-from jobs import spec as job_spec
-from jobs.store import JobState, JobStore
-from jobs.submit import JobRequest, LaunchError, submit
-from runners import launch
-from runners.launch import DataflowConfig, DataflowLauncher, LocalLauncher
+from hyperbatch.jobs import spec as job_spec
+from hyperbatch.jobs.store import JobState, JobStore
+from hyperbatch.jobs.submit import JobRequest, LaunchError, submit
+from hyperbatch.runners import launch
+from hyperbatch.runners.launch import DataflowConfig, DataflowLauncher, LocalLauncher
 from tests.jobs import control_plane as cp
 
 CONFIG = DataflowConfig(
@@ -286,7 +286,7 @@ def test_launch_cancel_and_poll_through_the_dataflow_client(tmp_path):
         )
         assert body["requestedState"] in ("JOB_STATE_CANCELLED", 5)
 
-        from jobs.store import Record
+        from hyperbatch.jobs.store import Record
 
         gone = launcher.poll(Record({"job_id": "sweep-1", "launch": handle}, 1))
         assert "2026-01-01_00_00_00-111 failed" in gone
@@ -360,7 +360,7 @@ def test_local_plan_and_multi_process_mode(tmp_path):
     assert plan["direct_num_workers"] == 3
     assert plan["command"][1:] == [
         "-m",
-        "runners.launch",
+        "hyperbatch.runners.launch",
         "execute",
         "--root",
         store.root,
@@ -431,7 +431,7 @@ def test_reconcile_completes_a_run_whose_final_write_was_lost(tmp_path):
     import socket
     import subprocess
 
-    from runners import pipeline
+    from hyperbatch.runners import pipeline
 
     store = JobStore(str(tmp_path / "jobs"))
     spec = cp.make_spec(cp.write_input(str(tmp_path / "in.jsonl"), n=3), store.root)

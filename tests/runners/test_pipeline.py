@@ -10,12 +10,12 @@ import json
 
 import pytest
 
-from engines.fake import FakeEngine
-from jobs import spec as job_spec
-from jobs import storage
-from runners import pipeline, shards
-from runners.progress import PROGRESS
-from schemas import avro
+from hyperbatch.engines.fake import FakeEngine
+from hyperbatch.jobs import spec as job_spec
+from hyperbatch import storage
+from hyperbatch.runners import pipeline, shards
+from hyperbatch.runners.progress import PROGRESS
+from hyperbatch.schemas import avro
 from tests.records import jsonl, openai_chat, read_jsonl
 
 

@@ -28,7 +28,7 @@ def _compile_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def cpu_kernel() -> str:
     """The CPU attention kernel, built and registered (a failure in CI, a skip elsewhere)."""
-    from engines.jax_llm import cpu_attention
+    from hyperbatch.engines.jax_llm import cpu_attention
 
     try:
         return cpu_attention.load()

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from engines.jax_llm import cpu_attention
+from hyperbatch.engines.jax_llm import cpu_attention
 
 
 def rope(x, cos, sin):

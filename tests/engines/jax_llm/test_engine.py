@@ -10,9 +10,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from engines.base import EngineConfig, ErrorCode, FinishReason, Request
-from engines.jax_llm import JaxLLMEngine
-from engines.registry import engine_class
+from hyperbatch.engines.base import EngineConfig, ErrorCode, FinishReason, Request
+from hyperbatch.engines.jax_llm import JaxLLMEngine
+from hyperbatch.engines.registry import engine_class
 from tests.engines.conformance import PROMPTS, EngineConformance, chat, completion
 from tests.helpers.tiny_models import tiny_llama_dir
 

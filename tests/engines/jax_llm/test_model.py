@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from engines.jax_llm import model, weights
+from hyperbatch.engines.jax_llm import model, weights
 from tests.helpers.tiny_models import VARIANTS
 
 

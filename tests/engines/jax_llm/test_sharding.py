@@ -16,8 +16,8 @@ SCRIPT = textwrap.dedent(
     """
     import json, sys
     import jax
-    from engines.base import EngineConfig
-    from engines.jax_llm import JaxLLMEngine
+    from hyperbatch.engines.base import EngineConfig
+    from hyperbatch.engines.jax_llm import JaxLLMEngine
     from tests.engines.conformance import PROMPTS, chat, completion
 
     model_dir = sys.argv[1]

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from engines import models
-from engines.base import EngineConfig, Request, sampling_from_dict
-from engines.jax_llm import JaxLLMEngine
+from hyperbatch.engines import models
+from hyperbatch.engines.base import EngineConfig, Request, sampling_from_dict
+from hyperbatch.engines.jax_llm import JaxLLMEngine
 from tests.engines.conformance import EngineConformance
 
 pytestmark = pytest.mark.slow

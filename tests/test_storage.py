@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from jobs import storage
+from hyperbatch import storage
 
 
 @pytest.fixture(params=["local", "gcs"])

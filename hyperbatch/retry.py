@@ -52,7 +52,7 @@ def _log_retry(state: tenacity.RetryCallState) -> None:
 CLOUD_RETRY = tenacity.retry(
     retry=tenacity.retry_if_exception_type(TRANSIENT_ERRORS),
     stop=tenacity.stop_after_attempt(6) | tenacity.stop_after_delay(120),
-    wait=tenacity.wait_exponential_jitter(initial=0.25, max=10),
+    wait=tenacity.wait_exponential_jitter(multiplier=0.25, max=10),
     before_sleep=_log_retry,
     reraise=True,
 )

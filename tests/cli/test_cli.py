@@ -6,7 +6,7 @@ import json
 
 from click.testing import CliRunner
 
-from jobs.cli import EXIT_OK, EXIT_USER_ERROR, main
+from hyperbatch.cli import EXIT_OK, EXIT_USER_ERROR, main
 from tests.records import jsonl, openai_chat
 
 

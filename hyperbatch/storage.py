@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from jobs.retry import CLOUD_RETRY
+from hyperbatch.retry import CLOUD_RETRY
 
 GCS_PREFIX = "gs://"
 _WILDCARD = re.compile(r"[*?\[]")

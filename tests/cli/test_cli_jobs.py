@@ -8,9 +8,9 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from jobs.cli import EXIT_JOB_FAILED, EXIT_OK, EXIT_USER_ERROR, main
-from jobs.store import JobState, JobStore
-from runners import launch
+from hyperbatch.cli import EXIT_JOB_FAILED, EXIT_OK, EXIT_USER_ERROR, main
+from hyperbatch.jobs.store import JobState, JobStore
+from hyperbatch.runners import launch
 from tests.jobs import control_plane as cp
 from tests.records import jsonl, openai_chat
 
@@ -45,7 +45,7 @@ def test_dry_run_shows_the_plan_and_records_nothing(tmp_path):
     plan = json.loads(result.stdout)
     assert plan["job_id"].startswith("cli-jobs-")
     assert plan["root"] == str(tmp_path / "out")
-    assert plan["launch"]["command"][1:4] == ["-m", "runners.launch", "execute"]
+    assert plan["launch"]["command"][1:4] == ["-m", "hyperbatch.runners.launch", "execute"]
     assert not (tmp_path / "out").exists()
 
     env = {

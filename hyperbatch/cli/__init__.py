@@ -31,14 +31,14 @@ class OutputFormat(enum.StrEnum):
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean "the user must change something", not "hyperbatch broke"."""
-    from engines.models import ModelNotFound
-    from engines.registry import EngineNotAvailable
-    from jobs.pubsub import PubSubNameError
-    from jobs.spec import JobIdConflict, SpecError
-    from jobs.storage import StorageError
-    from jobs.store import IllegalTransition, JobNotFound
-    from jobs.submit import LaunchError
-    from runners.shards import InputChanged
+    from hyperbatch.engines.models import ModelNotFound
+    from hyperbatch.engines.registry import EngineNotAvailable
+    from hyperbatch.jobs.pubsub import PubSubNameError
+    from hyperbatch.jobs.spec import JobIdConflict, SpecError
+    from hyperbatch.storage import StorageError
+    from hyperbatch.jobs.store import IllegalTransition, JobNotFound
+    from hyperbatch.jobs.submit import LaunchError
+    from hyperbatch.runners.shards import InputChanged
 
     return (
         SpecError,
@@ -117,7 +117,7 @@ def main(verbose: int) -> None:
 @handle_user_errors
 def validate(job_file: str, overrides: tuple[str, ...], fmt: str) -> None:
     """Check a job spec (and that its inputs, model and engine exist) without running it."""
-    from jobs import spec as job_spec
+    from hyperbatch.jobs import spec as job_spec
 
     spec = job_spec.load(job_file, overrides)
     data = {"job_id": spec.job_id, "spec_digest": spec.digest, "spec": spec.to_dict()}
@@ -141,8 +141,8 @@ def run(
     job_file: str, overrides: tuple[str, ...], job_id: str | None, quiet: bool, fmt: str
 ) -> None:
     """Run a job in the foreground on this machine (Beam DirectRunner), or resume it."""
-    from jobs import spec as job_spec
-    from jobs.ids import check_job_id
+    from hyperbatch.jobs import spec as job_spec
+    from hyperbatch.jobs.ids import check_job_id
 
     spec = job_spec.load(job_file, overrides)
     if job_id is not None:
@@ -158,8 +158,8 @@ def run(
 def _run_with_progress(spec: Any, job_id: str | None, quiet: bool) -> dict[str, Any]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from runners import pipeline
-    from runners.progress import PROGRESS
+    from hyperbatch.runners import pipeline
+    from hyperbatch.runners.progress import PROGRESS
 
     outcome: dict[str, Any] = {}
 
@@ -208,7 +208,7 @@ def _run_with_progress(spec: Any, job_id: str | None, quiet: bool) -> dict[str, 
 @handle_user_errors
 def show_manifest(path: str, fmt: str) -> None:
     """Print a job's cost manifest (a manifest.json/.avro file or a job directory)."""
-    from jobs import manifest
+    from hyperbatch.jobs import manifest
 
     emit(manifest.read(path), fmt, _manifest_table)
 
@@ -278,7 +278,7 @@ def dataflow_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _dataflow_config(kwargs: dict[str, Any]) -> Any:
-    from runners.launch import DataflowConfig
+    from hyperbatch.runners.launch import DataflowConfig
 
     values = {k[3:]: kwargs.pop(k) for k in list(kwargs) if k.startswith("df_")}
     labels = {}
@@ -302,7 +302,7 @@ def _launcher(
     plugins: tuple[str, ...],
     max_running: int = 1,
 ) -> Any:
-    from runners.launch import DataflowLauncher, LocalLauncher
+    from hyperbatch.runners.launch import DataflowLauncher, LocalLauncher
 
     config = _dataflow_config(kwargs)
     if runner == "dataflow":
@@ -314,8 +314,8 @@ def _launcher(
 
 
 def _store(root: str | None, events_topic: str | None) -> Any:
-    from jobs import events
-    from jobs.store import JobStore
+    from hyperbatch.jobs import events
+    from hyperbatch.jobs.store import JobStore
 
     if not root:
         raise click.UsageError(
@@ -371,11 +371,11 @@ def submit(
     """Submit a job: record it in the job store and launch it in the background."""
     import os
 
-    from jobs import spec as job_spec
-    from jobs import store as job_store
-    from jobs import submit as submission
-    from jobs.ids import check_job_id
-    from runners.launch import import_plugins
+    from hyperbatch.jobs import spec as job_spec
+    from hyperbatch.jobs import store as job_store
+    from hyperbatch.jobs import submit as submission
+    from hyperbatch.jobs.ids import check_job_id
+    from hyperbatch.runners.launch import import_plugins
 
     import_plugins(plugins)
     spec = job_spec.load(job_file, overrides)
@@ -451,7 +451,7 @@ def _ctx_store(ctx: click.Context) -> Any:
 @handle_user_errors
 def jobs_list(ctx: click.Context, states: tuple[str, ...], limit: int | None, fmt: str) -> None:
     """Jobs in the store, newest first."""
-    from runners.launch import reconcile
+    from hyperbatch.runners.launch import reconcile
 
     store = _ctx_store(ctx)
     records = [reconcile(store, r) for r in store.list()]
@@ -467,7 +467,7 @@ def jobs_list(ctx: click.Context, states: tuple[str, ...], limit: int | None, fm
 @handle_user_errors
 def jobs_describe(ctx: click.Context, job_id: str, fmt: str) -> None:
     """Everything known about a job: state, times, submitter, launch handle, progress, cost."""
-    from runners.launch import reconcile
+    from hyperbatch.runners.launch import reconcile
 
     store = _ctx_store(ctx)
     emit(reconcile(store, store.get(job_id)).to_dict(), fmt, _status_table)
@@ -480,8 +480,8 @@ def jobs_describe(ctx: click.Context, job_id: str, fmt: str) -> None:
 @handle_user_errors
 def jobs_cancel(ctx: click.Context, job_id: str, fmt: str) -> None:
     """Cancel a QUEUED or RUNNING job and stop its process or Dataflow job."""
-    from jobs.store import JobState, actor
-    from runners.launch import launcher_for
+    from hyperbatch.jobs.store import JobState, actor
+    from hyperbatch.runners.launch import launcher_for
 
     store = _ctx_store(ctx)
     record = store.transition(job_id, JobState.CANCELLED, by=actor())
@@ -515,7 +515,7 @@ def jobs_results(
     ctx: click.Context, job_id: str, stream: bool, errors_only: bool, fmt: str
 ) -> None:
     """Where a job's results, errors and manifest are (or, with --stream, the records)."""
-    from jobs import results
+    from hyperbatch.jobs import results
 
     store = _ctx_store(ctx)
     record = store.get(job_id)
@@ -530,7 +530,7 @@ def jobs_results(
 def _watch(store: Any, job_id: str, fmt: str, interval_s: float, dataflow: Any = None) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from runners.launch import reconcile
+    from hyperbatch.runners.launch import reconcile
 
     columns = (
         TextColumn("[bold]{task.description}"),
@@ -601,9 +601,9 @@ def trigger_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _handler(kw: dict[str, Any], dead_letter_topic: str | None) -> Any:
-    from jobs.triggers.handler import TriggerHandler
-    from jobs.triggers.messages import normalize_watch_prefix
-    from runners.launch import import_plugins
+    from hyperbatch.jobs.triggers.handler import TriggerHandler
+    from hyperbatch.jobs.triggers.messages import normalize_watch_prefix
+    from hyperbatch.runners.launch import import_plugins
 
     plugins = kw.pop("plugins")
     import_plugins(plugins)
@@ -657,8 +657,8 @@ def _stop_on_signals() -> threading.Event:
 @handle_user_errors
 def trigger_listen(subscription: str, max_messages: int, threads: int, **kw: Any) -> None:
     """Streaming pull: each job request or spec-file notification becomes one job."""
-    from jobs import pubsub
-    from jobs.triggers.pull import PullListener, dead_letter_topic_of
+    from hyperbatch.jobs import pubsub
+    from hyperbatch.jobs.triggers.pull import PullListener, dead_letter_topic_of
 
     path = pubsub.subscription_path(subscription)
     dead_letter = kw.pop("dead_letter_topic") or dead_letter_topic_of(path)
@@ -707,8 +707,8 @@ def trigger_serve(
     **kw: Any,
 ) -> None:
     """HTTP endpoint for a Pub/Sub push subscription (Cloud Run: PORT is read from the env)."""
-    from jobs.triggers.oidc import OidcVerifier
-    from jobs.triggers.push import make_app, make_http_server
+    from hyperbatch.jobs.triggers.oidc import OidcVerifier
+    from hyperbatch.jobs.triggers.push import make_app, make_http_server
 
     if not audience and not allow_unauthenticated:
         raise click.UsageError(

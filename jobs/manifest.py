@@ -13,8 +13,8 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from hyperbatch.jobs import pricing
 from hyperbatch import storage
+from hyperbatch.jobs import pricing
 from hyperbatch.schemas import avro
 
 MANIFEST_JSON = "manifest.json"

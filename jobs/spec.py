@@ -18,9 +18,9 @@ from typing import Any
 
 import yaml
 
+from hyperbatch import storage
 from hyperbatch.engines.base import SAMPLING_FIELDS, SamplingParams, TaskKind, sampling_problems
 from hyperbatch.jobs import pricing
-from hyperbatch import storage
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,38}[a-z0-9]$")
 TASKS = tuple(t.value for t in TaskKind)

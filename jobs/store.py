@@ -39,8 +39,8 @@ from typing import Any, Protocol
 import tenacity
 
 from hyperbatch import storage
-from hyperbatch.retry import CLOUD_RETRY
 from hyperbatch.jobs.spec import SPEC_FILE, record_once
+from hyperbatch.retry import CLOUD_RETRY
 
 STATUS_FILE, REJECTED_DIR = "status.json", "_rejected"
 

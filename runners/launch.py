@@ -31,11 +31,11 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from hyperbatch.jobs import events
 from hyperbatch import storage
-from hyperbatch.retry import CLOUD_RETRY
+from hyperbatch.jobs import events
 from hyperbatch.jobs.store import IllegalTransition, JobState, JobStore, Record, now_rfc3339
 from hyperbatch.jobs.submit import LaunchError
+from hyperbatch.retry import CLOUD_RETRY
 
 log = logging.getLogger(__name__)
 

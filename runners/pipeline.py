@@ -22,9 +22,9 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
+from hyperbatch import storage
 from hyperbatch.engines.base import ErrorCode, TaskKind
 from hyperbatch.jobs import manifest
-from hyperbatch import storage
 from hyperbatch.jobs import spec as job_spec
 from hyperbatch.jobs.manifest import ShardStats
 from hyperbatch.jobs.spec import JobSpec

@@ -35,10 +35,10 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from hyperbatch.engines.registry import EngineNotAvailable
     from hyperbatch.jobs.pubsub import PubSubNameError
     from hyperbatch.jobs.spec import JobIdConflict, SpecError
-    from hyperbatch.storage import StorageError
     from hyperbatch.jobs.store import IllegalTransition, JobNotFound
     from hyperbatch.jobs.submit import LaunchError
     from hyperbatch.runners.shards import InputChanged
+    from hyperbatch.storage import StorageError
 
     return (
         SpecError,

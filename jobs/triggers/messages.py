@@ -38,8 +38,8 @@ from typing import Any
 import yaml
 
 from hyperbatch import storage
-from hyperbatch.retry import CLOUD_RETRY
 from hyperbatch.jobs.submit import JobRequest
+from hyperbatch.retry import CLOUD_RETRY
 
 SPEC_SUFFIXES = (".yaml", ".yml", ".json")
 # Files hyperbatch itself writes into job folders: never specs, even under a watched prefix.

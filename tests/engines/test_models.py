@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from hyperbatch.engines import models
 from hyperbatch import storage
+from hyperbatch.engines import models
 
 
 def test_catalogue_name_resolves_to_the_wheel_gguf():

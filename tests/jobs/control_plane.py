@@ -8,8 +8,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from hyperbatch.jobs import spec as job_spec
 from hyperbatch import storage
+from hyperbatch.jobs import spec as job_spec
 from tests.records import jsonl, openai_chat
 
 PROJECT = "hyperbatch-test"

@@ -13,8 +13,8 @@ import threading
 
 import pytest
 
-from hyperbatch.jobs import pubsub
 from hyperbatch import storage
+from hyperbatch.jobs import pubsub
 from hyperbatch.jobs.events import PubSubEvents
 from hyperbatch.jobs.store import JobStore
 from hyperbatch.jobs.triggers.handler import TriggerHandler

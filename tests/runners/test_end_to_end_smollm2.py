@@ -7,9 +7,9 @@ import json
 
 import pytest
 
+from hyperbatch import storage
 from hyperbatch.engines.models import resolve_model
 from hyperbatch.jobs import spec as job_spec
-from hyperbatch import storage
 from hyperbatch.runners import pipeline
 from tests.records import jsonl, openai_chat, read_jsonl
 

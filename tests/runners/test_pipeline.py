@@ -10,9 +10,9 @@ import json
 
 import pytest
 
+from hyperbatch import storage
 from hyperbatch.engines.fake import FakeEngine
 from hyperbatch.jobs import spec as job_spec
-from hyperbatch import storage
 from hyperbatch.runners import pipeline, shards
 from hyperbatch.runners.progress import PROGRESS
 from hyperbatch.schemas import avro

@@ -12,11 +12,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from hyperbatch import storage
 from hyperbatch.engines import models
 from hyperbatch.engines.base import EngineConfig, ErrorCode, RequestError
 from hyperbatch.engines.jax_llm import JaxLLMEngine, model, weights
 from hyperbatch.engines.jax_llm.tokenizer import ChatTokenizer
-from hyperbatch import storage
 from tests.engines.conformance import PROMPTS, chat, completion
 from tests.engines.jax_llm.test_engine import make_engine
 from tests.helpers.tiny_models import VARIANTS, tiny_gguf

@@ -450,6 +450,19 @@ def prefill_packed(
 @functools.partial(jax.jit, static_argnames=("cfg", "block", "attention"))
 def forward_logits(params, tokens, *, cfg: ModelConfig, block: int = 16, attention: str = "xla"):
     """All-position logits [N, T, V] of tokens [N, T] from an empty cache (tests, scoring)."""
+    h = _hidden(params, tokens, cfg=cfg, block=block, attention=attention)
+    return jnp.einsum("...d,dv->...v", h, params["lm_head"], preferred_element_type=jnp.float32)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "block", "attention"))
+def hidden_states(params, tokens, *, cfg: ModelConfig, block: int = 16, attention: str = "xla"):
+    """Hidden states [N, T, D] after the final norm -- transformers' ``last_hidden_state`` -- of
+    tokens [N, T] from an empty cache (decoder-based embedders pool these). Attention is causal,
+    so right padding does not change the real positions."""
+    return _hidden(params, tokens, cfg=cfg, block=block, attention=attention)
+
+
+def _hidden(params, tokens, *, cfg: ModelConfig, block: int, attention: str):
     n, t = tokens.shape
     s_len = -(-t // block) * block
     k_shape = (n, cfg.num_kv_heads, cfg.head_dim, s_len)
@@ -460,7 +473,7 @@ def forward_logits(params, tokens, *, cfg: ModelConfig, block: int = 16, attenti
     zeros = jnp.zeros((n,), jnp.int32)
     lens = jnp.full((n,), t, jnp.int32)
     x, _, _ = _prefill_layers(params, cfg, ck, cv, tokens, slots, zeros, lens, block, attention)
-    return _logits(params, cfg, x)
+    return rms_norm(x, params["final_norm"], cfg.rms_norm_eps)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -165,7 +165,7 @@ def jax_engine(batch: int):
 
 
 def run_jax(engine, n: int, new: int) -> dict[str, Any]:
-    from hyperbatch.engines.base import Request, sampling_from_dict
+    from hyperbatch.schemas.records import Request, sampling_from_dict
 
     sampling = sampling_from_dict({"temperature": 0.0, "max_tokens": new, "ignore_eos": True})
     reqs = [

@@ -27,10 +27,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from hyperbatch.engines.base import TaskKind
 from hyperbatch.jobs import spec as job_spec
 from hyperbatch.runners import engine_adapter, pipeline
 from hyperbatch.schemas.formats import FORMATS, Location
+from hyperbatch.schemas.records import TaskKind
 
 SUBJECTS = [
     "the moon",

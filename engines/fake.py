@@ -14,17 +14,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 
-from hyperbatch.engines.base import (
-    Engine,
-    EngineConfig,
-    EngineStats,
+from hyperbatch.engines.base import Engine, EngineConfig, ModelInfo, OnResult
+from hyperbatch.schemas.records import (
+    Counters,
     ErrorCode,
     FinishReason,
-    ModelInfo,
-    OnResult,
     Request,
     RequestError,
     Result,
@@ -39,7 +37,7 @@ class FakeEngine(Engine):
         super().__init__(config)
         self._max_prompt = int(config.options.get("max_prompt_tokens", 512))
         self._reject_word = config.options.get("reject_word")
-        self._stats = EngineStats(load_seconds=0.0)
+        self._stats = Counters(load_seconds=0.0)
 
     @property
     def info(self) -> ModelInfo:
@@ -99,7 +97,9 @@ class FakeEngine(Engine):
                 res = self._serve(r)
             except RequestError as e:
                 res = Result.failed(r.record_id, e.code, e.message)
-            self._stats.requests += 1
+            self._stats.records += 1
+            self._stats.results += int(res.ok)
+            self._stats.errors += int(not res.ok)
             self._stats.prompt_tokens += res.usage.prompt_tokens
             self._stats.completion_tokens += res.usage.completion_tokens
             results.append(res)
@@ -108,5 +108,5 @@ class FakeEngine(Engine):
         self._stats.busy_seconds += time.perf_counter() - t0
         return results
 
-    def stats(self) -> EngineStats:
-        return self._stats
+    def stats(self) -> Counters:
+        return dataclasses.replace(self._stats)

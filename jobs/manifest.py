@@ -7,85 +7,79 @@ the work (and the accelerator time) of shards committed by an earlier attempt.
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import json
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from hyperbatch import storage
-from hyperbatch.jobs import pricing
+from hyperbatch import storage, timestamps
+from hyperbatch.jobs import layout, pricing
+from hyperbatch.jobs.spec import JobSpec
 from hyperbatch.schemas import avro
-
-MANIFEST_JSON = "manifest.json"
-MANIFEST_AVRO = "manifest.avro"
+from hyperbatch.schemas.records import Counters
 
 
 @dataclasses.dataclass
 class ShardStats:
+    """One shard's outcome: its counters, its errors by code, when it ran; kept in its marker."""
+
     shard: str
-    records_in: int = 0
-    results: int = 0
-    errors: int = 0
+    counters: Counters = dataclasses.field(default_factory=Counters)
     errors_by_code: dict[str, int] = dataclasses.field(default_factory=dict)
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cached_tokens: int = 0
-    accelerator_seconds: float = 0.0  # held by this shard's worker, load/warmup included
-    busy_seconds: float = 0.0  # inside engine.generate
-    prefill_seconds: float = 0.0  # part of busy_seconds spent on prompts
-    computed_token_slots: int = 0
-    useful_token_slots: int = 0
-    compilations: int = 0
     started_at: float = 0.0
     finished_at: float = 0.0
     resumed: bool = False  # committed by an earlier attempt
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {
+            "shard": self.shard,
+            "counters": self.counters.to_dict(),
+            "errors_by_code": dict(self.errors_by_code),
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "resumed": self.resumed,
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ShardStats:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
-
-
-def _rfc3339(t: float | None = None) -> str:
-    when = dt.datetime.fromtimestamp(t, dt.UTC) if t is not None else dt.datetime.now(dt.UTC)
-    return when.isoformat(timespec="seconds").replace("+00:00", "Z")
+        # markers of earlier versions kept the counters flat beside the shard's name
+        counters = Counters.from_dict(d.get("counters", d))
+        return cls(
+            shard=d["shard"],
+            counters=counters,
+            errors_by_code=dict(d.get("errors_by_code") or {}),
+            started_at=float(d.get("started_at", 0.0)),
+            finished_at=float(d.get("finished_at", 0.0)),
+            resumed=bool(d.get("resumed", False)),
+        )
 
 
 def build(
     *,
     job_id: str,
-    spec: Any,  # jobs.spec.JobSpec (not imported: keeps this module free of the spec's deps)
+    spec: JobSpec,
     shards: Iterable[ShardStats],
     wall_seconds: float,
     results_glob: str,
     errors_glob: str,
 ) -> dict[str, Any]:
     ordered = sorted(shards, key=lambda s: s.shard)
-
-    def total(field: str) -> float:
-        return sum(getattr(s, field) for s in ordered)
+    t = Counters.sum([s.counters for s in ordered])
 
     price = pricing.price_for(spec.accelerator, spec.spot, spec.usd_per_accelerator_hour)
     count = spec.accelerator_count
-    accel_s = total("accelerator_seconds")
+    accel_s = t.accelerator_seconds
     cost = pricing.cost_usd(price, accel_s, count)
-    records_in = int(total("records_in"))
-    results, errors = int(total("results")), int(total("errors"))
-    p_tok, c_tok = int(total("prompt_tokens")), int(total("completion_tokens"))
+    records_in, results, errors = t.records, t.results, t.errors
+    p_tok, c_tok = t.prompt_tokens, t.completion_tokens
     by_code: Counter[str] = Counter()
     for s in ordered:
         by_code.update(s.errors_by_code)
-    computed = total("computed_token_slots")
-    useful = total("useful_token_slots")
     error_rate = errors / records_in if records_in else 0.0
     status = "SUCCEEDED" if error_rate <= spec.max_error_rate else "FAILED"
 
     total_tok = p_tok + c_tok
-    busy, prefill = total("busy_seconds"), total("prefill_seconds")
+    busy, prefill = t.busy_seconds, t.prefill_seconds
     if busy > 0 and 0 < prefill <= busy:
         # One accelerator serves both: input tokens pay for the time spent on prompts.
         input_share, cost_split = prefill / busy, "measured_prefill_time"
@@ -100,7 +94,7 @@ def build(
         "job_name": spec.name,
         "spec_digest": spec.digest,
         "status": status,
-        "created_at": _rfc3339(),
+        "created_at": timestamps.now("seconds"),
         "model": spec.model,
         "engine": spec.engine,
         "task": spec.task,
@@ -119,7 +113,7 @@ def build(
         "errors_by_code": dict(sorted(by_code.items())),
         "prompt_tokens": p_tok,
         "completion_tokens": c_tok,
-        "cached_tokens": int(total("cached_tokens")),
+        "cached_tokens": t.cached_tokens,
         "output_tokens_per_second": round(c_tok / wall_seconds, 3) if wall_seconds else 0.0,
         "total_tokens_per_second": round(total_tok / wall_seconds, 3) if wall_seconds else 0.0,
         "cost_usd": round(cost, 8),
@@ -127,18 +121,20 @@ def build(
         "usd_per_1k_input_tokens": per_1k(cost * input_share, p_tok),
         "usd_per_1k_output_tokens": per_1k(cost * (1 - input_share), c_tok),
         "usd_per_1k_tokens": per_1k(cost, total_tok),
-        "padding_waste_percent": round(100 * (1 - useful / computed), 3) if computed else 0.0,
-        "engine_compilations": int(total("compilations")),
+        "padding_waste_percent": round(100 * t.padding_waste, 3),
+        "engine_compilations": t.compilations,
         "shards": [
             {
                 "shard": s.shard,
-                "records_in": s.records_in,
-                "results": s.results,
-                "errors": s.errors,
-                "prompt_tokens": s.prompt_tokens,
-                "completion_tokens": s.completion_tokens,
-                "accelerator_seconds": round(s.accelerator_seconds, 3),
-                "cost_usd": round(pricing.cost_usd(price, s.accelerator_seconds, count), 8),
+                "records_in": s.counters.records,
+                "results": s.counters.results,
+                "errors": s.counters.errors,
+                "prompt_tokens": s.counters.prompt_tokens,
+                "completion_tokens": s.counters.completion_tokens,
+                "accelerator_seconds": round(s.counters.accelerator_seconds, 3),
+                "cost_usd": round(
+                    pricing.cost_usd(price, s.counters.accelerator_seconds, count), 8
+                ),
             }
             for s in ordered
         ],
@@ -148,9 +144,10 @@ def build(
 
 def write(job_dir: str, manifest: Mapping[str, Any]) -> str:
     """Write manifest.json and its Avro twin; returns the JSON path."""
-    path = storage.join(job_dir, MANIFEST_JSON)
+    folder = layout.JobFolder(job_dir)
+    path = folder.manifest_json
     storage.write_bytes(
-        storage.join(job_dir, MANIFEST_AVRO),
+        folder.manifest_avro,
         avro.to_avro_bytes("cost_manifest", [manifest]),
         content_type="application/avro",
     )
@@ -163,7 +160,7 @@ def write(job_dir: str, manifest: Mapping[str, Any]) -> str:
 def read(path: str) -> dict[str, Any]:
     """A manifest from a manifest.json / manifest.avro path, or from a job directory."""
     if not (path.endswith(".json") or path.endswith(".avro")):
-        path = storage.join(path, MANIFEST_JSON)
+        path = layout.JobFolder(path).manifest_json
     data = storage.read_bytes(path)
     if path.endswith(".avro"):
         return avro.from_avro_bytes(data)[0]

@@ -19,8 +19,8 @@ from typing import Any
 import yaml
 
 from hyperbatch import storage
-from hyperbatch.engines.base import SAMPLING_FIELDS, SamplingParams, TaskKind, sampling_problems
 from hyperbatch.jobs import pricing
+from hyperbatch.schemas.records import SAMPLING_FIELDS, SamplingParams, TaskKind, sampling_problems
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,38}[a-z0-9]$")
 TASKS = tuple(t.value for t in TaskKind)
@@ -65,7 +65,7 @@ class JobSpec:
 
     @property
     def default_sampling(self) -> SamplingParams:
-        from hyperbatch.engines.base import sampling_from_dict
+        from hyperbatch.schemas.records import sampling_from_dict
 
         return sampling_from_dict(self.sampling)
 

@@ -16,12 +16,12 @@ from collections.abc import Iterator
 import numpy as np
 
 from hyperbatch import storage
+from hyperbatch.jobs.layout import JobFolder
 
 # a 128-bit id hash as two words, then where the record is: 28 bytes, sorted in place
 ENTRY = np.dtype([("h0", "<u8"), ("h1", "<u8"), ("file", "<u4"), ("line", "<u8")])
 INPUT_BYTES_PER_BUCKET = 128 << 20  # ~0.5-2 M records of typical size: 15-50 MiB per bucket
 MAX_BUCKETS = 1024
-PLAN_DIR = "_plan/ids"
 
 
 def bucket_count(total_input_bytes: int) -> int:
@@ -33,7 +33,7 @@ def id_hash(record_id: str) -> bytes:
 
 
 def _bucket_dir(job_dir: str, bucket: int) -> str:
-    return storage.join(job_dir, PLAN_DIR, f"{bucket:04d}")
+    return storage.join(JobFolder(job_dir).plan_ids, f"{bucket:04d}")
 
 
 class SightingWriter:
@@ -93,5 +93,5 @@ def find_repeats(job_dir: str, bucket: int) -> Iterator[tuple[int, int, int, int
 
 def cleanup(job_dir: str) -> None:
     """Remove the plan's id buckets (after the job; a rerun plans again)."""
-    for f in list(storage.list_prefix(storage.join(job_dir, PLAN_DIR) + "/")):
+    for f in list(storage.list_prefix(JobFolder(job_dir).plan_ids + "/")):
         storage.delete(f.path)

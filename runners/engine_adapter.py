@@ -20,16 +20,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from hyperbatch.engines.base import (
-    Engine,
-    EngineConfig,
-    EngineStats,
-    ErrorCode,
-    RequestError,
-    Result,
-)
+from hyperbatch.engines.base import Engine, EngineConfig
 from hyperbatch.engines.registry import engine_class
 from hyperbatch.schemas.formats import Parsed
+from hyperbatch.schemas.records import Counters, ErrorCode, RequestError, Result
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +44,7 @@ def engine_config(spec: Any) -> EngineConfig:
 class LoadedEngine:
     engine: Engine
     load_seconds: float  # construction + warmup: charged to the first shard it serves
-    warmup_stats: EngineStats  # what loading and warmup did (compilations): charged likewise
+    warmup_stats: Counters  # what loading and warmup did (compilations): charged likewise
     charged: bool = False
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
@@ -69,7 +63,7 @@ def shared_engine(spec: Any) -> LoadedEngine:
             t0 = time.perf_counter()
             engine = engine_class(spec.engine)(config)
             engine.warmup()
-            stats = dataclasses.replace(engine.stats())
+            stats = engine.stats()
             loaded = LoadedEngine(engine, time.perf_counter() - t0, stats)
             log.info(
                 "loaded engine %s for %s in %.1fs", spec.engine, spec.model, loaded.load_seconds
@@ -90,16 +84,10 @@ def close_engines() -> None:
         _LOADED.clear()
 
 
-def _combine(a: EngineStats, b: EngineStats, sign: int) -> EngineStats:
-    return EngineStats(
-        **{f.name: getattr(a, f.name) + sign * getattr(b, f.name) for f in dataclasses.fields(a)}
-    )
-
-
 @dataclasses.dataclass
 class Served:
     results: list[Result]  # aligned with the input records
-    engine_delta: EngineStats  # what the engine did for these records
+    engine_delta: Counters  # what the engine did for these records
     charged_load_seconds: float  # engine load/warmup charged to this call (first call only)
 
 
@@ -142,14 +130,14 @@ def serve(
     order = sorted(range(len(runnable)), key=lambda j: runnable[j][0])
     ordered = [requests[j] for j in order]
     with loaded.lock:
-        before = dataclasses.replace(engine.stats())
+        before = engine.stats()
         # An exception here is an engine or infrastructure failure, not a bad record: it fails
         # the shard (Beam retries the bundle; a rerun resumes) rather than erroring its records.
         outputs = engine.generate(ordered, on_result=on_result) if ordered else []
-        delta = _combine(engine.stats(), before, -1)
+        delta = engine.stats() - before
         charged = 0.0
         if not loaded.charged:  # the process's first shard also pays for loading and warmup
-            delta = _combine(delta, loaded.warmup_stats, +1)
+            delta = delta + loaded.warmup_stats
             charged, loaded.charged = loaded.load_seconds, True
     if len(outputs) != len(ordered):
         raise RuntimeError(

@@ -324,11 +324,10 @@ def _progress(job_dir: str, count_commits: bool) -> Callable[[], dict[str, Any]]
     from hyperbatch.runners.progress import PROGRESS
 
     def snapshot() -> dict[str, Any]:
-        s = dataclasses.asdict(PROGRESS.snapshot())
-        s.pop("started_at", None)
+        s = PROGRESS.snapshot().to_dict()
         if count_commits:  # the DoFns run in worker processes: count committed shards instead
             marker_dir = storage.join(job_dir, "_commits") + "/"
-            s["shards_done"] = sum(
+            s["shards"] = sum(
                 1 for f in storage.list_prefix(marker_dir) if f.path.endswith(".json")
             )
         return s

@@ -23,15 +23,16 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from hyperbatch import storage
-from hyperbatch.engines.base import ErrorCode, TaskKind
 from hyperbatch.jobs import manifest
 from hyperbatch.jobs import spec as job_spec
+from hyperbatch.jobs.layout import JobFolder
 from hyperbatch.jobs.manifest import ShardStats
 from hyperbatch.jobs.spec import JobSpec
 from hyperbatch.runners import dedup, engine_adapter, shards
 from hyperbatch.runners.options import local_options, local_runner
 from hyperbatch.runners.progress import PROGRESS
 from hyperbatch.schemas.formats import FORMATS, JobInfo, Parsed, RecordError, encode_errors
+from hyperbatch.schemas.records import Counters, ErrorCode, TaskKind
 
 log = logging.getLogger(__name__)
 NAMESPACE = "hyperbatch"
@@ -46,6 +47,10 @@ class JobContext:
     @property
     def job_dir(self) -> str:
         return self.spec.job_dir(self.job_id)
+
+    @property
+    def folder(self) -> JobFolder:
+        return JobFolder(self.job_dir)
 
 
 # --------------------------------------------------------------------------- planning
@@ -102,11 +107,12 @@ class ServeShard(beam.DoFn):
     def process(self, shard: shards.Shard, repeats: list) -> Iterator[ShardStats]:
         spec = self.ctx.spec
         fmt = FORMATS[spec.input_format]
-        outputs = shards.ShardOutputs.of(self.ctx.job_dir, shard.name, spec.input_format)
+        outputs = self.ctx.folder.shard(shard.name, fmt.result_suffix)
         done = shards.committed_stats(shard, outputs)
         if done is not None:
-            PROGRESS.add(records_done=done.records_in, results=done.results, errors=done.errors,
-                         shards_done=1, shards_resumed=1)  # fmt: skip
+            c = done.counters
+            PROGRESS.add(records=c.records, results=c.results, errors=c.errors, shards=1,
+                         shards_resumed=1)  # fmt: skip
             yield done
             return
 
@@ -134,11 +140,11 @@ class ServeShard(beam.DoFn):
         records_in = len(valid) + len(errors)
         if records_in != shard.records:
             raise RuntimeError(f"{shard.name}: read {records_in} records, planned {shard.records}")
-        PROGRESS.add(records_done=len(errors), errors=len(errors))
+        PROGRESS.add(records=len(errors), errors=len(errors))
 
         def on_result(result) -> None:
             PROGRESS.add(
-                records_done=1,
+                records=1,
                 results=int(result.ok),
                 errors=int(not result.ok),
                 completion_tokens=result.usage.completion_tokens,
@@ -160,37 +166,39 @@ class ServeShard(beam.DoFn):
                     result.error_message or str(result.error_code),
                 ))  # fmt: skip
         errors.sort(key=lambda e: e.location.line)
-        delta = served.engine_delta if served else None
-        stats = ShardStats(
-            shard=shard.name,
-            records_in=records_in,
+        # The engine's share: time, token slots and compilations (plus load and warmup on the
+        # process's first shard); records and tokens are counted from this shard's own results.
+        delta = served.engine_delta if served else Counters()
+        counters = dataclasses.replace(
+            delta,
+            records=records_in,
             results=len(ok),
             errors=len(errors),
-            errors_by_code=_count_codes(errors),
             prompt_tokens=sum(r.usage.prompt_tokens for _, r in ok),
             completion_tokens=sum(r.usage.completion_tokens for _, r in ok),
             cached_tokens=sum(r.usage.cached_tokens for _, r in ok),
-            busy_seconds=delta.busy_seconds if delta else 0.0,
-            prefill_seconds=delta.prefill_seconds if delta else 0.0,
-            computed_token_slots=delta.computed_token_slots if delta else 0,
-            useful_token_slots=delta.useful_token_slots if delta else 0,
-            compilations=delta.compilations if delta else 0,
-            started_at=started,
+            shards=1,
         )
         job = JobInfo(self.ctx.job_id, spec.model, int(started))
         results_bytes = fmt.encode_results(ok, job)
-        stats.finished_at = time.time()
         # This shard's time, plus the engine's load and warmup if this shard is its first.
-        stats.accelerator_seconds = (time.perf_counter() - t0 - load_wall) + (
+        counters.accelerator_seconds = (time.perf_counter() - t0 - load_wall) + (
             served.charged_load_seconds if served else 0.0
+        )
+        stats = ShardStats(
+            shard=shard.name,
+            counters=counters,
+            errors_by_code=_count_codes(errors),
+            started_at=started,
+            finished_at=time.time(),
         )
         shards.commit(
             shard, outputs, results_bytes, encode_errors(errors), stats, fmt.result_content_type
         )
         self.records.inc(records_in)
         self.errors.inc(len(errors))
-        self.tokens.inc(stats.completion_tokens)
-        PROGRESS.add(shards_done=1)
+        self.tokens.inc(counters.completion_tokens)
+        PROGRESS.add(shards=1)
         yield stats
 
 
@@ -208,8 +216,8 @@ def write_manifest(stats: list[ShardStats], ctx: JobContext) -> dict[str, Any]:
         spec=ctx.spec,
         shards=stats,
         wall_seconds=time.time() - ctx.started_at,
-        results_glob=storage.join(ctx.job_dir, shards.RESULTS_DIR, f"*{suffix}"),
-        errors_glob=storage.join(ctx.job_dir, shards.ERRORS_DIR, "*.jsonl"),
+        results_glob=ctx.folder.results_glob(suffix),
+        errors_glob=ctx.folder.errors_glob(),
     )
     manifest.write(ctx.job_dir, m)
     dedup.cleanup(ctx.job_dir)

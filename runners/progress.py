@@ -1,8 +1,9 @@
-"""Live counters of the job running in this process, for the CLI's progress bar.
+"""Live counters of the job running in this process, for the CLI's progress bar and heartbeat.
 
 The pipeline's DoFns add to these as they plan and serve shards (they also update Beam metrics,
 which is what a Dataflow job exposes); the CLI polls ``PROGRESS.snapshot()``. Local runs execute
-the DoFns in the CLI's process, so plain thread-safe counters are enough.
+the DoFns in the CLI's process, so thread-safe counters are enough. The counters are the same
+``Counters`` the engine, the shards and the manifest keep.
 """
 
 from __future__ import annotations
@@ -11,39 +12,28 @@ import dataclasses
 import threading
 import time
 
-
-@dataclasses.dataclass(frozen=True)
-class Snapshot:
-    records_planned: int = 0
-    shards_planned: int = 0
-    records_done: int = 0
-    results: int = 0
-    errors: int = 0
-    completion_tokens: int = 0
-    shards_done: int = 0
-    shards_resumed: int = 0
-    started_at: float = 0.0
+from hyperbatch.schemas.records import Counters
 
 
 class Progress:
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._counts: dict[str, int] = {}
-        self._started_at = time.time()
+        self._counters = Counters()
+        self.started_at = time.time()
 
     def reset(self) -> None:
         with self._lock:
-            self._counts.clear()
-            self._started_at = time.time()
+            self._counters = Counters()
+            self.started_at = time.time()
 
-    def add(self, **counts: int) -> None:
+    def add(self, **counts: float) -> None:
+        """Add to named counters (``Counters`` fields), e.g. ``add(records=1, results=1)``."""
         with self._lock:
-            for k, v in counts.items():
-                self._counts[k] = self._counts.get(k, 0) + v
+            self._counters = self._counters + Counters(**counts)
 
-    def snapshot(self) -> Snapshot:
+    def snapshot(self) -> Counters:
         with self._lock:
-            return Snapshot(started_at=self._started_at, **self._counts)
+            return dataclasses.replace(self._counters)
 
 
 PROGRESS = Progress()

@@ -17,10 +17,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from hyperbatch import storage
+from hyperbatch.jobs.layout import ShardFiles
 from hyperbatch.jobs.manifest import ShardStats
-from hyperbatch.schemas.formats import FORMATS, InputFormat, Location
-
-RESULTS_DIR, ERRORS_DIR, COMMITS_DIR = "results", "errors", "_commits"
+from hyperbatch.schemas.formats import InputFormat, Location
 
 
 class InputChanged(RuntimeError):
@@ -112,23 +111,7 @@ def read_shard(shard: Shard, fmt: InputFormat) -> Iterator[tuple[Location, Any]]
 # --------------------------------------------------------------------------- outputs
 
 
-@dataclasses.dataclass(frozen=True)
-class ShardOutputs:
-    results: str
-    errors: str
-    marker: str
-
-    @classmethod
-    def of(cls, job_dir: str, shard_name: str, input_format: str) -> ShardOutputs:
-        suffix = FORMATS[input_format].result_suffix
-        return cls(
-            results=storage.join(job_dir, RESULTS_DIR, f"{shard_name}{suffix}"),
-            errors=storage.join(job_dir, ERRORS_DIR, f"{shard_name}.jsonl"),
-            marker=storage.join(job_dir, COMMITS_DIR, f"{shard_name}.json"),
-        )
-
-
-def committed_stats(shard: Shard, outputs: ShardOutputs) -> ShardStats | None:
+def committed_stats(shard: Shard, outputs: ShardFiles) -> ShardStats | None:
     """The stats of an earlier attempt's commit of this shard, or None if not committed."""
     if not storage.exists(outputs.marker):
         return None
@@ -146,7 +129,7 @@ def committed_stats(shard: Shard, outputs: ShardOutputs) -> ShardStats | None:
 
 def commit(
     shard: Shard,
-    outputs: ShardOutputs,
+    outputs: ShardFiles,
     results: bytes,
     errors: bytes,
     stats: ShardStats,

@@ -19,7 +19,8 @@ from typing import IO, Any, ClassVar
 
 import fastavro
 
-from hyperbatch.engines.base import (
+from hyperbatch.schemas import avro
+from hyperbatch.schemas.records import (
     ErrorCode,
     Request,
     RequestError,
@@ -29,7 +30,6 @@ from hyperbatch.engines.base import (
     TokenLogprob,
     sampling_from_dict,
 )
-from hyperbatch.schemas import avro
 
 
 @dataclasses.dataclass(frozen=True)

@@ -44,22 +44,19 @@ import ml_dtypes
 import numpy as np
 
 from hyperbatch.engines import models
-from hyperbatch.engines.base import (
-    Engine,
-    EngineConfig,
-    EngineStats,
+from hyperbatch.engines.base import Engine, EngineConfig, ModelInfo, OnResult
+from hyperbatch.engines.jax_llm import cpu_attention, model, sharding, weights
+from hyperbatch.engines.jax_llm.config import ModelConfig
+from hyperbatch.engines.jax_llm.tokenizer import ChatTokenizer
+from hyperbatch.schemas.records import (
+    Counters,
     ErrorCode,
     FinishReason,
-    ModelInfo,
-    OnResult,
     Request,
     RequestError,
     Result,
     Usage,
 )
-from hyperbatch.engines.jax_llm import cpu_attention, model, sharding, weights
-from hyperbatch.engines.jax_llm.config import ModelConfig
-from hyperbatch.engines.jax_llm.tokenizer import ChatTokenizer
 
 #: option -> (default, description). Defaults that depend on the model are None here.
 OPTIONS: dict[str, tuple[Any, str]] = {
@@ -227,7 +224,7 @@ class JaxLLMEngine(Engine):
             ),
             donate_argnames=("cache",),
         )
-        self._stats = EngineStats(load_seconds=time.perf_counter() - t0)
+        self._stats = Counters(load_seconds=time.perf_counter() - t0)
 
     # -- setup -------------------------------------------------------------------------------
 
@@ -325,7 +322,7 @@ class JaxLLMEngine(Engine):
             + self._decode._cache_size()
         )
 
-    def stats(self) -> EngineStats:
+    def stats(self) -> Counters:
         self._stats.compilations = self.compilations()
         return dataclasses.replace(self._stats)
 
@@ -644,7 +641,9 @@ class JaxLLMEngine(Engine):
         def finish(i: int, res: Result) -> None:
             results[i] = res
             st = self._stats
-            st.requests += 1
+            st.records += 1
+            st.results += int(res.ok)
+            st.errors += int(not res.ok)
             st.prompt_tokens += res.usage.prompt_tokens
             st.completion_tokens += res.usage.completion_tokens
             st.cached_tokens += res.usage.cached_tokens

@@ -19,7 +19,7 @@ import jinja2.ext
 import jinja2.sandbox
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
 
-from hyperbatch.engines.base import ErrorCode, RequestError
+from hyperbatch.schemas.records import ErrorCode, RequestError
 
 _SPECIAL_NAMES = ("bos_token", "eos_token", "unk_token", "pad_token")
 _SENTINEL = "\ue000hyperbatch-prefix-sentinel\ue000"

@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from hyperbatch.engines.base import EngineConfig, SamplingParams
+from hyperbatch.engines.base import EngineConfig
+from hyperbatch.schemas.records import SamplingParams
 
 # engine_options a job spec may set, passed to vllm.LLM(...) as they are
 LLM_OPTIONS = frozenset({

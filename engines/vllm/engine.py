@@ -10,6 +10,7 @@ order with usage (prompt, completion, prefix-cached tokens) and finish reason.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import importlib.util
 import logging
@@ -18,14 +19,13 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from hyperbatch.engines.base import (
-    Engine,
-    EngineConfig,
-    EngineStats,
+from hyperbatch.engines.base import Engine, EngineConfig, ModelInfo, OnResult
+from hyperbatch.engines.models import resolve_model
+from hyperbatch.engines.vllm import args as vargs
+from hyperbatch.schemas.records import (
+    Counters,
     ErrorCode,
     FinishReason,
-    ModelInfo,
-    OnResult,
     Request,
     RequestError,
     Result,
@@ -33,8 +33,6 @@ from hyperbatch.engines.base import (
     TokenLogprob,
     Usage,
 )
-from hyperbatch.engines.models import resolve_model
-from hyperbatch.engines.vllm import args as vargs
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +87,7 @@ class VLLMEngine(Engine):
             vocab_size=len(self._tokenizer),
             eos_token_ids=(eos,) if eos is not None else (),
         )
-        self._stats = EngineStats(load_seconds=time.perf_counter() - t0)
+        self._stats = Counters(load_seconds=time.perf_counter() - t0)
         self._next_id = 0
 
     @property
@@ -101,7 +99,7 @@ class VLLMEngine(Engine):
         t0 = time.perf_counter()
         probe = Request("warmup", SamplingParams(max_tokens=2, temperature=0.0), prompt="Hello")
         self.generate([probe])
-        self._stats = EngineStats(
+        self._stats = Counters(
             load_seconds=self._stats.load_seconds, warmup_seconds=time.perf_counter() - t0
         )
 
@@ -202,7 +200,9 @@ class VLLMEngine(Engine):
     def _account(self, results: list[Result], seconds: float) -> None:
         s = self._stats
         s.busy_seconds += seconds
-        s.requests += len(results)
+        s.records += len(results)
+        s.results += sum(r.ok for r in results)
+        s.errors += sum(not r.ok for r in results)
         for r in results:
             s.prompt_tokens += r.usage.prompt_tokens
             s.completion_tokens += r.usage.completion_tokens
@@ -212,8 +212,8 @@ class VLLMEngine(Engine):
             s.computed_token_slots += useful
             s.useful_token_slots += useful
 
-    def stats(self) -> EngineStats:
-        return self._stats
+    def stats(self) -> Counters:
+        return dataclasses.replace(self._stats)
 
     def close(self) -> None:
         llm = getattr(self, "llm", None)

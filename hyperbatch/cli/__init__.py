@@ -183,11 +183,11 @@ def _run_with_progress(spec: Any, job_id: str | None, quiet: bool) -> dict[str, 
         while worker.is_alive():
             worker.join(0.25)
             s = PROGRESS.snapshot()
-            elapsed = max(time.time() - s.started_at, 1e-6)
+            elapsed = max(time.time() - PROGRESS.started_at, 1e-6)
             bar.update(
                 task,
                 total=s.records_planned or None,
-                completed=s.records_done,
+                completed=s.records,
                 errors=s.errors,
                 tps=s.completion_tokens / elapsed,
             )
@@ -547,7 +547,7 @@ def _watch(store: Any, job_id: str, fmt: str, interval_s: float, dataflow: Any =
             record = reconcile(store, store.get(job_id), dataflow)
             p = record.doc.get("progress") or {}
             m = record.doc.get("manifest") or {}
-            done = m.get("records_in", p.get("records_done", 0))
+            done = m.get("records_in", p.get("records", 0))
             bar.update(
                 task,
                 total=m.get("records_in") or p.get("records_planned") or None,
@@ -797,7 +797,7 @@ def _row(doc: dict[str, Any]) -> dict[str, Any]:
         "runner": doc.get("runner"),
         "submitted_by": doc.get("submitted_by"),
         "via": (doc.get("submission") or {}).get("via"),
-        "records": m.get("records_in", p.get("records_done")),
+        "records": m.get("records_in", p.get("records")),
         "errors": m.get("errors", p.get("errors")),
         "cost_usd": m.get("cost_usd"),
     }
@@ -862,8 +862,8 @@ def _status_table(doc: dict[str, Any]) -> None:
     p = doc.get("progress")
     if p and doc["state"] == "RUNNING":
         rows["progress"] = (
-            f"{p.get('records_done', 0)}/{p.get('records_planned', '?')} records, "
-            f"{p.get('errors', 0)} errors, {p.get('shards_done', 0)} shards "
+            f"{p.get('records', 0)}/{p.get('records_planned', '?')} records, "
+            f"{p.get('errors', 0)} errors, {p.get('shards', 0)} shards "
             f"(heartbeat {doc.get('heartbeat_at')})"
         )
     m = doc.get("manifest")

@@ -9,14 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from hyperbatch.engines.base import (
-    Engine,
-    ErrorCode,
-    FinishReason,
-    Request,
-    Result,
-    sampling_from_dict,
-)
+from hyperbatch.engines.base import Engine
+from hyperbatch.schemas.records import ErrorCode, FinishReason, Request, Result, sampling_from_dict
 
 
 def chat(record_id: str, text: str, **sampling) -> Request:
@@ -136,10 +130,10 @@ class EngineConformance:
 
     def test_stats_accumulate_usage(self, engine: Engine):
         before = engine.stats()
-        b_req, b_prompt, b_comp = before.requests, before.prompt_tokens, before.completion_tokens
+        b_req, b_prompt, b_comp = before.records, before.prompt_tokens, before.completion_tokens
         results = _ok(engine.generate([chat("u1", PROMPTS[0]), completion("u2", PROMPTS[3])]))
         after = engine.stats()
-        assert after.requests - b_req == 2
+        assert after.records - b_req == 2
         assert after.prompt_tokens - b_prompt == sum(r.usage.prompt_tokens for r in results)
         assert after.completion_tokens - b_comp == sum(r.usage.completion_tokens for r in results)
         assert 0.0 <= after.padding_waste < 1.0

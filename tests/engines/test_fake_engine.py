@@ -2,8 +2,9 @@
 
 import pytest
 
-from hyperbatch.engines.base import EngineConfig, FinishReason
+from hyperbatch.engines.base import EngineConfig
 from hyperbatch.engines.fake import FakeEngine
+from hyperbatch.schemas.records import FinishReason
 from tests.engines.conformance import EngineConformance, chat
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from hyperbatch.engines.base import EngineConfig, sampling_from_dict
+from hyperbatch.engines.base import EngineConfig
 from hyperbatch.engines.vllm import args
+from hyperbatch.schemas.records import sampling_from_dict
 
 
 def cfg(accelerator: str, count: int = 1, **kw) -> EngineConfig:

@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from hyperbatch.engines.base import EngineConfig, ErrorCode
+from hyperbatch.engines.base import EngineConfig
+from hyperbatch.schemas.records import ErrorCode
 from tests.engines.conformance import EngineConformance, chat
 from tests.helpers.tiny_models import tiny_llama_dir
 from tests.optional import require

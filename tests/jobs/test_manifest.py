@@ -7,6 +7,7 @@ import pytest
 from hyperbatch.jobs import manifest, pricing
 from hyperbatch.jobs import spec as job_spec
 from hyperbatch.jobs.manifest import ShardStats
+from hyperbatch.schemas.records import Counters
 
 
 def spec(**kw):
@@ -16,14 +17,16 @@ def spec(**kw):
 
 
 SHARDS = [
-    ShardStats("part-00000-00001", records_in=10, results=8, errors=2,
-               errors_by_code={"invalid_json": 2}, prompt_tokens=400, completion_tokens=600,
-               cached_tokens=100, accelerator_seconds=1800.0, busy_seconds=1000.0,
-               prefill_seconds=250.0, computed_token_slots=2000, useful_token_slots=1500,
-               compilations=3),
-    ShardStats("part-00000-00000", records_in=5, results=5, errors=0, prompt_tokens=100,
-               completion_tokens=900, accelerator_seconds=1800.0, busy_seconds=1000.0,
-               prefill_seconds=250.0, computed_token_slots=1000, useful_token_slots=500),
+    ShardStats("part-00000-00001",
+               Counters(records=10, results=8, errors=2, prompt_tokens=400, completion_tokens=600,
+                        cached_tokens=100, accelerator_seconds=1800.0, busy_seconds=1000.0,
+                        prefill_seconds=250.0, computed_token_slots=2000, useful_token_slots=1500,
+                        compilations=3),
+               errors_by_code={"invalid_json": 2}),
+    ShardStats("part-00000-00000",
+               Counters(records=5, results=5, errors=0, prompt_tokens=100, completion_tokens=900,
+                        accelerator_seconds=1800.0, busy_seconds=1000.0, prefill_seconds=250.0,
+                        computed_token_slots=1000, useful_token_slots=500)),
 ]  # fmt: skip
 
 
@@ -51,8 +54,8 @@ def test_costs_and_counts_by_hand():
 
 
 def test_spot_override_token_share_and_failure_threshold():
-    shards = [ShardStats("p", records_in=4, results=1, errors=3, prompt_tokens=300,
-                         completion_tokens=100, accelerator_seconds=7200.0)]  # fmt: skip
+    shards = [ShardStats("p", Counters(records=4, results=1, errors=3, prompt_tokens=300,
+                                       completion_tokens=100, accelerator_seconds=7200.0))]  # fmt: skip
     m = manifest.build(job_id="j", spec=spec(usd_per_accelerator_hour=2.0, max_error_rate=0.5),
                        shards=shards, wall_seconds=10, results_glob="r", errors_glob="e")  # fmt: skip
     assert (m["cost_usd"], m["pricing_model"]) == (4.0, "override")

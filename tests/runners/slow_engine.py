@@ -11,8 +11,9 @@ import time
 from collections.abc import Sequence
 
 from hyperbatch.engines import registry
-from hyperbatch.engines.base import OnResult, Request, Result
+from hyperbatch.engines.base import OnResult
 from hyperbatch.engines.fake import FakeEngine
+from hyperbatch.schemas.records import Request, Result
 
 
 class SlowEngine(FakeEngine):

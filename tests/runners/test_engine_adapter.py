@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from hyperbatch.engines.base import ErrorCode
 from hyperbatch.jobs import spec as job_spec
 from hyperbatch.runners import engine_adapter
 from hyperbatch.schemas.formats import Location, Parsed
+from hyperbatch.schemas.records import ErrorCode
 from tests.engines.conformance import chat
 
 
@@ -34,11 +34,11 @@ def test_results_in_input_order_longest_prompts_refused_and_first_shard_pays_the
     # on_result order: the refusal first, then the fake engine's serving order, shortest first
     assert seen == ["r2", "r1", "r3", "r0"]
     assert served.charged_load_seconds == loaded.load_seconds
-    assert served.engine_delta.requests == 3
+    assert served.engine_delta.records == 3
     # work done on the engine outside the adapter is not charged to the next shard
     loaded.engine.generate([chat("elsewhere", "x y z")])
     again = engine_adapter.serve(loaded, _parsed("p q"))
     assert again.charged_load_seconds == 0.0
-    assert again.engine_delta.requests == 1
+    assert again.engine_delta.records == 1
     assert again.engine_delta.prompt_tokens == 3  # "user: p q"
     engine_adapter.close_engines()

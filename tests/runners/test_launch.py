@@ -318,7 +318,7 @@ def running_with_progress(store, job_id):
     r = store.find(job_id)
     return (
         r
-        if r and r.state == JobState.RUNNING and (r.doc.get("progress") or {}).get("records_done")
+        if r and r.state == JobState.RUNNING and (r.doc.get("progress") or {}).get("records")
         else None
     )
 
@@ -334,7 +334,7 @@ def test_a_job_cancelled_elsewhere_stops_itself(slow_job):
     final = store.get("slow-job")
     assert final.state == JobState.CANCELLED
     assert final.doc["manifest"] is None
-    assert final.doc["progress"]["records_done"] < 40
+    assert final.doc["progress"]["records"] < 40
 
 
 def test_a_crashed_job_process_is_failed_by_reconcile(slow_job):

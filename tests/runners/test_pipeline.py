@@ -13,7 +13,8 @@ import pytest
 from hyperbatch import storage
 from hyperbatch.engines.fake import FakeEngine
 from hyperbatch.jobs import spec as job_spec
-from hyperbatch.runners import pipeline, shards
+from hyperbatch.jobs.layout import JobFolder
+from hyperbatch.runners import pipeline
 from hyperbatch.runners.progress import PROGRESS
 from hyperbatch.schemas import avro
 from tests.records import jsonl, openai_chat, read_jsonl
@@ -110,7 +111,7 @@ def test_resume_after_a_crash_skips_committed_shards_and_duplicates_nothing(tmp_
     monkeypatch.setattr(FakeEngine, "generate", crashing_generate)
     with pytest.raises(Exception, match="accelerator fell over"):
         pipeline.run(spec)
-    markers = storage.glob(storage.join(spec.job_dir(), shards.COMMITS_DIR, "*.json"))
+    markers = storage.glob(JobFolder(spec.job_dir()).commits_prefix + "*.json")
     assert len(markers) == 2  # two shards committed before the crash
     before = {f.path: f.generation for f in markers}
 

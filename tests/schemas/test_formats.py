@@ -6,9 +6,16 @@ import io
 
 import pytest
 
-from hyperbatch.engines.base import ErrorCode, FinishReason, Result, SamplingParams, TaskKind, Usage
 from hyperbatch.schemas import avro
 from hyperbatch.schemas.formats import FORMATS, JobInfo, Location, Parsed, RecordError
+from hyperbatch.schemas.records import (
+    ErrorCode,
+    FinishReason,
+    Result,
+    SamplingParams,
+    TaskKind,
+    Usage,
+)
 from tests.records import openai_chat
 
 LOC = Location("in.jsonl", 7)
@@ -147,7 +154,7 @@ def test_openai_output_lines_follow_the_batch_output_format():
 def test_openai_logprobs_requests_and_output():
     import json
 
-    from hyperbatch.engines.base import TokenLogprob
+    from hyperbatch.schemas.records import TokenLogprob
 
     chat_req = parse("openai", line(openai_chat("lp", "Hi", logprobs=True, top_logprobs=2)))
     assert chat_req.request.sampling.logprobs == 2

@@ -10,9 +10,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from hyperbatch.engines.base import EngineConfig, ErrorCode, FinishReason, Request
+from hyperbatch.engines.base import EngineConfig
 from hyperbatch.engines.jax_llm import JaxLLMEngine
 from hyperbatch.engines.registry import engine_class
+from hyperbatch.schemas.records import ErrorCode, FinishReason, Request
 from tests.engines.conformance import PROMPTS, EngineConformance, chat, completion
 from tests.helpers.tiny_models import tiny_llama_dir
 
@@ -224,7 +225,7 @@ def test_usage_padding_and_rejections(engine):
     computed = after.computed_token_slots - before.computed_token_slots
     useful = after.useful_token_slots - before.useful_token_slots
     assert 0 < useful <= computed
-    assert after.requests - before.requests == 4
+    assert after.records - before.records == 4
     prefill = after.prefill_seconds - before.prefill_seconds
     assert 0 < prefill < after.busy_seconds - before.busy_seconds
 
@@ -257,8 +258,8 @@ def test_max_tokens_is_bounded_by_the_kv_cache(engine):
 def test_stats_are_a_snapshot(engine):
     snap = engine.stats()
     engine.generate([chat("a", "Hi", max_tokens=2)])
-    assert engine.stats().requests == snap.requests + 1
-    assert dataclasses.asdict(snap)["requests"] == snap.requests
+    assert engine.stats().records == snap.records + 1
+    assert dataclasses.asdict(snap)["records"] == snap.records
 
 
 def test_packed_prefill_splits_long_prompts_across_calls(tiny_dirs, reference):

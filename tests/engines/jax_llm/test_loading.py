@@ -14,9 +14,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hyperbatch import storage
 from hyperbatch.engines import models
-from hyperbatch.engines.base import EngineConfig, ErrorCode, RequestError
+from hyperbatch.engines.base import EngineConfig
 from hyperbatch.engines.jax_llm import JaxLLMEngine, model, weights
 from hyperbatch.engines.jax_llm.tokenizer import ChatTokenizer
+from hyperbatch.schemas.records import ErrorCode, RequestError
 from tests.engines.conformance import PROMPTS, chat, completion
 from tests.engines.jax_llm.test_engine import make_engine
 from tests.helpers.tiny_models import VARIANTS, tiny_gguf

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from hyperbatch.engines import models
-from hyperbatch.engines.base import EngineConfig, Request, sampling_from_dict
+from hyperbatch.engines.base import EngineConfig
 from hyperbatch.engines.jax_llm import JaxLLMEngine
+from hyperbatch.schemas.records import Request, sampling_from_dict
 from tests.engines.conformance import EngineConformance
 
 pytestmark = pytest.mark.slow

@@ -1,0 +1,108 @@
+"""The names inside a job folder and a job store: the one module that knows them.
+
+    <root>/<job_id>/spec.json              the normalized spec (written once)
+    <root>/<job_id>/status.json            the job's state (the job store; see jobs.store)
+    <job_dir>/results/<shard><suffix>      a shard's results (suffix from the input format)
+    <job_dir>/errors/<shard>.jsonl         a shard's error records (only if it had any)
+    <job_dir>/_commits/<shard>.json        a shard's commit marker, with its statistics
+    <job_dir>/_plan/ids/<bucket>/...       the planner's id hashes (removed when the job ends)
+    <job_dir>/manifest.json, manifest.avro the cost manifest and its Avro twin
+    <job_dir>/launch.log                   the local job process's log
+    <root>/_rejected/<key>.json            trigger messages that could never become a job
+
+``job_dir`` is ``<spec.output>/<job_id>``; with the job store's root equal to the spec's output
+(recommended) the two folders are one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from hyperbatch import storage
+
+SPEC = "spec.json"
+STATUS = "status.json"
+MANIFEST_JSON = "manifest.json"
+MANIFEST_AVRO = "manifest.avro"
+RESULTS = "results"
+ERRORS = "errors"
+COMMITS = "_commits"
+PLAN_IDS = "_plan/ids"
+LAUNCH_LOG = "launch.log"
+REJECTED = "_rejected"
+ERRORS_SUFFIX = ".jsonl"
+
+#: Files hyperbatch writes into job folders (never job specs, even under a watched prefix).
+OWN_FILES = frozenset({SPEC, STATUS, MANIFEST_JSON})
+#: Folders hyperbatch writes into job folders and stores, as path fragments.
+OWN_FOLDERS = (f"/{COMMITS}/", "/_plan/", f"/{REJECTED}/", "/_dataflow/")
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardFiles:
+    """Where one shard's outputs go."""
+
+    results: str
+    errors: str
+    marker: str
+
+
+@dataclasses.dataclass(frozen=True)
+class JobFolder:
+    """The paths of one job folder (a local directory or a gs:// prefix)."""
+
+    path: str
+
+    def _join(self, *parts: str) -> str:
+        return storage.join(self.path, *parts)
+
+    @property
+    def spec(self) -> str:
+        return self._join(SPEC)
+
+    @property
+    def status(self) -> str:
+        return self._join(STATUS)
+
+    @property
+    def manifest_json(self) -> str:
+        return self._join(MANIFEST_JSON)
+
+    @property
+    def manifest_avro(self) -> str:
+        return self._join(MANIFEST_AVRO)
+
+    @property
+    def launch_log(self) -> str:
+        return self._join(LAUNCH_LOG)
+
+    @property
+    def commits_prefix(self) -> str:
+        """The prefix every commit marker starts with (for listing)."""
+        return self._join(COMMITS) + "/"
+
+    @property
+    def plan_ids(self) -> str:
+        return self._join(PLAN_IDS)
+
+    def shard(self, name: str, result_suffix: str) -> ShardFiles:
+        return ShardFiles(
+            results=self._join(RESULTS, f"{name}{result_suffix}"),
+            errors=self._join(ERRORS, f"{name}{ERRORS_SUFFIX}"),
+            marker=self._join(COMMITS, f"{name}.json"),
+        )
+
+    def results_glob(self, result_suffix: str) -> str:
+        return self._join(RESULTS, f"*{result_suffix}")
+
+    def errors_glob(self) -> str:
+        return self._join(ERRORS, f"*{ERRORS_SUFFIX}")
+
+    def committed_shards(self) -> list[str]:
+        """Names of the shards whose commit marker exists, sorted."""
+        prefix = self.commits_prefix
+        return sorted(
+            f.path[len(prefix) : -len(".json")]
+            for f in storage.list_prefix(prefix)
+            if f.path.endswith(".json") and "/" not in f.path[len(prefix) :]
+        )

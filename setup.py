@@ -41,6 +41,10 @@ EXTRAS = {
         "ruff>=0.15",
         "google-cloud-dataflow-client>=0.13,<1",  # the launcher's real client, against a fake
         "cryptography>=42",  # signs the OIDC tokens of the push-endpoint tests
+        "mypy>=1.13",  # make typecheck
+        "types-PyYAML",
+        "types-requests",
+        "python-hcl2>=8.1,<9",  # parses terraform/ in tests/terraform
     ],
 }
 

@@ -146,7 +146,7 @@ def hf_dir(cache: str) -> str:
 
 def jax_engine(batch: int):
     from hyperbatch.engines.base import EngineConfig
-    from hyperbatch.engines.jax_llm import JaxLLMEngine
+    from hyperbatch.engines.jax_llm.engine import JaxLLMEngine
 
     t0 = time.perf_counter()
     engine = JaxLLMEngine(

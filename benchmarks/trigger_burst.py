@@ -177,7 +177,7 @@ def main() -> None:
         lost = sorted(set(nonces) - set(by_id))
         extra = sorted(set(by_id) - set(nonces))
         wrong = [j for j, r in by_id.items() if j in nonces
-                 and r.doc["submitted_by"] != f"bench:{nonces[j]}"]  # fmt: skip
+                 and r.status.submitted_by != f"bench:{nonces[j]}"]  # fmt: skip
         doubled_events = {j: c for j, c in queued.items() if c > 1}
         leftover = subscriber.pull(request={"subscription": sub, "max_messages": 10}, timeout=5)
 

@@ -22,8 +22,9 @@ from __future__ import annotations
 import abc
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
+from hyperbatch.engines.options import EngineOptions, NoOptions
 from hyperbatch.schemas.records import Counters, Request, Result
 
 
@@ -59,19 +60,11 @@ class Engine(abc.ABC):
 
     #: registry name ("jax", "vllm", ...)
     name: str = ""
+    #: the typed ``engine_options`` this engine reads (a light module: see engines.options)
+    OPTIONS: ClassVar[type[EngineOptions]] = NoOptions
 
     def __init__(self, config: EngineConfig):
         self.config = config
-
-    @classmethod
-    def option_problems(cls, options: Mapping[str, Any]) -> list[str]:
-        """Problems with a job's ``engine_options`` for this engine, found before launch."""
-        return []
-
-    @classmethod
-    def missing_dependency(cls) -> str | None:
-        """What must be installed for this engine to load here (checked cheaply), or None."""
-        return None
 
     @property
     @abc.abstractmethod

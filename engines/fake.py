@@ -5,9 +5,11 @@
   word lengths (so ``prompt_tokens`` is checkable by counting words).
 * The completion is the words of the last message (or the prompt) in reverse order, joined by
   spaces and cut after ``max_tokens`` words (finish_reason "length" if words were left over),
-  then cut before the first occurrence of a stop string (finish_reason "stop").
-* A prompt of more than ``options["max_prompt_tokens"]`` words (default 512) is refused with
-  PROMPT_TOO_LONG; one containing ``options["reject_word"]`` is refused with ENGINE_REJECTED.
+  then cut before the first occurrence of a stop string (finish_reason "stop"). The reversed
+  words end where an EOS would: with ``ignore_eos`` they repeat, so exactly ``max_tokens`` words
+  come back (finish_reason "length"), as a real engine's answer would run on.
+* A prompt of more than ``max_prompt_tokens`` words (option, default 512) is refused with
+  PROMPT_TOO_LONG; one containing the option ``reject_word`` is refused with ENGINE_REJECTED.
 * Static shapes are simulated: each request occupies a slot of ``max_prompt_tokens`` +
   ``max_tokens`` positions, so padding waste is computable too.
 """
@@ -17,8 +19,10 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Sequence
+from typing import ClassVar
 
 from hyperbatch.engines.base import Engine, EngineConfig, ModelInfo, OnResult
+from hyperbatch.engines.options import EngineOptions, option
 from hyperbatch.schemas.records import (
     Counters,
     ErrorCode,
@@ -30,13 +34,24 @@ from hyperbatch.schemas.records import (
 )
 
 
+@dataclasses.dataclass(frozen=True)
+class FakeOptions(EngineOptions):
+    ENGINE = "fake"
+
+    max_prompt_tokens: int = option(512, "longest prompt in words", minimum=1)
+    reject_word: str | None = option(None, "refuse prompts with this word", kind=str)
+
+
 class FakeEngine(Engine):
     name = "fake"
+    OPTIONS: ClassVar[type[EngineOptions]] = FakeOptions
 
     def __init__(self, config: EngineConfig):
         super().__init__(config)
-        self._max_prompt = int(config.options.get("max_prompt_tokens", 512))
-        self._reject_word = config.options.get("reject_word")
+        options = self.OPTIONS.parse(config.options)
+        assert isinstance(options, FakeOptions)
+        self._max_prompt = options.max_prompt_tokens
+        self._reject_word = options.reject_word
         self._stats = Counters(load_seconds=0.0)
 
     @property
@@ -70,6 +85,8 @@ class FakeEngine(Engine):
             raise RequestError(ErrorCode.ENGINE_REJECTED, f"contains {self._reject_word!r}")
         sp = request.sampling
         words = source.split()[::-1]
+        if sp.ignore_eos and words:  # no EOS to stop at: the answer runs on to max_tokens
+            words = (words * (sp.max_tokens // len(words) + 2))[: sp.max_tokens + 1]
         out = words[: sp.max_tokens]
         finish = FinishReason.LENGTH if len(words) > sp.max_tokens else FinishReason.STOP
         text = " ".join(out)

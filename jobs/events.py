@@ -15,12 +15,14 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Mapping
 from typing import Any
 
 import fastavro.validation
 
+from hyperbatch import storage
 from hyperbatch.jobs import pubsub
+from hyperbatch.jobs.layout import JobFolder
+from hyperbatch.jobs.status import Launch
 from hyperbatch.jobs.store import Record
 from hyperbatch.schemas import avro
 
@@ -28,59 +30,41 @@ log = logging.getLogger(__name__)
 EVENT_TYPE = "dev.hyperbatch.job.state_changed"
 
 
-def manifest_summary(manifest: Mapping[str, Any], job_dir: str) -> dict[str, Any]:
-    """The part of a cost manifest that travels with the final status and event."""
-    from hyperbatch import storage
-
-    return {
-        "status": manifest["status"],
-        "records_in": int(manifest["records_in"]),
-        "results": int(manifest["results"]),
-        "errors": int(manifest["errors"]),
-        "prompt_tokens": int(manifest["prompt_tokens"]),
-        "completion_tokens": int(manifest["completion_tokens"]),
-        "wall_seconds": float(manifest["wall_seconds"]),
-        "accelerator_seconds": float(manifest["accelerator_seconds"]),
-        "cost_usd": float(manifest["cost_usd"]),
-        "usd_per_1k_tokens": float(manifest["usd_per_1k_tokens"]),
-        "manifest": storage.join(job_dir, "manifest.json"),
-        "results_glob": manifest["outputs"]["results"],
-        "errors_glob": manifest["outputs"]["errors"],
-    }
-
-
-def launch_handle(launch: Mapping[str, Any] | None) -> str | None:
+def launch_handle(launch: Launch | None) -> str | None:
     if not launch:
         return None
-    if launch.get("launcher") == "local" and launch.get("pid"):
-        return f"local:{launch.get('host')}:{launch['pid']}"
-    if launch.get("launcher") == "dataflow" and launch.get("dataflow_job_id"):
-        return (
-            f"dataflow:{launch.get('project')}/{launch.get('region')}/{launch['dataflow_job_id']}"
-        )
+    if launch.launcher == "local" and launch.pid:
+        return f"local:{launch.host}:{launch.pid}"
+    if launch.launcher == "dataflow" and launch.dataflow_job_id:
+        return f"dataflow:{launch.project}/{launch.region}/{launch.dataflow_job_id}"
     return None
 
 
-def event_for(record: Record, previous: str | None, status_url: str) -> dict[str, Any]:
-    doc = record.doc
-    state = doc["state"]
-    message = doc.get("error") if state == "FAILED" else None
+def status_url(record: Record) -> str:
+    return JobFolder(storage.join(record.status.root, record.job_id)).status
+
+
+def event_for(record: Record, previous: str | None) -> dict[str, Any]:
+    doc = record.status
+    state = doc.state.value
+    message = doc.error if state == "FAILED" else None
     if state == "CANCELLED":
-        message = f"cancelled by {doc['history'][-1].get('by')}"
+        message = f"cancelled by {doc.history[-1].by}"
+    summary = doc.manifest.to_json() if doc.manifest else None
     event = {
-        "event_id": f"{doc['job_id']}/{len(doc.get('history', []))}",
-        "job_id": doc["job_id"],
-        "job_name": doc["name"],
+        "event_id": f"{doc.job_id}/{len(doc.history)}",
+        "job_id": doc.job_id,
+        "job_name": doc.name,
         "state": state,
         "previous_state": previous,
-        "time": doc["updated_at"],
-        "job_dir": doc["job_dir"],
-        "status_url": status_url,
-        "submitted_by": doc.get("submitted_by"),
-        "runner": doc.get("runner"),
-        "launch_handle": launch_handle(doc.get("launch")),
+        "time": doc.updated_at,
+        "job_dir": doc.job_dir,
+        "status_url": status_url(record),
+        "submitted_by": doc.submitted_by,
+        "runner": doc.runner,
+        "launch_handle": launch_handle(doc.launch),
         "message": message,
-        "manifest_summary": doc.get("manifest") if state in ("SUCCEEDED", "FAILED") else None,
+        "manifest_summary": summary if state in ("SUCCEEDED", "FAILED") else None,
     }
     fastavro.validation.validate(event, avro.schema("job_event"), raise_errors=True)
     return event
@@ -93,10 +77,7 @@ class PubSubEvents:
         self.topic = pubsub.topic_path(topic)
 
     def publish(self, record: Record, previous: str | None) -> None:
-        from hyperbatch.jobs.store import STATUS_FILE
-
-        status_url = f"{record.doc['root'].rstrip('/')}/{record.job_id}/{STATUS_FILE}"
-        event = event_for(record, previous, status_url)
+        event = event_for(record, previous)
         attributes = {"job_id": event["job_id"], "state": event["state"], "event_type": EVENT_TYPE}
         try:
             pubsub.publish(
@@ -123,11 +104,8 @@ class CollectedEvents:
         self.events: list[dict[str, Any]] = []
 
     def publish(self, record: Record, previous: str | None) -> None:
-        from hyperbatch.jobs.store import STATUS_FILE
-
-        url = f"{record.doc['root']}/{record.job_id}/{STATUS_FILE}"
         with self._lock:
-            self.events.append(event_for(record, previous, url))
+            self.events.append(event_for(record, previous))
 
 
 def sink(topic: str | None) -> PubSubEvents | None:

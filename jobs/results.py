@@ -20,12 +20,12 @@ from hyperbatch.schemas.formats import FORMATS
 def locate(store: JobStore, record: Record) -> dict[str, Any]:
     spec = store.spec(record.job_id)
     suffix = FORMATS[spec.input_format].result_suffix
-    folder = JobFolder(record.doc["job_dir"])
+    folder = JobFolder(record.status.job_dir)
     committed = [folder.shard(name, suffix) for name in folder.committed_shards()]
     manifest = folder.manifest_json
     return {
         "job_id": record.job_id,
-        "state": record.doc["state"],
+        "state": record.state.value,
         "job_dir": folder.path,
         "results": folder.results_glob(suffix),
         "errors": folder.errors_glob(),
@@ -33,7 +33,7 @@ def locate(store: JobStore, record: Record) -> dict[str, Any]:
         "shards_committed": len(committed),
         "result_files": [s.results for s in committed if storage.exists(s.results)],
         "error_files": [s.errors for s in committed if storage.exists(s.errors)],
-        "summary": record.doc.get("manifest"),
+        "summary": record.status.manifest.to_json() if record.status.manifest else None,
     }
 
 

@@ -18,8 +18,8 @@ from typing import Any
 
 import yaml
 
-from hyperbatch import storage
-from hyperbatch.jobs import pricing
+from hyperbatch import accelerators, storage
+from hyperbatch.engines import registry
 from hyperbatch.schemas.records import SAMPLING_FIELDS, SamplingParams, TaskKind, sampling_problems
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,38}[a-z0-9]$")
@@ -73,7 +73,7 @@ class JobSpec:
     def resolved_dtype(self) -> str:
         if self.dtype != "auto":
             return self.dtype
-        return "float32" if self.accelerator == "cpu" else "bfloat16"
+        return "float32" if accelerators.get(self.accelerator).kind == "cpu" else "bfloat16"
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -252,6 +252,10 @@ def validate(
             f"sampling: unknown key(s) {', '.join(unknown_s)}; allowed: {', '.join(SAMPLING_FIELDS)}"
         )
     problems += [f"sampling.{p}" for p in sampling_problems(sampling)]
+    engine = typed.get("engine", FIELDS["engine"].default)
+    if engine in registry.ENGINES:
+        # the engine's options module is light (no jax, no vllm): checked wherever this runs
+        problems += registry.option_problems(engine, typed.get("engine_options", {}))
     if problems:
         raise SpecError(problems, source)
     spec = JobSpec(**typed)
@@ -271,10 +275,13 @@ _VALUE_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "task": (lambda v: v in TASKS, f"must be one of {', '.join(TASKS)}"),
     "input_format": (lambda v: v in INPUT_FORMATS, f"must be one of {', '.join(INPUT_FORMATS)}"),
     "accelerator": (
-        lambda v: v in pricing.ACCELERATORS,
-        f"must be one of {', '.join(pricing.ACCELERATORS)}",
+        lambda v: v in accelerators.ACCELERATORS,
+        f"must be one of {', '.join(accelerators.ACCELERATORS)}",
     ),
-    "engine": (lambda v: v in _engine_names(), "unknown engine; see `hyperbatch engines`"),
+    "engine": (
+        lambda v: v in registry.ENGINES,
+        "unknown engine; `hyperbatch engines` lists the engines and how to install them",
+    ),
     "accelerator_count": (lambda v: v >= 1, "must be at least 1"),
     "batch_size": (lambda v: 1 <= v <= MAX_BATCH_SIZE, f"must be between 1 and {MAX_BATCH_SIZE}"),
     "records_per_shard": (lambda v: 1 <= v <= 1_000_000, "must be between 1 and 1000000"),
@@ -288,12 +295,6 @@ _VALUE_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 
-def _engine_names() -> tuple[str, ...]:
-    from hyperbatch.engines.registry import ENGINES
-
-    return tuple(ENGINES)
-
-
 def _has_type(value: Any, expected: type) -> bool:
     if isinstance(value, bool) or expected is bool:
         return isinstance(value, bool) and expected is bool
@@ -304,7 +305,7 @@ def _has_type(value: Any, expected: type) -> bool:
 
 def check_spec_resources(spec: JobSpec) -> list[str]:
     """Checks that touch the outside world: inputs exist, the model and engine are there."""
-    from hyperbatch.engines import models, registry
+    from hyperbatch.engines import models
 
     problems = []
     try:
@@ -330,23 +331,17 @@ def check_spec_resources(spec: JobSpec) -> list[str]:
             problems.append(f"output: {e}")
     elif os.path.exists(spec.output) and not os.path.isdir(spec.output):
         problems.append(f"output: {spec.output} exists and is not a directory")
-    entry = registry.ENGINES.get(spec.engine)
-    if entry is None or entry.needs_model:
+    if registry.entry(spec.engine).needs_model:
         try:
             models.check_model(spec.model)
         except (models.ModelNotFound, storage.StorageError) as e:
             problems.append(f"model: {e}")
-    try:
-        engine = registry.engine_class(spec.engine)
-    except registry.EngineNotAvailable as e:
-        problems.append(f"engine: {e}")
-    else:
-        problems += engine.option_problems(spec.engine_options)
-        # A cpu job runs on this machine, so its engine must load here; TPU/GPU jobs run on
-        # workers whose image carries the engine.
-        missing = engine.missing_dependency() if spec.accelerator == "cpu" else None
+    # A cpu job runs on this machine, so its engine must load here; TPU/GPU jobs run on workers
+    # whose image carries the engine.
+    if accelerators.get(spec.accelerator).kind == "cpu":
+        missing = registry.missing_dependency(spec.engine)
         if missing:
-            problems.append(f"engine: {missing}")
+            problems.append(f"engine: {spec.engine}: {missing}")
     return problems
 
 

@@ -14,22 +14,15 @@ States: QUEUED -> RUNNING -> SUCCEEDED | FAILED | CANCELLED; a QUEUED job may al
 CANCELLED, or FAILED when it cannot be launched. Every state change is announced through the
 store's ``events`` sink (the status topic, see ``jobs.events``) after it is written.
 
-``status.json`` holds: job_id, name, state, spec_digest, job_dir (where the pipeline writes:
-``<spec.output>/<job_id>``; the same folder when the root is the spec's output), created_at,
-updated_at, started_at, finished_at (RFC 3339), submitted_by, submission (how it came: cli,
-pubsub or gcs, with the message id, object and generation), runner, launch (the launcher's
-handle: a local pid or a Dataflow job id, and who launched it), progress and heartbeat_at while
-it runs, error (on failure), manifest (the cost manifest's summary, on success or failure),
-history (every state with its time and author).
+``status.json`` holds a ``jobs.status.JobStatus``.
 """
 
 from __future__ import annotations
 
+import builtins
 import concurrent.futures
 import contextlib
 import dataclasses
-import datetime as dt
-import enum
 import json
 import os
 import socket
@@ -38,33 +31,20 @@ from typing import Any, Protocol
 
 import tenacity
 
-from hyperbatch import storage
-from hyperbatch.jobs.spec import SPEC_FILE, record_once
+from hyperbatch import storage, timestamps
+from hyperbatch.jobs import layout
+from hyperbatch.jobs.spec import JobSpec, record_once
+from hyperbatch.jobs.status import (
+    TRANSITIONS,
+    JobState,
+    JobStatus,
+    Launch,
+    ManifestSummary,
+    Transition,
+)
 from hyperbatch.retry import CLOUD_RETRY
 
-STATUS_FILE, REJECTED_DIR = "status.json", "_rejected"
-
-
-class JobState(enum.StrEnum):
-    QUEUED = "QUEUED"
-    RUNNING = "RUNNING"
-    SUCCEEDED = "SUCCEEDED"
-    FAILED = "FAILED"
-    CANCELLED = "CANCELLED"
-
-    @property
-    def terminal(self) -> bool:
-        return self in TERMINAL
-
-
-TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
-TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {
-    JobState.QUEUED: frozenset({JobState.RUNNING, JobState.FAILED, JobState.CANCELLED}),
-    JobState.RUNNING: frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED}),
-    JobState.SUCCEEDED: frozenset(),
-    JobState.FAILED: frozenset(),
-    JobState.CANCELLED: frozenset(),
-}
+__all__ = ["IllegalTransition", "JobNotFound", "JobState", "JobStatus", "JobStore", "Record"]
 
 
 class JobNotFound(LookupError):
@@ -87,10 +67,6 @@ class EventSink(Protocol):
     def publish(self, record: Record, previous: str | None) -> None: ...
 
 
-def now_rfc3339() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def actor() -> str:
     """Who this process is, for the history and ``submitted_by``: ``user@host``."""
     import getpass
@@ -100,25 +76,25 @@ def actor() -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Record:
-    """A job's status document and the generation it was read at."""
+    """A job's status and the generation it was read at."""
 
-    doc: Mapping[str, Any]
+    status: JobStatus
     generation: int
 
     @property
     def job_id(self) -> str:
-        return self.doc["job_id"]
+        return self.status.job_id
 
     @property
     def state(self) -> JobState:
-        return JobState(self.doc["state"])
+        return self.status.state
 
     @property
-    def launch(self) -> Mapping[str, Any] | None:
-        return self.doc.get("launch")
+    def launch(self) -> Launch | None:
+        return self.status.launch
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(self.doc)
+        return self.status.to_json()
 
 
 # A CAS write that lost is recomputed from a fresh read; contention is short (a few writers per
@@ -149,10 +125,10 @@ class JobStore:
         return storage.join(self.root, job_id)
 
     def status_path(self, job_id: str) -> str:
-        return storage.join(self.root, job_id, STATUS_FILE)
+        return layout.JobFolder(self.job_folder(job_id)).status
 
     def spec_path(self, job_id: str) -> str:
-        return storage.join(self.root, job_id, SPEC_FILE)
+        return layout.JobFolder(self.job_folder(job_id)).spec
 
     # ----------------------------------------------------------------------- reading
 
@@ -161,7 +137,7 @@ class JobStore:
         if found is None:
             return None
         data, generation = found
-        return Record(json.loads(data), generation)
+        return Record(JobStatus.from_json(json.loads(data)), generation)
 
     def get(self, job_id: str) -> Record:
         record = self.find(job_id)
@@ -172,7 +148,7 @@ class JobStore:
             )
         return record
 
-    def spec(self, job_id: str) -> Any:
+    def spec(self, job_id: str) -> JobSpec:
         """The job's JobSpec, as recorded at submission."""
         from hyperbatch.jobs import spec as job_spec
 
@@ -188,14 +164,14 @@ class JobStore:
         with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
             records = [r for r in pool.map(self.find, ids) if r is not None]
         records = [r for r in records if wanted is None or r.state in wanted]
-        records.sort(key=lambda r: (r.doc.get("created_at", ""), r.job_id), reverse=True)
+        records.sort(key=lambda r: (r.status.created_at, r.job_id), reverse=True)
         return records[:limit] if limit is not None else records
 
     # ----------------------------------------------------------------------- writing
 
     def create(
         self,
-        spec: Any,
+        spec: JobSpec,
         job_id: str,
         *,
         submitted_by: str | None,
@@ -209,28 +185,21 @@ class JobStore:
         refused with JobIdConflict.
         """
         record_once(spec, job_id, self.job_folder(job_id))
-        at = now_rfc3339()
-        doc = {
-            "job_id": job_id,
-            "name": spec.name,
-            "state": JobState.QUEUED.value,
-            "spec_digest": spec.digest,
-            "job_dir": spec.job_dir(job_id),
-            "root": self.root,
-            "created_at": at,
-            "updated_at": at,
-            "started_at": None,
-            "finished_at": None,
-            "submitted_by": submitted_by,
-            "submission": dict(submission),
-            "runner": runner,
-            "launch": None,
-            "progress": None,
-            "heartbeat_at": None,
-            "error": None,
-            "manifest": None,
-            "history": [{"state": JobState.QUEUED.value, "at": at, "by": submitted_by or actor()}],
-        }
+        at = timestamps.now()
+        doc = JobStatus(
+            job_id=job_id,
+            name=spec.name,
+            state=JobState.QUEUED,
+            spec_digest=spec.digest,
+            job_dir=spec.job_dir(job_id),
+            root=self.root,
+            created_at=at,
+            updated_at=at,
+            submitted_by=submitted_by,
+            submission=dict(submission),
+            runner=runner,
+            history=(Transition(JobState.QUEUED.value, at, submitted_by or actor()),),
+        )
         try:
             generation = storage.write_bytes(
                 self.status_path(job_id),
@@ -244,13 +213,11 @@ class JobStore:
         self._announce(record, None)
         return record, True
 
-    def update(
-        self, job_id: str, change: Callable[[dict[str, Any]], dict[str, Any] | None]
-    ) -> Record:
-        """Apply ``change`` (doc -> new doc, or None for "no change") by compare-and-swap.
+    def update(self, job_id: str, change: Callable[[JobStatus], JobStatus | None]) -> Record:
+        """Apply ``change`` (status -> new status, or None for "no change") by compare-and-swap.
 
         ``change`` may run several times (after a lost race, on a fresh read); it must be a
-        pure function of the document. State changes must go through ``transition``.
+        pure function of the status. State changes must go through ``transition``.
         """
         return self._update(job_id, change)[0]
 
@@ -262,43 +229,40 @@ class JobStore:
         by: str | None = None,
         expect: Iterable[JobState | str] | None = None,
         error: str | None = None,
-        manifest: Mapping[str, Any] | None = None,
+        manifest: ManifestSummary | None = None,
         launch: Mapping[str, Any] | None = None,
-        guard: Callable[[Mapping[str, Any]], bool] | None = None,
+        guard: Callable[[JobStatus], bool] | None = None,
     ) -> Record:
         """Move a job to ``to`` (only along TRANSITIONS, and only from ``expect`` if given).
 
-        ``launch`` is merged into the launch handle; ``guard`` (doc -> bool) must hold on the
-        document being replaced. Raises IllegalTransition when the job is in a state that does
+        ``launch`` is merged into the launch handle; ``guard`` (status -> bool) must hold on the
+        status being replaced. Raises IllegalTransition when the job is in a state that does
         not allow it (e.g. it finished while this caller was deciding).
         """
         to = JobState(to)
         allowed_from = {JobState(s) for s in expect} if expect is not None else None
         who = by or actor()
 
-        def change(doc: dict[str, Any]) -> dict[str, Any]:
-            state = JobState(doc["state"])
+        def change(doc: JobStatus) -> JobStatus:
+            state = doc.state
             if to not in TRANSITIONS[state] or (allowed_from and state not in allowed_from):
                 raise IllegalTransition(job_id, state.value, to.value)
             if guard is not None and not guard(doc):
                 raise IllegalTransition(
                     job_id, f"{state.value} (changed since it was read)", to.value
                 )
-            at = now_rfc3339()
-            doc["state"] = to.value
-            doc["updated_at"] = at
-            if to == JobState.RUNNING:
-                doc["started_at"] = at
-            if to.terminal:
-                doc["finished_at"] = at
-            if error is not None:
-                doc["error"] = error
-            if manifest is not None:
-                doc["manifest"] = dict(manifest)
-            if launch is not None:
-                doc["launch"] = {**(doc.get("launch") or {}), **launch}
-            doc["history"] = [*doc.get("history", []), {"state": to.value, "at": at, "by": who}]
-            return doc
+            at = timestamps.now()
+            return dataclasses.replace(
+                doc,
+                state=to,
+                updated_at=at,
+                started_at=at if to == JobState.RUNNING else doc.started_at,
+                finished_at=at if to.terminal else doc.finished_at,
+                error=error if error is not None else doc.error,
+                manifest=manifest if manifest is not None else doc.manifest,
+                launch=(doc.launch or Launch()).merged(**launch) if launch else doc.launch,
+                history=(*doc.history, Transition(to.value, at, who)),
+            )
 
         record, previous = self._update(job_id, change)
         self._announce(record, previous)
@@ -307,17 +271,16 @@ class JobStore:
     def merge_launch(self, job_id: str, **fields: Any) -> Record:
         """Add fields to the launch handle (any state; the handle is information, not state)."""
 
-        def change(doc: dict[str, Any]) -> dict[str, Any]:
-            doc["launch"] = {**(doc.get("launch") or {}), **fields}
-            doc["updated_at"] = now_rfc3339()
-            return doc
+        def change(doc: JobStatus) -> JobStatus:
+            launch = (doc.launch or Launch()).merged(**fields)
+            return dataclasses.replace(doc, launch=launch, updated_at=timestamps.now())
 
         return self.update(job_id, change)
 
     def reject(self, key: str, reason: str, details: Mapping[str, Any]) -> str:
         """Record a trigger message that can never become a job (idempotent per ``key``)."""
-        path = storage.join(self.root, REJECTED_DIR, f"{key}.json")
-        doc = {"key": key, "reason": reason, "recorded_at": now_rfc3339(), **details}
+        path = storage.join(self.root, layout.REJECTED, f"{key}.json")
+        doc = {"key": key, "reason": reason, "recorded_at": timestamps.now(), **details}
         # An earlier delivery of the same message may have recorded it already: keep that one.
         with contextlib.suppress(storage.PreconditionFailed):
             storage.write_bytes(
@@ -325,8 +288,8 @@ class JobStore:
             )
         return path
 
-    def rejected(self) -> list[dict[str, Any]]:
-        prefix = storage.join(self.root, REJECTED_DIR) + ("/" if storage.is_gcs(self.root) else "")
+    def rejected(self) -> builtins.list[dict[str, Any]]:
+        prefix = storage.join(self.root, layout.REJECTED) + "/"
         out = []
         for info in storage.list_prefix(prefix):
             if info.path.endswith(".json"):
@@ -336,15 +299,15 @@ class JobStore:
     # ----------------------------------------------------------------------- internals
 
     def _update(
-        self, job_id: str, change: Callable[[dict[str, Any]], dict[str, Any] | None]
+        self, job_id: str, change: Callable[[JobStatus], JobStatus | None]
     ) -> tuple[Record, str | None]:
         path = self.status_path(job_id)
 
         @_CAS_RETRY
         def attempt() -> tuple[Record, str | None]:
             record = self.get(job_id)
-            previous = record.doc["state"]
-            new = change(json.loads(json.dumps(record.doc)))  # a deep copy to change freely
+            previous = record.state.value
+            new = change(record.status)
             if new is None:
                 return record, None
             try:
@@ -365,8 +328,9 @@ class JobStore:
             self.events.publish(record, previous)
 
 
-def _encode(doc: Mapping[str, Any]) -> bytes:
-    return json.dumps(doc, indent=2, sort_keys=False).encode()
+def _encode(doc: JobStatus | Mapping[str, Any]) -> bytes:
+    data = doc.to_json() if isinstance(doc, JobStatus) else doc
+    return json.dumps(data, indent=2, sort_keys=False).encode()
 
 
 @CLOUD_RETRY

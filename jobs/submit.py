@@ -28,7 +28,10 @@ from typing import Any, Protocol
 
 import tenacity
 
-from hyperbatch.jobs.store import JobState, JobStore, Record, now_rfc3339
+from hyperbatch import timestamps
+from hyperbatch.jobs.spec import JobSpec
+from hyperbatch.jobs.status import JobStatus, Launch
+from hyperbatch.jobs.store import JobState, JobStore, Record
 
 log = logging.getLogger(__name__)
 
@@ -45,19 +48,19 @@ class LaunchInProgress(Exception):
 
 
 class Launcher(Protocol):
-    """Starts a recorded job somewhere; see runners.launch for the local and Dataflow ones."""
+    """Starts a recorded job somewhere; hyperbatch.runners has the local and Dataflow ones."""
 
     name: str
 
-    def plan(self, spec: Any, job_id: str, store: JobStore) -> dict[str, Any]:
+    def plan(self, spec: JobSpec, job_id: str, store: JobStore) -> dict[str, Any]:
         """What ``launch`` would do, as data (``--dry-run``); raises LaunchError if it cannot."""
         ...
 
-    def launch(self, spec: Any, job_id: str, store: JobStore) -> dict[str, Any]:
+    def launch(self, spec: JobSpec, job_id: str, store: JobStore) -> dict[str, Any]:
         """Start the job; returns the handle (merged into status.json's ``launch``)."""
         ...
 
-    def cancel(self, launch: Mapping[str, Any], job_id: str) -> str:
+    def cancel(self, launch: Launch, job_id: str) -> str:
         """Stop a launched job; returns what was done, in words."""
         ...
 
@@ -71,7 +74,7 @@ class JobRequest:
     """A validated request for one job."""
 
     job_id: str
-    spec: Any  # jobs.spec.JobSpec
+    spec: JobSpec
     submitted_by: str | None
     submission: Mapping[str, Any]  # how it came: {"via": "cli" | "pubsub" | "gcs", ...}
 
@@ -112,8 +115,8 @@ def submit(
     return Submitted(record, created, launched)
 
 
-def _claim_age_s(launch: Mapping[str, Any]) -> float:
-    return time.time() - float(launch.get("claimed_at_unix", 0.0))
+def _claim_age_s(launch: Launch) -> float:
+    return time.time() - float(launch.claimed_at_unix or 0.0)
 
 
 def ensure_launched(
@@ -126,26 +129,26 @@ def ensure_launched(
 ) -> tuple[Record, bool]:
     """Launch ``job_id`` unless it is launched or past QUEUED; returns (record, launched here)."""
 
-    def claim(doc: dict[str, Any]) -> dict[str, Any] | None:
-        launch = doc.get("launch") or {}
-        if doc["state"] != JobState.QUEUED or launch.get("launched_at"):
+    def claim(doc: JobStatus) -> JobStatus | None:
+        launch = doc.launch or Launch()
+        if doc.state != JobState.QUEUED or launch.launched_at:
             return None  # launched, running or finished: nothing to do
-        if launch.get("claimed_by") and _claim_age_s(launch) < claim_ttl_s:
-            raise LaunchInProgress(launch["claimed_by"])
-        if launch.get("claimed_by"):
+        if launch.claimed_by and _claim_age_s(launch) < claim_ttl_s:
+            raise LaunchInProgress(launch.claimed_by)
+        if launch.claimed_by:
             log.warning(
                 "job %s: taking over the launch claim of %s (%.0f s old, never launched)",
                 job_id,
-                launch["claimed_by"],
+                launch.claimed_by,
                 _claim_age_s(launch),
             )
-        doc["launch"] = {
-            "launcher": launcher.name,
-            "claimed_by": owner,
-            "claimed_at": now_rfc3339(),
-            "claimed_at_unix": time.time(),
-        }
-        return doc
+        claim = Launch(
+            launcher=launcher.name,
+            claimed_by=owner,
+            claimed_at=timestamps.now(),
+            claimed_at_unix=time.time(),
+        )
+        return dataclasses.replace(doc, launch=claim)
 
     waiting = tenacity.Retrying(
         retry=tenacity.retry_if_exception_type(LaunchInProgress),
@@ -154,8 +157,8 @@ def ensure_launched(
         reraise=True,
     )
     record = waiting(store.update, job_id, claim)
-    launch = record.launch or {}
-    if launch.get("claimed_by") != owner or launch.get("launched_at"):
+    launch = record.launch or Launch()
+    if launch.claimed_by != owner or launch.launched_at:
         return record, False
     if record.state != JobState.QUEUED:
         return record, False
@@ -170,15 +173,14 @@ def ensure_launched(
     except BaseException:
         _release_claim(store, job_id, owner)  # let the next delivery try again at once
         raise
-    return store.merge_launch(job_id, **handle, launched_at=now_rfc3339()), True
+    return store.merge_launch(job_id, **handle, launched_at=timestamps.now()), True
 
 
 def _release_claim(store: JobStore, job_id: str, owner: str) -> None:
-    def release(doc: dict[str, Any]) -> dict[str, Any] | None:
-        launch = doc.get("launch") or {}
-        if launch.get("claimed_by") != owner or launch.get("launched_at"):
+    def release(doc: JobStatus) -> JobStatus | None:
+        launch = doc.launch or Launch()
+        if launch.claimed_by != owner or launch.launched_at:
             return None
-        doc["launch"] = None
-        return doc
+        return dataclasses.replace(doc, launch=None)
 
     store.update(job_id, release)

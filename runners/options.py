@@ -13,9 +13,12 @@ from typing import Any
 from apache_beam.options.pipeline_options import PipelineOptions
 
 
-def local_options(**extra: Any) -> PipelineOptions:
+def local_options(workers: int = 1, **extra: Any) -> PipelineOptions:
+    """In this process (``workers`` 1), or on ``workers`` Beam worker processes -- as Dataflow
+    runs DoFns, away from the process that built the pipeline."""
+    mode = "multi_processing" if workers > 1 else "in_memory"
     # flags=[]: never parse our own process's argv as Beam flags.
-    return PipelineOptions(flags=[], direct_running_mode="in_memory", direct_num_workers=1, **extra)
+    return PipelineOptions(flags=[], direct_running_mode=mode, direct_num_workers=workers, **extra)
 
 
 def local_runner() -> Any:

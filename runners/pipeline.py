@@ -136,7 +136,10 @@ class ServeShard(beam.DoFn):
                 ))  # fmt: skip
                 continue
             item = fmt.parse(raw, location, task, defaults)
-            (errors if isinstance(item, RecordError) else valid).append(item)
+            if isinstance(item, RecordError):
+                errors.append(item)
+            else:
+                valid.append(item)
         records_in = len(valid) + len(errors)
         if records_in != shard.records:
             raise RuntimeError(f"{shard.name}: read {records_in} records, planned {shard.records}")
@@ -162,7 +165,8 @@ class ServeShard(beam.DoFn):
                 ok.append((parsed, result))
             else:
                 errors.append(RecordError(
-                    parsed.request.record_id, parsed.location, result.error_code,
+                    parsed.request.record_id, parsed.location,
+                    result.error_code or ErrorCode.ENGINE_FAILED,
                     result.error_message or str(result.error_code),
                 ))  # fmt: skip
         errors.sort(key=lambda e: e.location.line)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+from typing import Any
 
 from hyperbatch.schemas.records import Counters
 
@@ -26,7 +27,7 @@ class Progress:
             self._counters = Counters()
             self.started_at = time.time()
 
-    def add(self, **counts: float) -> None:
+    def add(self, **counts: Any) -> None:
         """Add to named counters (``Counters`` fields), e.g. ``add(records=1, results=1)``."""
         with self._lock:
             self._counters = self._counters + Counters(**counts)

@@ -18,10 +18,14 @@ def unavailable(what: str, detail: str) -> NoReturn:
     """Fail under CI; skip with the reason elsewhere."""
     if os.environ.get("CI"):
         pytest.fail(f"CI needs {what}: {detail}", pytrace=False)
-    pytest.skip(f"{what} is not available here ({detail}); `make test` installs it")
+    pytest.skip(
+        f"{what} is not available here ({detail}); `make test` installs it",
+        allow_module_level=True,  # also from a test module's top, before its imports
+    )
 
 
 def require(module: str, why: str) -> ModuleType:
+    """Import ``module`` (e.g. at a test module's top), or fail in CI / skip elsewhere."""
     try:
         return importlib.import_module(module)
     except ImportError as e:

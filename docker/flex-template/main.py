@@ -2,7 +2,7 @@
 
 import sys
 
-from hyperbatch.runners.launch import flex_main
+from hyperbatch.runners.flex import flex_main
 
 if __name__ == "__main__":
     sys.exit(flex_main(sys.argv[1:]))

@@ -1,5 +1,5 @@
-"""Our JAX LLM engine (JetStream-style static batches) for the Llama family; see engine.py."""
+"""Our JAX LLM engine (JetStream-style static batches) for the Llama family; see engine.py.
 
-from hyperbatch.engines.jax_llm.engine import JaxLLMEngine
-
-__all__ = ["JaxLLMEngine"]
+Nothing is imported here: the registry loads ``engine`` (jax) only when a job runs, and spec
+validation reads ``options`` without jax.
+"""

@@ -21,7 +21,7 @@ row's result does not depend on how long its neighbours are (fully masked blocks
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -30,9 +30,52 @@ from jax import lax
 
 from hyperbatch.engines.jax_llm import cpu_attention
 from hyperbatch.engines.jax_llm.config import ModelConfig
+from hyperbatch.engines.jax_llm.sampling import SamplingArrays, sample_rows
 
-Params = dict[str, Any]  # the pytree described in the module docstring
+Params = dict[str, Any]  # the weights pytree described in the module docstring
 MASKED = -1e30  # finite, so a fully masked block keeps the online softmax free of NaNs
+
+
+class KVCache(NamedTuple):
+    """Per-layer key/value buffers (lists of L arrays): k [rows, KVH, hd, S] (transposed),
+    v [rows, KVH, S, hd]. The decode cache has one row per slot; the prefix store R rows."""
+
+    k: list[jax.Array]
+    v: list[jax.Array]
+
+
+class PrefillBatch(NamedTuple):
+    """P sequences of up to T tokens each (``prefill``)."""
+
+    tokens: jax.Array  # [P, T] int32, right-padded
+    slots: jax.Array  # [P] cache row of each sequence (B = a padding row: writes dropped)
+    starts: jax.Array  # [P] position of the first token (> 0 after a reused prefix)
+    lens: jax.Array  # [P] real tokens in the row
+    load_rows: jax.Array  # [P] prefix-store row copied into the slot first (R = none)
+    save_rows: jax.Array  # [P] store row that receives the slot's first positions (R = none)
+    sampling: SamplingArrays  # [P]
+
+
+class PackedPrefillBatch(NamedTuple):
+    """M tokens of any mix of sequences, in Q pieces (``prefill_packed``)."""
+
+    tokens: jax.Array  # [M] int32
+    slots: jax.Array  # [M] each token's cache row (B = padding)
+    positions: jax.Array  # [M] each token's position
+    load_slots: jax.Array  # [Q] per piece: the slot a prefix-store row is copied into ...
+    load_rows: jax.Array  # [Q] ... from this row (R = none), before the layers run
+    save_slots: jax.Array  # [Q] per piece: the slot whose first positions are saved ...
+    save_rows: jax.Array  # [Q] ... into this store row (R = none), after them
+    emit: jax.Array  # [Q] index of the token whose next token is sampled
+    sampling: SamplingArrays  # [Q]
+
+
+class DecodeState(NamedTuple):
+    """Every decode slot's last token and where it goes (all [B])."""
+
+    tokens: jax.Array  # int32
+    positions: jax.Array  # int32; >= S for an idle slot (its writes are dropped)
+    sampling: SamplingArrays  # counters: tokens sampled so far by each slot's request
 
 
 def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
@@ -145,115 +188,6 @@ def _logits(params: Params, cfg: ModelConfig, h: jax.Array) -> jax.Array:
 
 
 # ----------------------------------------------------------------------------------------------
-# Sampling (on device, per row; a row's draw depends only on its own key and counter)
-
-
-CANDIDATES = 256  # top-k / top-p look at the best 256 tokens first (a full sort if not enough)
-CHUNK = 256  # inverse-CDF sampling walks the vocabulary in chunks of this size
-
-
-def _filter_threshold(desc, top_k, top_p, lse):
-    """Smallest kept value per row, from the row's candidates sorted descending [N, C]."""
-    c = desc.shape[-1]
-    idx = jnp.arange(c)[None, :]
-    k = jnp.where(top_k > 0, jnp.minimum(top_k, c), c)[:, None]
-    desc = jnp.where(idx < k, desc, -jnp.inf)
-    # top-p over the top-k renormalised distribution (as vLLM/HF apply them, k first)
-    norm = jnp.where(top_k[:, None] > 0, jax.nn.logsumexp(desc, axis=-1, keepdims=True), lse)
-    probs = jnp.exp(desc - norm)
-    before = jnp.cumsum(probs, axis=-1) - probs  # mass strictly above each entry
-    keep = jnp.maximum(jnp.sum((before < top_p[:, None]) & (idx < k), axis=-1), 1)
-    # exact only if the kept set provably lies within the candidates
-    closed = jnp.where(top_k > 0, top_k <= c, (keep < c) | (jnp.sum(probs, -1) >= top_p))
-    return jnp.take_along_axis(desc, (keep - 1)[:, None], axis=-1), closed
-
-
-def _bisect_threshold(x, top_k, top_p, iterations: int = 40):
-    """The same threshold as ``_filter_threshold`` over the whole vocabulary, found by bisection
-    on the value (O(V) per step) instead of a sort: the largest t whose kept set {x >= t} still
-    holds k tokens, then the largest t whose kept mass still reaches top_p."""
-
-    def largest(ok_at, lo, hi):
-        def body(_, bounds):
-            lo, hi = bounds
-            mid = 0.5 * (lo + hi)
-            ok = ok_at(mid)
-            return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid)
-
-        return lax.fori_loop(0, iterations, body, (lo, hi))[0]
-
-    finite = jnp.where(jnp.isfinite(x), x, jnp.inf)
-    lo = jnp.min(finite, axis=-1, keepdims=True)
-    hi = jnp.max(x, axis=-1, keepdims=True) + 1.0
-    k = jnp.where(top_k > 0, top_k, x.shape[-1])[:, None]
-    t_k = largest(lambda t: jnp.sum(x >= t, axis=-1, keepdims=True) >= k, lo, hi)
-    xk = jnp.where(x >= t_k, x, -jnp.inf)
-    p = jnp.exp(xk - jnp.max(xk, axis=-1, keepdims=True))
-    need = top_p[:, None] * jnp.sum(p, axis=-1, keepdims=True)
-    mass = lambda t: jnp.sum(jnp.where(xk >= t, p, 0.0), axis=-1, keepdims=True)  # noqa: E731
-    return jnp.maximum(t_k, largest(lambda t: mass(t) >= need, lo, hi))
-
-
-def _inverse_cdf(x, u):
-    """Index where the row's CDF of softmax(x) first reaches u * total, without a full cumsum."""
-    n, v = x.shape
-    pad = -v % CHUNK
-    x = jnp.pad(x, ((0, 0), (0, pad)), constant_values=-jnp.inf)
-    p = jnp.exp(x - jnp.max(x, axis=-1, keepdims=True)).reshape(n, -1, CHUNK)
-    sums = p.sum(-1)
-    cum = jnp.cumsum(sums, axis=-1)
-    target = u * cum[:, -1]
-    c = jnp.minimum(jnp.sum(cum < target[:, None], axis=-1), sums.shape[1] - 1)
-    base = jnp.take_along_axis(cum - sums, c[:, None], axis=-1)
-    inner = base + jnp.cumsum(jnp.take_along_axis(p, c[:, None, None], axis=1)[:, 0], axis=-1)
-    j = jnp.minimum(jnp.sum(inner < target[:, None], axis=-1), CHUNK - 1)
-    tok = c * CHUNK + j
-    ok = jnp.take_along_axis(p.reshape(n, -1), tok[:, None], axis=-1)[:, 0] > 0
-    return jnp.minimum(tok, v - 1).astype(jnp.int32), ok
-
-
-def sample(logits, temperature, top_k, top_p, keys, counters):
-    """Next token per row. temperature 0 = greedy; top_k 0 / top_p 1 disable those filters.
-
-    The random draw of a row is ``uniform(fold_in(key_row, counter_row))``, inverted through the
-    row's filtered CDF, so a seeded request samples the same tokens whatever slot or batch it is in.
-    Filters look at the best ``CANDIDATES`` tokens (``lax.top_k``) and fall back to a full sort
-    only when a row's nucleus does not close within them -- a full sort of the vocabulary per
-    step costs more than the model on CPU.
-    """
-    greedy_tokens = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    sampled_rows = temperature > 0
-
-    def sampled():
-        t = jnp.where(sampled_rows, temperature, 1.0)[:, None]
-        scaled = logits / t
-        needs_filter = sampled_rows & ((top_k > 0) | (top_p < 1.0))
-
-        def filtered(x):
-            lse = jax.nn.logsumexp(x, axis=-1, keepdims=True)
-            c = min(CANDIDATES, x.shape[-1])
-            thr, closed = _filter_threshold(lax.top_k(x, c)[0], top_k, top_p, lse)
-            thr = lax.cond(
-                jnp.all(closed | ~needs_filter),
-                lambda: thr,
-                lambda: _bisect_threshold(x, top_k, top_p),
-            )
-            thr = jnp.where(needs_filter[:, None], thr, -jnp.inf)
-            return jnp.where(x >= thr, x, -jnp.inf)
-
-        x = lax.cond(jnp.any(needs_filter), filtered, lambda x: x, scaled)
-
-        def draw(kd, c):
-            key = jax.random.fold_in(jax.random.wrap_key_data(kd, impl="threefry2x32"), c)
-            return jax.random.uniform(key, dtype=jnp.float32)
-
-        tok, ok = _inverse_cdf(x, jax.vmap(draw)(keys, counters))
-        return jnp.where(sampled_rows & ok, tok, greedy_tokens)
-
-    return lax.cond(jnp.any(sampled_rows), sampled, lambda: greedy_tokens)
-
-
-# ----------------------------------------------------------------------------------------------
 # Prefill: P sequences of T tokens each, written into their decode slots
 
 
@@ -262,8 +196,9 @@ def _kernel_layer(cfg: ModelConfig, lp: Params, x, kc, vc, rope, rows, pos):
     [N*T]: each token's cache row and position. Returns (x, kc, vc), the caches updated."""
     n, t = x.shape[:2]
     qkv = _project_qkv(cfg, lp, x)
+    cos, sin = rope
     attn, kc, vc = cpu_attention.attention_layer(
-        qkv.reshape(n * t, *qkv.shape[2:]), *rope, kc, vc, rows, pos, cfg.sliding_window
+        qkv.reshape(n * t, *qkv.shape[2:]), cos, sin, kc, vc, rows, pos, cfg.sliding_window
     )
     return _mlp_and_out(cfg, lp, x, attn.reshape(n, t, -1)), kc, vc
 
@@ -318,8 +253,8 @@ def _load_prefixes(cache, store, slots, rows):
     or a slot >= B copies nothing). Skipped when nothing loads. The store rows are picked by a
     one-hot matmul (exact: one product by 1.0 per element) -- XLA's CPU gather is many times
     slower than a matmul of this size."""
-    b_rows = cache["v"][0].shape[0]
-    r_rows, p_len = store["v"][0].shape[0], store["v"][0].shape[2]
+    b_rows = cache.v[0].shape[0]
+    r_rows, p_len = store.v[0].shape[0], store.v[0].shape[2]
     loads = rows < r_rows
     slots = jnp.where(loads, slots, b_rows)
     pick = (rows[:, None] == jnp.arange(r_rows)[None, :]).astype(jnp.float32)
@@ -337,22 +272,22 @@ def _load_prefixes(cache, store, slots, rows):
     def load(ck, cv):
         ck = [
             c.at[slots, :, :, :p_len].set(rows_of(st), mode="drop")
-            for c, st in zip(ck, store["k"], strict=True)
+            for c, st in zip(ck, store.k, strict=True)
         ]
         cv = [
             c.at[slots, :, :p_len].set(rows_of(st), mode="drop")
-            for c, st in zip(cv, store["v"], strict=True)
+            for c, st in zip(cv, store.v, strict=True)
         ]
         return ck, cv
 
-    return lax.cond(jnp.any(loads), load, lambda ck, cv: (ck, cv), cache["k"], cache["v"])
+    return lax.cond(jnp.any(loads), load, lambda ck, cv: (ck, cv), cache.k, cache.v)
 
 
 def _save_prefixes(store, ck, cv, slots, rows):
     """Copy the first positions of cache rows ``slots`` into store rows ``rows`` (R = none);
     skipped when nothing saves."""
     b_rows = cv[0].shape[0]
-    r_rows, p_len = store["v"][0].shape[0], store["v"][0].shape[2]
+    r_rows, p_len = store.v[0].shape[0], store.v[0].shape[2]
     slots = jnp.minimum(slots, b_rows - 1)
 
     def save(sk, sv):
@@ -365,86 +300,64 @@ def _save_prefixes(store, ck, cv, slots, rows):
         ]
         return sk, sv
 
-    sk, sv = lax.cond(jnp.any(rows < r_rows), save, lambda sk, sv: (sk, sv), store["k"], store["v"])
-    return {"k": sk, "v": sv}
+    sk, sv = lax.cond(jnp.any(rows < r_rows), save, lambda sk, sv: (sk, sv), store.k, store.v)
+    return KVCache(sk, sv)
 
 
-def _sample_batch(params, cfg, h, batch):
-    logits = _logits(params, cfg, h)
-    return sample(
-        logits,
-        batch["temperature"],
-        batch["top_k"],
-        batch["top_p"],
-        batch["keys"],
-        batch["counters"],
-    )
+def prefill(
+    params: Params,
+    cache: KVCache,
+    store: KVCache,
+    batch: PrefillBatch,
+    *,
+    cfg: ModelConfig,
+    block: int,
+    attention: str = "xla",
+) -> tuple[KVCache, KVCache, jax.Array]:
+    """Prefill P sequences into their slots and sample each one's next token.
 
-
-def prefill(params, cache, store, batch, *, cfg: ModelConfig, block: int, attention: str = "xla"):
-    """Prefill a batch of P sequences into their slots and sample each one's next token.
-
-    ``cache``/``store``: {"k": [...], "v": [...]}, per-layer arrays: k [rows, KVH, hd, len]
-    (transposed), v [rows, KVH, len, hd].
-    ``batch`` (all [P] unless said): tokens [P, T]; slots (B = padding row); starts (first
-    position; > 0 after a reused prefix); lens (real tokens in the row); load_rows
-    (prefix-store row copied into the slot first, R = none); save_rows (store row that receives
-    the slot's first positions afterwards, R = none); temperature, top_k, top_p, keys [P, 2]
-    uint32, counters (sampling).
-    Returns (cache, store, next_tokens [P]). Not jitted here: each engine jits its own copy
-    (static cfg/block, donated cache/store) so it can count its compilations.
+    A row first gets its prefix-store row (``load_rows``), then its tokens run through the layers
+    at positions ``starts + t`` (K/V written into its slot), then its first positions may be
+    saved to the store (``save_rows``). Returns (cache, store, next_tokens [P]). Not jitted
+    here: each engine jits its own copy (static cfg/block, donated cache/store) so it can count
+    its compilations.
     """
-    slots = batch["slots"]
-    ck, cv = _load_prefixes(cache, store, slots, batch["load_rows"])
+    ck, cv = _load_prefixes(cache, store, batch.slots, batch.load_rows)
     x, ck, cv = _prefill_layers(
-        params,
-        cfg,
-        ck,
-        cv,
-        batch["tokens"],
-        slots,
-        batch["starts"],
-        batch["lens"],
-        block,
-        attention,
+        params, cfg, ck, cv, batch.tokens, batch.slots, batch.starts, batch.lens, block, attention
     )
-    store = _save_prefixes(store, ck, cv, slots, batch["save_rows"])
-    last = jnp.maximum(batch["lens"] - 1, 0)
+    store = _save_prefixes(store, ck, cv, batch.slots, batch.save_rows)
+    last = jnp.maximum(batch.lens - 1, 0)
     h = jnp.take_along_axis(x, last[:, None, None], axis=1)[:, 0]
-    return {"k": ck, "v": cv}, store, _sample_batch(params, cfg, h, batch)
+    return KVCache(ck, cv), store, sample_rows(_logits(params, cfg, h), batch.sampling)
 
 
 def prefill_packed(
-    params, cache, store, batch, *, cfg: ModelConfig, block: int, attention: str = "cpu"
-):
+    params: Params,
+    cache: KVCache,
+    store: KVCache,
+    batch: PackedPrefillBatch,
+    *,
+    cfg: ModelConfig,
+    block: int,
+    attention: str = "cpu",
+) -> tuple[KVCache, KVCache, jax.Array]:
     """Prefill M tokens that belong to any mix of sequences: no padding but the call's tail.
 
     Each token carries its own slot and position, so a call holds many short prompts, or a piece
     of a long one (the rest follows in the next call: its earlier K/V are already in the cache).
-    ``batch``: tokens, slots (B = padding), positions -- [M]; per piece of a sequence, [Q]:
-    load_slots/load_rows (prefix-store row copied into the slot before the layers run),
-    save_slots/save_rows (store row that receives the slot's first positions after them), emit
-    (index of the token whose next token is sampled) and the sampling arrays as in ``prefill``.
     Meant for the CPU kernel, whose attention reads each token's own cache row; XLA's attention
     gathers whole rows per token here (correct, slow). Returns (cache, store, next_tokens [Q]).
     """
-    ck, cv = _load_prefixes(cache, store, batch["load_slots"], batch["load_rows"])
-    tokens, positions = batch["tokens"][:, None], batch["positions"]
+    ck, cv = _load_prefixes(cache, store, batch.load_slots, batch.load_rows)
+    tokens, positions = batch.tokens[:, None], batch.positions
+    ones = jnp.ones_like(positions)
     x, ck, cv = _prefill_layers(
-        params,
-        cfg,
-        ck,
-        cv,
-        tokens,
-        batch["slots"],
-        positions,
-        jnp.ones_like(positions),
-        block,
-        attention,
+        params, cfg, ck, cv, tokens, batch.slots, positions, ones, block, attention
     )
-    store = _save_prefixes(store, ck, cv, batch["save_slots"], batch["save_rows"])
-    h = x[batch["emit"], 0]
-    return {"k": ck, "v": cv}, store, _sample_batch(params, cfg, h, batch)
+    store = _save_prefixes(store, ck, cv, batch.save_slots, batch.save_rows)
+    h = x[batch.emit, 0]
+    return KVCache(ck, cv), store, sample_rows(_logits(params, cfg, h), batch.sampling)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "block", "attention"))
@@ -502,9 +415,9 @@ def _attend_full(cfg: ModelConfig, q, qpos, kc, vc):
 
 
 def decode(
-    params,
-    cache,
-    state,
+    params: Params,
+    cache: KVCache,
+    state: DecodeState,
     *,
     cfg: ModelConfig,
     block: int,
@@ -515,12 +428,9 @@ def decode(
 ):
     """``steps`` decode steps for every slot.
 
-    ``state`` ([B] each): tokens (last token of each slot), positions (where that token goes;
-    >= S for an idle slot, whose writes are dropped), counters (tokens sampled so far: the
-    sampling counter), temperature, top_k, top_p, keys [B, 2].
     Returns (cache, tokens [steps, B]) -- plus the last step's logits [B, V] if return_logits.
     """
-    b_rows, kvh, s_len, hd = cache["v"][0].shape
+    b_rows, kvh, s_len, hd = cache.v[0].shape
     rows = jnp.arange(b_rows)
 
     def one_step(carry, _):
@@ -555,13 +465,11 @@ def decode(
 
         x = run_layers(params, layer, x)
         logits = _logits(params, cfg, x[:, 0])
-        nxt = sample(
-            logits, state["temperature"], state["top_k"], state["top_p"], state["keys"], cnt
-        )
+        nxt = sample_rows(logits, state.sampling._replace(counters=cnt))
         return (ck, cv, nxt, pos + 1, cnt + 1), (nxt, logits if return_logits else None)
 
-    carry = (cache["k"], cache["v"], state["tokens"], state["positions"], state["counters"])
+    carry = (cache.k, cache.v, state.tokens, state.positions, state.sampling.counters)
     (ck, cv, *_), (toks, logits) = lax.scan(one_step, carry, None, length=steps)
     if return_logits:
-        return {"k": ck, "v": cv}, toks, logits[-1]
-    return {"k": ck, "v": cv}, toks
+        return KVCache(ck, cv), toks, logits[-1]
+    return KVCache(ck, cv), toks

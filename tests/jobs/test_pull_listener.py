@@ -20,7 +20,7 @@ from hyperbatch.jobs.store import JobStore
 from hyperbatch.jobs.triggers.handler import TriggerHandler
 from hyperbatch.jobs.triggers.messages import Delivery
 from hyperbatch.jobs.triggers.pull import PullListener, dead_letter_topic_of
-from hyperbatch.runners.launch import LocalLauncher
+from hyperbatch.runners.local import LocalLauncher
 from tests.jobs import control_plane as cp
 
 pytestmark = pytest.mark.usefixtures("pubsub_server")
@@ -60,7 +60,7 @@ def setup(tmp_path):
 
 
 def committed_ids(store: JobStore, job_id: str) -> list[str]:
-    job_dir = store.get(job_id).doc["job_dir"]
+    job_dir = store.get(job_id).to_dict()["job_dir"]
     ids = []
     for f in storage.glob(storage.join(job_dir, "results", "*.jsonl")):
         ids += [json.loads(line)["custom_id"] for line in storage.read_text(f.path).splitlines()]
@@ -75,20 +75,20 @@ def test_a_request_runs_one_job_to_success(setup):
     with listening(sub, handler):
         pubsub.publish(requests, json.dumps(spec).encode(), {"job_id": "pulled-one"})
         done = cp.wait_for(lambda: cp.finished(store, "pulled-one"), timeout=90)
-    assert done.doc["state"] == "SUCCEEDED", done.doc
+    assert done.to_dict()["state"] == "SUCCEEDED", done.to_dict()
     assert [r.job_id for r in store.list()] == ["pulled-one"]
     assert committed_ids(store, "pulled-one") == ["r0", "r1", "r2", "r3", "r4"]
-    assert done.doc["manifest"]["records_in"] == 5
-    assert done.doc["submission"]["via"] == "pubsub"
-    assert done.doc["launch"]["pid"]
-    assert done.doc["runner"] == "local"
+    assert done.to_dict()["manifest"]["records_in"] == 5
+    assert done.to_dict()["submission"]["via"] == "pubsub"
+    assert done.to_dict()["launch"]["pid"]
+    assert done.to_dict()["runner"] == "local"
 
     events = [e for e in cp.events_of(cp.pull_all(events_sub, 3)) if e["job_id"] == "pulled-one"]
     assert [e["state"] for e in events] == ["QUEUED", "RUNNING", "SUCCEEDED"]
     assert events[-1]["manifest_summary"]["results"] == 5
     assert (
         events[1]["launch_handle"]
-        == f"local:{done.doc['launch']['host']}:{done.doc['launch']['pid']}"
+        == f"local:{done.to_dict()['launch']['host']}:{done.to_dict()['launch']['pid']}"
     )
 
 
@@ -140,7 +140,7 @@ def test_duplicates_and_a_redelivery_make_one_job(setup):
     assert handler.counts == {"duplicate": 5}
     jobs = store.list()
     assert [r.job_id for r in jobs] == ["dup-job"]
-    doc = jobs[0].doc
+    doc = jobs[0].to_dict()
     assert doc["state"] == "SUCCEEDED"
     assert [h["state"] for h in doc["history"]] == ["QUEUED", "RUNNING", "SUCCEEDED"]
     assert committed_ids(store, "dup-job") == ["r0", "r1", "r2", "r3", "r4"]

@@ -192,8 +192,8 @@ def test_pushes_from_the_emulator(store_and_spec, google_key):
         pubsub.publish(requests, json.dumps(spec).encode(), {"job_id": "from-push"})
         record = cp.wait_for(lambda: store.find("from-push"), timeout=30)
         cp.wait_for(lambda: len(calls) >= 1, timeout=30)
-    assert record.doc["submission"]["via"] == "pubsub"
-    assert record.doc["submission"]["subscription"].startswith("projects/")
+    assert record.to_dict()["submission"]["via"] == "pubsub"
+    assert record.to_dict()["submission"]["subscription"].startswith("projects/")
     # the emulator's push carries no token: the guarded endpoint refuses it, records nothing
     assert set(calls) == {401}
     assert JobStore(store.root + "-guarded").list() == []

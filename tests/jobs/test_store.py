@@ -6,6 +6,7 @@ the same generation exactly one may win, and no update may be lost.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 
@@ -15,8 +16,10 @@ import pytest
 from hyperbatch import storage
 from hyperbatch.jobs.events import CollectedEvents
 from hyperbatch.jobs.spec import JobIdConflict
+from hyperbatch.jobs.status import ManifestSummary
 from hyperbatch.jobs.store import IllegalTransition, JobNotFound, JobState, JobStore
 from hyperbatch.schemas import avro
+from hyperbatch.schemas.records import Counters
 from tests.jobs.control_plane import make_spec, write_input
 
 
@@ -76,8 +79,8 @@ def test_states_follow_the_lifecycle(root, spec):
     with pytest.raises(IllegalTransition, match="QUEUED; it cannot become SUCCEEDED"):
         store.transition("job-a", JobState.SUCCEEDED)
     running = store.transition("job-a", JobState.RUNNING, by="proc", launch={"pid": 42})
-    assert running.doc["started_at"]
-    assert running.doc["launch"] == {"pid": 42}
+    assert running.to_dict()["started_at"]
+    assert running.to_dict()["launch"] == {"pid": 42}
     summary = {
         "status": "SUCCEEDED",
         "records_in": 5,
@@ -93,14 +96,16 @@ def test_states_follow_the_lifecycle(root, spec):
         "results_glob": "r/*",
         "errors_glob": "e/*",
     }
-    done = store.transition("job-a", JobState.SUCCEEDED, manifest=summary)
-    assert done.doc["finished_at"]
-    assert done.doc["manifest"] == summary
+    done = store.transition(
+        "job-a", JobState.SUCCEEDED, manifest=ManifestSummary.from_json(summary)
+    )
+    assert done.to_dict()["finished_at"]
+    assert done.to_dict()["manifest"] == summary
     for state in JobState:
         with pytest.raises(IllegalTransition):
             store.transition("job-a", state)
-    assert [h["state"] for h in done.doc["history"]] == ["QUEUED", "RUNNING", "SUCCEEDED"]
-    assert done.doc["history"][1]["by"] == "proc"
+    assert [h["state"] for h in done.to_dict()["history"]] == ["QUEUED", "RUNNING", "SUCCEEDED"]
+    assert done.to_dict()["history"][1]["by"] == "proc"
 
     # every change was announced, as a JobEvent of the schema, in order
     assert [(e["state"], e["previous_state"]) for e in events.events] == [
@@ -153,7 +158,10 @@ def test_two_writers_never_both_win(root, spec):
         assert all(isinstance(e, IllegalTransition) for e in losers), losers
         final = store.get(job_id)
         assert final.state == winners[0].state
-        assert [h["state"] for h in final.doc["history"]] == ["QUEUED", winners[0].state.value]
+        assert [h["state"] for h in final.to_dict()["history"]] == [
+            "QUEUED",
+            winners[0].state.value,
+        ]
 
 
 def test_concurrent_creations_create_one_job(root, spec):
@@ -170,26 +178,26 @@ def test_no_update_is_lost(root, spec):
     create(store, spec)
 
     def bump(doc):
-        doc["progress"] = {"n": ((doc.get("progress") or {}).get("n", 0)) + 1}
-        return doc
+        done = doc.progress.records if doc.progress else 0
+        return dataclasses.replace(doc, progress=Counters(records=done + 1))
 
     def work(_):
         for _ in range(4):
             store.update("job-a", bump)
 
     assert not [o for o in race(6, work) if isinstance(o, Exception)]
-    assert store.get("job-a").doc["progress"] == {"n": 24}
+    assert store.get("job-a").status.progress.records == 24
 
 
 def test_a_stale_generation_never_writes(root, spec):
     store = new_store(root)
     record, _ = create(store, spec)
-    store.update("job-a", lambda d: {**d, "error": "fresh"})
+    store.update("job-a", lambda d: dataclasses.replace(d, error="fresh"))
     with pytest.raises(storage.PreconditionFailed):
         storage.write_bytes(
             store.status_path("job-a"), b"{}", if_generation_match=record.generation
         )
-    assert store.get("job-a").doc["error"] == "fresh"
+    assert store.get("job-a").to_dict()["error"] == "fresh"
 
 
 def test_list_newest_first_with_filters(root, spec):

@@ -14,11 +14,15 @@ from typing import ClassVar
 
 import pytest
 
+from hyperbatch.jobs import lifecycle
 from hyperbatch.jobs import spec as job_spec
-from hyperbatch.jobs.store import JobState, JobStore
+from hyperbatch.jobs.status import JobStatus, Launch
+from hyperbatch.jobs.store import JobState, JobStore, Record
 from hyperbatch.jobs.submit import JobRequest, LaunchError, submit
-from hyperbatch.runners import launch
-from hyperbatch.runners.launch import DataflowConfig, DataflowLauncher, LocalLauncher
+from hyperbatch.runners import dataflow, flex, job_process, local
+from hyperbatch.runners.dataflow import DataflowConfig, DataflowLauncher
+from hyperbatch.runners.launch import launcher_for
+from hyperbatch.runners.local import LocalLauncher
 from tests.jobs import control_plane as cp
 
 CONFIG = DataflowConfig(
@@ -68,12 +72,14 @@ def spec_for(accelerator: str, count: int = 1) -> job_spec.JobSpec:
 )  # fmt: skip
 def test_each_accelerator_gets_its_worker(accelerator, count, machine, worker_accelerator):
     spec = spec_for(accelerator, count)
-    options = launch.pipeline_options(spec, "sweep-1", CONFIG, ROOT)
+    options = dataflow.pipeline_options(spec, "sweep-1", CONFIG, ROOT)
     assert options["machine_type"] == machine
     assert options["dataflow_service_options"] == [f"worker_accelerator={worker_accelerator}"]
     assert options["experiments"] == ["use_runner_v2", "no_use_multiple_sdk_containers"]
     assert options["disk_size_gb"] == 200
-    request = launch.request_as_dict(launch.flex_template_request(spec, "sweep-1", CONFIG, ROOT))
+    request = dataflow.request_as_dict(
+        dataflow.flex_template_request(spec, "sweep-1", CONFIG, ROOT)
+    )
     param = request["launchParameter"]
     assert param["environment"]["machineType"] == machine
     assert (
@@ -83,14 +89,14 @@ def test_each_accelerator_gets_its_worker(accelerator, count, machine, worker_ac
 
 
 def test_tpu_pipeline_options_exactly():
-    options = launch.pipeline_options(
+    options = dataflow.pipeline_options(
         spec_for("tpu-v6e", 4),
         "sweep-1",
         CONFIG,
         ROOT,
         events_topic="projects/acme-ml/topics/job-events",
     )
-    assert launch.as_flags(options) == [
+    assert dataflow.as_flags(options) == [
         "--runner=DataflowRunner",
         "--project=acme-ml",
         "--region=us-east5",
@@ -122,8 +128,10 @@ def test_tpu_pipeline_options_exactly():
 
 
 def test_gpu_flex_template_request_exactly():
-    request = launch.flex_template_request(spec_for("nvidia-h100-80gb", 8), "sweep-1", CONFIG, ROOT)
-    assert launch.request_as_dict(request) == {
+    request = dataflow.flex_template_request(
+        spec_for("nvidia-h100-80gb", 8), "sweep-1", CONFIG, ROOT
+    )
+    assert dataflow.request_as_dict(request) == {
         "projectId": "acme-ml",
         "location": "us-east5",
         "launchParameter": {
@@ -158,7 +166,7 @@ def test_gpu_flex_template_request_exactly():
 
 
 def test_cpu_workers_and_what_is_refused():
-    cpu = launch.pipeline_options(
+    cpu = dataflow.pipeline_options(
         spec_for("cpu"),
         "sweep-1",
         DataflowConfig(project="p", region="r", template="gs://t/f.json", image="i"),
@@ -168,12 +176,12 @@ def test_cpu_workers_and_what_is_refused():
     assert cpu["experiments"] == ["use_runner_v2"]
     assert "dataflow_service_options" not in cpu
     assert "disk_size_gb" not in cpu
-    with pytest.raises(LaunchError, match="single-host slices of 1, 4, 8 chips"):
-        launch.pipeline_options(spec_for("tpu-v5e", 2), "sweep-1", CONFIG, ROOT)
-    with pytest.raises(LaunchError, match="nvidia-h200-141gb comes 8 per machine"):
-        launch.pipeline_options(spec_for("nvidia-h200-141gb", 1), "sweep-1", CONFIG, ROOT)
+    with pytest.raises(LaunchError, match="tpu-v5e workers carry 1, 4, 8 chips"):
+        dataflow.pipeline_options(spec_for("tpu-v5e", 2), "sweep-1", CONFIG, ROOT)
+    with pytest.raises(LaunchError, match="nvidia-h200-141gb workers carry 8 GPUs"):
+        dataflow.pipeline_options(spec_for("nvidia-h200-141gb", 1), "sweep-1", CONFIG, ROOT)
     with pytest.raises(LaunchError) as e:
-        launch.pipeline_options(spec_for("cpu"), "sweep-1", DataflowConfig(), "/local/jobs")
+        dataflow.pipeline_options(spec_for("cpu"), "sweep-1", DataflowConfig(), "/local/jobs")
     for needed in ("--project", "--region", "--template", "--image", "--temp-location"):
         assert needed in str(e.value)
 
@@ -269,8 +277,10 @@ def test_launch_cancel_and_poll_through_the_dataflow_client(tmp_path):
         )
         assert path2 == path1
         assert body1 == body2
-        request = launch.flex_template_request(spec, "sweep-1", CONFIG, ROOT)
-        sent = launch.request_as_dict(request, enums_as_ints=True)  # the REST transport's encoding
+        request = dataflow.flex_template_request(spec, "sweep-1", CONFIG, ROOT)
+        sent = dataflow.request_as_dict(
+            request, enums_as_ints=True
+        )  # the REST transport's encoding
         assert body1 == {"launchParameter": sent["launchParameter"]}  # project, region: in the path
 
         # a relaunch whose name is taken (the first answer was lost): the active job is found
@@ -278,7 +288,7 @@ def test_launch_cancel_and_poll_through_the_dataflow_client(tmp_path):
         assert FakeDataflow.calls[-1][0] == "GET"
         assert "name=sweep-1" in FakeDataflow.calls[-1][1]
 
-        assert "requested cancellation" in launcher.cancel(handle, "sweep-1")
+        assert "requested cancellation" in launcher.cancel(Launch(**handle), "sweep-1")
         method, path, body = FakeDataflow.calls[-1]
         assert (method, path.split("?")[0]) == (
             "PUT",
@@ -286,9 +296,10 @@ def test_launch_cancel_and_poll_through_the_dataflow_client(tmp_path):
         )
         assert body["requestedState"] in ("JOB_STATE_CANCELLED", 5)
 
-        from hyperbatch.jobs.store import Record
-
-        gone = launcher.poll(Record({"job_id": "sweep-1", "launch": handle}, 1))
+        status = JobStatus(
+            "sweep-1", "sweep", JobState.RUNNING, "d", ROOT, ROOT, "t", "t", launch=Launch(**handle)
+        )
+        gone = launcher.poll(Record(status, 1))
         assert "2026-01-01_00_00_00-111 failed" in gone
 
 
@@ -318,7 +329,7 @@ def running_with_progress(store, job_id):
     r = store.find(job_id)
     return (
         r
-        if r and r.state == JobState.RUNNING and (r.doc.get("progress") or {}).get("records")
+        if r and r.state == JobState.RUNNING and (r.to_dict().get("progress") or {}).get("records")
         else None
     )
 
@@ -327,28 +338,30 @@ def test_a_job_cancelled_elsewhere_stops_itself(slow_job):
     """Cancelled by state only (as from another machine): the heartbeat stops the process."""
     store, launcher, request = slow_job
     record = submit(store, request, launcher).record
-    pid = record.launch["pid"]
+    pid = record.launch.pid
     cp.wait_for(lambda: running_with_progress(store, "slow-job"), timeout=60)
     store.transition("slow-job", JobState.CANCELLED, by="someone elsewhere")
-    cp.wait_for(lambda: not launch._process_alive(pid, "slow-job"), timeout=20)
+    cp.wait_for(lambda: not local._process_alive(pid, "slow-job"), timeout=20)
     final = store.get("slow-job")
     assert final.state == JobState.CANCELLED
-    assert final.doc["manifest"] is None
-    assert final.doc["progress"]["records"] < 40
+    assert final.to_dict()["manifest"] is None
+    assert final.to_dict()["progress"]["records"] < 40
 
 
 def test_a_crashed_job_process_is_failed_by_reconcile(slow_job):
     store, launcher, request = slow_job
     record = submit(store, request, launcher).record
-    pid = record.launch["pid"]
+    pid = record.launch.pid
     running = cp.wait_for(lambda: running_with_progress(store, "slow-job"), timeout=60)
-    assert launch.reconcile(store, running).state == JobState.RUNNING  # alive: left alone
+    assert (
+        lifecycle.reconcile(store, running, launcher_for(running)).state == JobState.RUNNING
+    )  # alive: left alone
     os.killpg(pid, signal.SIGKILL)  # an OOM kill, say
-    cp.wait_for(lambda: not launch._process_alive(pid, "slow-job"), timeout=20)
-    failed = launch.reconcile(store, store.get("slow-job"))
+    cp.wait_for(lambda: not local._process_alive(pid, "slow-job"), timeout=20)
+    failed = lifecycle.reconcile(store, store.get("slow-job"), launcher_for(store.get("slow-job")))
     assert failed.state == JobState.FAILED
-    assert f"its process {pid} exited without recording a result" in failed.doc["error"]
-    assert failed.doc["error"].endswith("launch.log")
+    assert f"its process {pid} exited without recording a result" in failed.to_dict()["error"]
+    assert failed.to_dict()["error"].endswith("launch.log")
 
 
 def test_local_plan_and_multi_process_mode(tmp_path):
@@ -382,48 +395,62 @@ def test_the_flex_entry_point_records_the_final_state(tmp_path):
     spec = cp.make_spec(cp.write_input(str(tmp_path / "in.jsonl"), n=3), store.root)
     store.create(spec, "flexed", submitted_by="t", submission={"via": "test"}, runner="dataflow")
     runner = "apache_beam.runners.portability.fn_api_runner.fn_runner.FnApiRunner"
-    code = launch.flex_main(
+    code = flex.flex_main(
         ["--hyperbatch_root", store.root, "--hyperbatch_job_id", "flexed", f"--runner={runner}"]
     )
-    assert code == launch.EXIT_SUCCEEDED
+    assert code == job_process.EXIT_SUCCEEDED
     done = store.get("flexed")
     assert done.state == JobState.SUCCEEDED
-    assert done.doc["manifest"]["records_in"] == 3
-    assert [h["state"] for h in done.doc["history"]] == ["QUEUED", "RUNNING", "SUCCEEDED"]
-    assert done.doc["history"][-1]["by"].startswith("dataflow worker")
+    assert done.to_dict()["manifest"]["records_in"] == 3
+    assert [h["state"] for h in done.to_dict()["history"]] == ["QUEUED", "RUNNING", "SUCCEEDED"]
+    assert done.to_dict()["history"][-1]["by"].startswith("dataflow worker")
     assert (
-        launch.flex_main(
+        flex.flex_main(
             ["--hyperbatch_root", store.root, "--hyperbatch_job_id", "flexed", f"--runner={runner}"]
         )
-        == launch.EXIT_NOT_RUN
+        == job_process.EXIT_NOT_RUN
     )
 
 
 def test_local_jobs_wait_for_a_free_slot(tmp_path):
-    """max_running bounds the job processes of one launcher: a launch waits for one to exit."""
-    import time
+    """max_running bounds the job processes of one launcher: a launch waits for one to exit.
 
+    The "job processes" are scripts that write a marker when they start and exit once the test
+    releases them, so the test observes the order of events, not durations."""
     fake_python = tmp_path / "python"
-    fake_python.write_text("#!/bin/sh\nsleep 1\n")
+    fake_python.write_text(
+        "#!/bin/sh\n"
+        'job=$(echo "$@" | sed "s/.*--job-id \\([^ ]*\\).*/\\1/")\n'
+        f'touch "{tmp_path}/started-$job"\n'
+        f'while [ ! -e "{tmp_path}/release-$job" ]; do sleep 0.02; done\n'
+    )
     fake_python.chmod(0o755)
     store = JobStore(str(tmp_path / "jobs"))
     launcher = LocalLauncher(python=str(fake_python), max_running=1)
     spec = spec_for("cpu")
-    started: dict[str, float] = {}
-
-    def start(job_id: str) -> None:
-        launcher.launch(spec, job_id, store)
-        started[job_id] = time.monotonic()
-
-    t0 = time.monotonic()
-    threads = [threading.Thread(target=start, args=(f"job-{i}",)) for i in range(2)]
+    threads = [
+        threading.Thread(target=launcher.launch, args=(spec, f"job-{i}", store)) for i in range(2)
+    ]
     for t in threads:
         t.start()
+
+    def started() -> list[str]:
+        return sorted(p.name[len("started-") :] for p in tmp_path.glob("started-*"))
+
+    cp.wait_for(lambda: len(started()) == 1, timeout=20)
+    first = started()[0]
+    second = "job-1" if first == "job-0" else "job-0"
+    # the second launch waits for the slot for as long as the first job runs
+    waiting = threads[["job-0", "job-1"].index(second)]
+    waiting.join(0.5)
+    assert waiting.is_alive()
+    assert started() == [first]
+    (tmp_path / f"release-{first}").touch()
+    cp.wait_for(lambda: started() == ["job-0", "job-1"], timeout=20)
+    (tmp_path / f"release-{second}").touch()
     for t in threads:
-        t.join()
-    first, second = sorted(started.values())
-    assert first - t0 < 0.5
-    assert second - first >= 0.9  # the second waited for the first to exit
+        t.join(20)
+    assert not any(t.is_alive() for t in threads)
 
 
 def test_reconcile_completes_a_run_whose_final_write_was_lost(tmp_path):
@@ -441,6 +468,8 @@ def test_reconcile_completes_a_run_whose_final_write_was_lost(tmp_path):
     store.transition("lost-write", JobState.RUNNING,
                      launch={"launcher": "local", "pid": gone.pid, "host": socket.gethostname()})  # fmt: skip
     pipeline.run(spec, "lost-write")
-    done = launch.reconcile(store, store.get("lost-write"))
+    done = lifecycle.reconcile(
+        store, store.get("lost-write"), launcher_for(store.get("lost-write"))
+    )
     assert done.state == JobState.SUCCEEDED
-    assert done.doc["manifest"]["records_in"] == 3
+    assert done.to_dict()["manifest"]["records_in"] == 3

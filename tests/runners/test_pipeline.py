@@ -203,3 +203,31 @@ def test_empty_input_and_error_rate_threshold(tmp_path):
         make_spec(str(tmp_path / "bad.jsonl"), str(tmp_path / "out"), max_error_rate=0.5)
     )
     assert (m["errors"], m["status"]) == (2, "FAILED")
+
+
+def test_multi_process_beam_gives_the_same_results(tmp_path):
+    """Beam's local runner with 2 worker processes (as Dataflow runs DoFns, away from the
+    process that built the pipeline): the same results, errors and counts as in-process, so
+    nothing relies on a module global of one process."""
+    from hyperbatch.runners.options import local_options
+
+    records = [openai_chat(f"m-{i}", f"w{i} a b c", max_tokens=3) for i in range(10)]
+    lines = [json.dumps(r) for r in records] + ["broken", json.dumps(records[2])]
+    (tmp_path / "in.jsonl").write_bytes(jsonl(lines))
+    runs = {}
+    for workers in (1, 2):
+        spec = make_spec(str(tmp_path / "in.jsonl"), str(tmp_path / f"out-{workers}"))
+        m = pipeline.run(spec, options=local_options(workers))
+        # the DoFns ran in this process only with 1 worker: this process's counters tell
+        assert PROGRESS.snapshot().records == (12 if workers == 1 else 0)
+        results, errors = outputs(spec.job_dir())
+        runs[workers] = (
+            sorted((r["custom_id"], r["response"]["body"]["choices"][0]["message"]["content"])
+                   for r in results),
+            sorted((e["source_line"], e["code"]) for e in errors),
+            (m["records_in"], m["results"], m["errors"], m["completion_tokens"]),
+            len(m["shards"]),
+        )  # fmt: skip
+    assert runs[2] == runs[1]
+    assert runs[1][2] == (12, 10, 2, 30)
+    assert runs[1][1] == [(11, "invalid_json"), (12, "duplicate_id")]

@@ -6,10 +6,15 @@ from __future__ import annotations
 import functools
 import os
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
+
+from tests.optional import require
+
+require("jax", "the JAX engine")
+
+import jax
+import jax.numpy as jnp
 
 from hyperbatch.engines.jax_llm import cpu_attention
 

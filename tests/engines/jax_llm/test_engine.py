@@ -5,13 +5,20 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
 import pytest
+
+from tests.optional import require
+
+require("jax", "the JAX engine")
+require("torch", "the reference implementation (transformers on PyTorch)")
+require("transformers", "the reference implementation")
+
+import jax
 import torch
 from transformers import AutoModelForCausalLM
 
 from hyperbatch.engines.base import EngineConfig
-from hyperbatch.engines.jax_llm import JaxLLMEngine
+from hyperbatch.engines.jax_llm.engine import JaxLLMEngine
 from hyperbatch.engines.registry import engine_class
 from hyperbatch.schemas.records import ErrorCode, FinishReason, Request
 from tests.engines.conformance import PROMPTS, EngineConformance, chat, completion
@@ -73,7 +80,7 @@ def test_registered_as_jax():
 
 
 def test_unknown_option_is_refused(tiny_dirs):
-    with pytest.raises(ValueError, match="unknown jax engine option"):
+    with pytest.raises(ValueError, match="decode_step not supported by the jax engine"):
         JaxLLMEngine(EngineConfig(model=tiny_dirs["smollm2"], options={"decode_step": 4}))
 
 
@@ -124,20 +131,20 @@ def test_greedy_matches_transformers_with_prefix_reuse(engine, reference):
 
 def test_slots_are_refilled_so_a_long_answer_does_not_hold_the_batch(engine):
     calls = []
-    original = engine._run_decode
+    original = engine.programs.decode
 
-    def counting(active, count=True):
-        calls.append(len(active))
-        return original(active, count)
+    def counting(slots, count=True):
+        calls.append(len(slots))
+        return original(slots, count)
 
     reqs = [chat("long", PROMPTS[4], max_tokens=40, ignore_eos=True)]
     reqs += [chat(f"s{i}", PROMPTS[i % 6], max_tokens=4, ignore_eos=True) for i in range(8)]
     alone = [engine.generate([r])[0] for r in reqs]
-    engine._run_decode = counting
+    engine.programs.decode = counting
     try:
         together = engine.generate(reqs)
     finally:
-        del engine._run_decode
+        del engine.programs.decode
     assert [r.token_ids for r in together] == [r.token_ids for r in alone]
     assert together[0].usage.completion_tokens == 40
     # the long answer needs 10 decode calls of 4 steps; the 8 short ones ride along in the
@@ -234,7 +241,8 @@ def test_a_device_failure_raises_and_leaves_the_engine_usable(engine):
     def broken(*args, **kwargs):
         raise RuntimeError("simulated device failure")
 
-    engine._decode_fn, engine._decode = engine._decode, broken
+    programs = engine.programs
+    programs._decode_fn, programs._decode = programs._decode, broken
     try:
         # not the records' fault: the caller's shard fails (and is retried), no error records
         with pytest.raises(RuntimeError, match="simulated device failure"):
@@ -242,7 +250,7 @@ def test_a_device_failure_raises_and_leaves_the_engine_usable(engine):
                 [chat("one", PROMPTS[0], max_tokens=1), chat("two", PROMPTS[1], max_tokens=5)]
             )
     finally:
-        engine._decode = engine._decode_fn
+        programs._decode = programs._decode_fn
     again = engine.generate([chat("three", PROMPTS[1], max_tokens=5, ignore_eos=True)])[0]
     assert again.ok
     assert again.usage.completion_tokens == 5
@@ -267,13 +275,13 @@ def test_packed_prefill_splits_long_prompts_across_calls(tiny_dirs, reference):
     calls (several prompts share a call) and still decode exactly as transformers does."""
     small = make_engine(tiny_dirs["smollm2"], attention="cpu", prefill_tokens=32)
     calls = []
-    original = small._run_prefill_packed
+    original = small.programs.prefill_packed
 
     def counting(pieces, count=True):
-        calls.append([(s.index, a, e) for s, (a, e, _, _) in pieces])
+        calls.append([(r.slot, r.start, r.start + len(r.ids)) for r in pieces])
         return original(pieces, count)
 
-    small._run_prefill_packed = counting
+    small.programs.prefill_packed = counting
     reqs = [chat(f"l{i}", PROMPTS[i], max_tokens=6, ignore_eos=True) for i in (2, 4, 1)]
     results = small.generate(reqs)
     for req, res in zip(reqs, results, strict=True):

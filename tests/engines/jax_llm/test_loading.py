@@ -5,17 +5,25 @@ from __future__ import annotations
 
 import os
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
+
+from tests.optional import require
+
+require("jax", "the JAX engine")
+require("torch", "the reference implementation (transformers on PyTorch)")
+require("transformers", "the reference implementation")
+
+import jax
+import jax.numpy as jnp
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hyperbatch import storage
 from hyperbatch.engines import models
 from hyperbatch.engines.base import EngineConfig
-from hyperbatch.engines.jax_llm import JaxLLMEngine, model, weights
+from hyperbatch.engines.jax_llm import model, weights
+from hyperbatch.engines.jax_llm.engine import JaxLLMEngine
 from hyperbatch.engines.jax_llm.tokenizer import ChatTokenizer
 from hyperbatch.schemas.records import ErrorCode, RequestError
 from tests.engines.conformance import PROMPTS, chat, completion

@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import functools
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
+
+from tests.optional import require
+
+require("jax", "the JAX engine")
+require("torch", "the reference implementation (transformers on PyTorch)")
+require("transformers", "the reference implementation")
+
+import jax
+import jax.numpy as jnp
 import torch
 from transformers import AutoModelForCausalLM
 
-from hyperbatch.engines.jax_llm import model, weights
+from hyperbatch.engines.jax_llm import model, sampling, weights
+from hyperbatch.engines.jax_llm.sampling import SamplingArrays
 from tests.helpers.tiny_models import VARIANTS
 
 
@@ -74,22 +82,25 @@ def test_decode_logits_match_transformers(tiny_dirs, variant, full, attention):
         return [jnp.zeros(shape) for _ in range(cfg.num_layers)]
 
     kvh, hd = cfg.num_kv_heads, cfg.head_dim
-    cache = {"k": zeros((b_rows, kvh, hd, seq)), "v": zeros((b_rows, kvh, seq, hd))}
-    store = {"k": zeros((1, kvh, hd, 16)), "v": zeros((1, kvh, 16, hd))}
+    cache = model.KVCache(zeros((b_rows, kvh, hd, seq)), zeros((b_rows, kvh, seq, hd)))
+    store = model.KVCache(zeros((1, kvh, hd, 16)), zeros((1, kvh, 16, hd)))
     one = lambda v, dt=np.int32: np.array([v], dt)  # noqa: E731
-    batch = {
-        "tokens": np.pad(prompt, (0, 12))[None],
-        "slots": one(1),
-        "starts": one(0),
-        "lens": one(20),
-        "load_rows": one(1),
-        "save_rows": one(1),
-        "temperature": one(0, np.float32),
-        "top_k": one(0),
-        "top_p": one(1, np.float32),
-        "keys": np.zeros((1, 2), np.uint32),
-        "counters": one(0),
-    }
+
+    def greedy(n: int) -> SamplingArrays:
+        return SamplingArrays(
+            np.zeros(n, np.float32), np.zeros(n, np.int32), np.ones(n, np.float32),
+            np.zeros((n, 2), np.uint32), np.zeros(n, np.int32),
+        )  # fmt: skip
+
+    batch = model.PrefillBatch(
+        tokens=np.pad(prompt, (0, 12))[None],
+        slots=one(1),
+        starts=one(0),
+        lens=one(20),
+        load_rows=one(1),
+        save_rows=one(1),
+        sampling=greedy(1),
+    )
     prefill = jax.jit(functools.partial(model.prefill, cfg=cfg, block=block, attention=attention))
     cache, store, first = prefill(params, cache, store, batch)
     decode = jax.jit(
@@ -105,15 +116,11 @@ def test_decode_logits_match_transformers(tiny_dirs, variant, full, attention):
     )
     seq_ids = [*prompt.tolist(), int(first[0])]
     for _ in range(steps):
-        state = {
-            "tokens": np.array([0, seq_ids[-1]], np.int32),
-            "positions": np.array([seq, len(seq_ids) - 1], np.int32),  # slot 0 idle
-            "temperature": np.zeros(2, np.float32),
-            "top_k": np.zeros(2, np.int32),
-            "top_p": np.ones(2, np.float32),
-            "keys": np.zeros((2, 2), np.uint32),
-            "counters": np.zeros(2, np.int32),
-        }
+        state = model.DecodeState(
+            tokens=np.array([0, seq_ids[-1]], np.int32),
+            positions=np.array([seq, len(seq_ids) - 1], np.int32),  # slot 0 idle
+            sampling=greedy(2),
+        )
         cache, toks, logits = decode(params, cache, state)
         with torch.no_grad():
             expected = ref(torch.tensor([seq_ids])).logits[0, -1].numpy()
@@ -147,7 +154,7 @@ def test_llama3_rope_scaling_changes_frequencies(tiny_dirs):
 def test_sampling_filters():
     logits = jnp.asarray(np.log(np.array([[0.5, 0.3, 0.15, 0.05]] * 4, np.float32)))
     keys = np.stack([np.array([0, s], np.uint32) for s in range(4)])
-    sample = jax.jit(jax.vmap(model.sample, in_axes=(None, None, None, None, None, 0)))
+    sample = jax.jit(jax.vmap(sampling.sample, in_axes=(None, None, None, None, None, 0)))
     counters = np.arange(200, dtype=np.int32)[:, None] + np.zeros(4, np.int32)
 
     def draw(temp, top_k, top_p, n=200):
@@ -174,9 +181,9 @@ def test_filter_thresholds_agree_with_a_full_sort():
     top_k = jnp.array([0, 10, 300, 1000, 0, 0, 50, 2000], jnp.int32)
     top_p = jnp.array([0.9, 1.0, 0.5, 0.95, 0.3, 0.999, 0.8, 0.7], jnp.float32)
     lse = jax.nn.logsumexp(x, -1, keepdims=True)
-    exact = np.asarray(model._filter_threshold(-jnp.sort(-x, -1), top_k, top_p, lse)[0])[:, 0]
-    bisect = np.asarray(model._bisect_threshold(x, top_k, top_p))[:, 0]
-    cand, closed = model._filter_threshold(jax.lax.top_k(x, 256)[0], top_k, top_p, lse)
+    exact = np.asarray(sampling._filter_threshold(-jnp.sort(-x, -1), top_k, top_p, lse)[0])[:, 0]
+    bisect = np.asarray(sampling._bisect_threshold(x, top_k, top_p))[:, 0]
+    cand, closed = sampling._filter_threshold(jax.lax.top_k(x, 256)[0], top_k, top_p, lse)
     assert np.array_equal(bisect, exact)
     closed = np.asarray(closed)
     assert closed.tolist() == [False, True, False, False, True, False, True, False]

@@ -17,7 +17,7 @@ SCRIPT = textwrap.dedent(
     import json, sys
     import jax
     from hyperbatch.engines.base import EngineConfig
-    from hyperbatch.engines.jax_llm import JaxLLMEngine
+    from hyperbatch.engines.jax_llm.engine import JaxLLMEngine
     from tests.engines.conformance import PROMPTS, chat, completion
 
     model_dir = sys.argv[1]
@@ -34,9 +34,9 @@ SCRIPT = textwrap.dedent(
         out[n] = {
             "tokens": [list(r.token_ids) for r in engine.generate(reqs)],
             "mesh": dict(engine.mesh.shape) if engine.mesh is not None else None,
-            "wqkv": str(getattr(engine.params["layers"][0]["wqkv"].sharding, "spec", None)),
-            "cache": str(getattr(engine.cache["k"][0].sharding, "spec", None)),
-            "devices": len(engine.params["layers"][0]["wqkv"].sharding.device_set),
+            "wqkv": str(getattr(engine.programs.params["layers"][0]["wqkv"].sharding, "spec", None)),
+            "cache": str(getattr(engine.programs.cache.k[0].sharding, "spec", None)),
+            "devices": len(engine.programs.params["layers"][0]["wqkv"].sharding.device_set),
         }
     print(json.dumps(out))
     """

@@ -7,11 +7,16 @@ import os
 
 import numpy as np
 import pytest
+
+from tests.optional import require
+
+require("torch", "the reference implementation (transformers on PyTorch)")
+
 import torch
 
 from hyperbatch.engines import models
 from hyperbatch.engines.base import EngineConfig
-from hyperbatch.engines.jax_llm import JaxLLMEngine
+from hyperbatch.engines.jax_llm.engine import JaxLLMEngine
 from hyperbatch.schemas.records import Request, sampling_from_dict
 from tests.engines.conformance import EngineConformance
 

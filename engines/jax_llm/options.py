@@ -1,0 +1,50 @@
+"""The JAX LLM engine's ``engine_options``: typed, validated, importable without jax."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from hyperbatch.engines.options import INTS, EngineOptions, option
+
+ATTENTION = ("auto", "cpu", "xla")
+
+
+@dataclasses.dataclass(frozen=True)
+class JaxOptions(EngineOptions):
+    ENGINE = "jax"
+
+    prefill_buckets: tuple[int, ...] | None = option(
+        None, "prompt-length buckets (default 16, 64, 256, ... max_seq_len/2)", kind=INTS,
+        minimum=1,
+    )  # fmt: skip
+    prefill_tokens: int = option(
+        256, "tokens per prefill call (by bucket: P = max(1, this // bucket) rows)", minimum=8
+    )
+    decode_steps: int = option(
+        8, "decode steps per device call (tokens per slot between host checks)", minimum=1,
+        maximum=1024,
+    )  # fmt: skip
+    attention_block: int = option(64, "KV-cache block walked by the attention loop", minimum=8)
+    prefix_cache_rows: int = option(
+        8, "rows of the shared-prefix store (0 disables prefix reuse)", minimum=0
+    )
+    prefix_max_tokens: int | None = option(
+        None, "longest reusable prefix (default: largest bucket)", kind=int, minimum=1
+    )
+    prefix_min_tokens: int = option(8, "shortest prefix worth reusing", minimum=1)
+    refill_min_free: int | None = option(
+        None, "admit waiting requests once this many slots are free", kind=int, minimum=1
+    )
+    tensor_parallel: int | None = option(
+        None, "devices on the 'model' mesh axis (default: gcd(devices, KV heads))", kind=int,
+        minimum=1,
+    )  # fmt: skip
+    data_parallel: int | None = option(
+        None, "devices on the 'data' mesh axis (default: the rest)", kind=int, minimum=1
+    )
+    compilation_cache_dir: str | None = option(
+        None, "JAX persistent compilation cache (default under the model cache)", kind=str
+    )
+    attention: str = option(
+        "auto", "auto | cpu (the C++ kernel; CPU, one device, float32) | xla", choices=ATTENTION
+    )

@@ -1,0 +1,243 @@
+"""The engine's device programs: weights and KV caches on the devices, and the jitted programs.
+
+``DevicePrograms`` owns everything on the devices -- the weights, the decode cache (one row per
+slot) and the prefix store -- and the three jitted programs of ``model`` (bucketed prefill,
+packed prefill, decode), each with one static shape per bucket. It turns host-side rows into the
+typed batches those programs take and returns the sampled tokens as numpy arrays. It knows
+nothing of requests, slots' owners or stop conditions: that is the scheduler's job.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+
+from hyperbatch.engines.jax_llm import model, sharding
+from hyperbatch.engines.jax_llm.config import ModelConfig
+from hyperbatch.engines.jax_llm.model import (
+    DecodeState,
+    KVCache,
+    PackedPrefillBatch,
+    PrefillBatch,
+)
+from hyperbatch.engines.jax_llm.sampling import SamplingArrays
+from hyperbatch.schemas.records import Counters
+
+
+class RowSampling(NamedTuple):
+    """One row's sampling inputs: its request's parameters, key data and counter."""
+
+    temperature: float
+    top_k: int
+    top_p: float
+    key: np.ndarray  # [2] uint32
+    counter: int  # tokens its request has sampled so far
+
+
+class PrefillRow(NamedTuple):
+    """Tokens ``ids`` of a sequence at positions ``start...``, written into cache row ``slot``."""
+
+    ids: Sequence[int]
+    slot: int
+    start: int
+    load_row: int  # prefix-store row copied into the slot first (store_rows = none)
+    save_row: int  # store row that receives the slot's first positions after (store_rows = none)
+    sampling: RowSampling
+
+
+@dataclasses.dataclass(frozen=True)
+class Shapes:
+    """The static shapes: every program's size is fixed by these."""
+
+    batch: int  # B: decode slots
+    max_seq_len: int  # S: cache positions per slot (whole attention blocks)
+    block: int  # attention block
+    steps: int  # decode steps per call
+    store_rows: int  # R: prefix-store rows (0: no reuse; one dummy row is still allocated)
+    prefix_max: int  # positions per prefix-store row
+    prefill_tokens: int  # tokens per packed prefill call (M)
+    pieces: int  # pieces per packed prefill call (Q)
+    rows_per_bucket: dict[int, int]  # bucketed prefill: T -> P rows
+
+
+def _sampling(rows: Sequence[RowSampling | None], n: int) -> SamplingArrays:
+    temp = np.zeros(n, np.float32)
+    top_k = np.zeros(n, np.int32)
+    top_p = np.ones(n, np.float32)
+    keys = np.zeros((n, 2), np.uint32)
+    counters = np.zeros(n, np.int32)
+    for i, r in enumerate(rows):
+        if r is not None:
+            temp[i], top_k[i], top_p[i], keys[i], counters[i] = r
+    return SamplingArrays(temp, top_k, top_p, keys, counters)
+
+
+class DevicePrograms:
+    """Weights, caches and programs on one device or a mesh; see the module docstring."""
+
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        host_params: model.Params,
+        devices: Sequence[Any],
+        shapes: Shapes,
+        dtype: Any,
+        attention: str,
+        stats: Counters,
+        mesh: Any = None,
+    ):
+        self.cfg, self.shapes, self.dtype, self.attention = cfg, shapes, dtype, attention
+        self.stats = stats  # the engine's counters: prefill time and token slots add here
+        self.mesh = mesh
+        self.device = devices[0]
+        if mesh is not None:
+            self.params = sharding.put(host_params, sharding.param_shardings(host_params, mesh))
+        else:
+            self.params = jax.device_put(host_params, self.device)
+        self.reset_caches()
+        block, steps = shapes.block, shapes.steps
+        self._prefill = jax.jit(
+            functools.partial(model.prefill, cfg=cfg, block=block, attention=attention),
+            donate_argnames=("cache", "store"),
+        )
+        self._prefill_packed = jax.jit(
+            functools.partial(model.prefill_packed, cfg=cfg, block=block, attention=attention),
+            donate_argnames=("cache", "store"),
+        )
+        self._decode = jax.jit(
+            functools.partial(model.decode, cfg=cfg, block=block, steps=steps, attention=attention),
+            donate_argnames=("cache",),
+        )
+
+    # -- buffers ------------------------------------------------------------------------------
+
+    def reset_caches(self) -> None:
+        """Fresh zero caches (also after a failed call: donated buffers may be gone)."""
+        cfg, sh = self.cfg, self.shapes
+        kvh, hd, rows = cfg.num_kv_heads, cfg.head_dim, max(1, sh.store_rows)
+
+        def zeros(shape: tuple[int, ...], batch_axis: bool) -> list[jax.Array]:
+            if self.mesh is None:
+                return [
+                    jax.device_put(np.zeros(shape, self.dtype), self.device)
+                    for _ in range(cfg.num_layers)
+                ]
+            out_sharding = sharding.cache_sharding(shape, self.mesh, batch_axis)
+            make = jax.jit(lambda: jax.numpy.zeros(shape, self.dtype), out_shardings=out_sharding)
+            return [make() for _ in range(cfg.num_layers)]
+
+        b, s, p = sh.batch, sh.max_seq_len, sh.prefix_max
+        self.cache = KVCache(zeros((b, kvh, hd, s), True), zeros((b, kvh, s, hd), True))
+        self.store = KVCache(zeros((rows, kvh, hd, p), False), zeros((rows, kvh, p, hd), False))
+
+    def compilations(self) -> int:
+        """Programs compiled so far (bounded by the shape buckets)."""
+        return int(
+            self._prefill._cache_size()
+            + self._prefill_packed._cache_size()
+            + self._decode._cache_size()
+        )
+
+    def close(self) -> None:
+        """Free the device memory (the programs cannot run after this)."""
+        del self.params, self.cache, self.store
+
+    # -- calls ------------------------------------------------------------------------------
+
+    def prefill(self, t: int, rows: Sequence[PrefillRow], count: bool = True) -> np.ndarray:
+        """One bucketed prefill call on bucket ``t`` (at most ``rows_per_bucket[t]`` rows);
+        returns the sampled next token per row."""
+        sh = self.shapes
+        p_rows, none = sh.rows_per_bucket[t], max(1, sh.store_rows)
+        tokens = np.zeros((p_rows, t), np.int32)
+        slots = np.full(p_rows, sh.batch, np.int32)
+        starts = np.zeros(p_rows, np.int32)
+        lens = np.zeros(p_rows, np.int32)
+        load = np.full(p_rows, none, np.int32)
+        save = np.full(p_rows, none, np.int32)
+        for i, r in enumerate(rows):
+            tokens[i, : len(r.ids)] = r.ids
+            slots[i], starts[i], lens[i], load[i], save[i] = (
+                r.slot, r.start, len(r.ids), r.load_row, r.save_row
+            )  # fmt: skip
+        batch = PrefillBatch(
+            tokens, slots, starts, lens, load, save, _sampling([r.sampling for r in rows], p_rows)
+        )
+        t0 = time.perf_counter()
+        self.cache, self.store, nxt = self._prefill(self.params, self.cache, self.store, batch)
+        out = np.asarray(nxt)  # waits for the device
+        if count:
+            self.stats.prefill_seconds += time.perf_counter() - t0
+            self.stats.computed_token_slots += p_rows * t
+            self.stats.useful_token_slots += int(lens.sum())
+        return out
+
+    def prefill_packed(self, pieces: Sequence[PrefillRow], count: bool = True) -> np.ndarray:
+        """One packed prefill call: at most ``pieces`` rows and ``prefill_tokens`` tokens in all.
+        A row loads its prefix row before the layers and saves its store row after them; the
+        token after its last one is sampled (meaningful for rows that end a sequence)."""
+        sh = self.shapes
+        m, q, b, none = sh.prefill_tokens, sh.pieces, sh.batch, max(1, sh.store_rows)
+        tokens = np.zeros(m, np.int32)
+        slots = np.full(m, b, np.int32)
+        positions = np.zeros(m, np.int32)
+        load_slots, save_slots = np.full(q, b, np.int32), np.full(q, b, np.int32)
+        load_rows, save_rows = np.full(q, none, np.int32), np.full(q, none, np.int32)
+        emit = np.zeros(q, np.int32)
+        at = 0
+        for i, r in enumerate(pieces):
+            n = len(r.ids)
+            tokens[at : at + n] = r.ids
+            slots[at : at + n] = r.slot
+            positions[at : at + n] = np.arange(r.start, r.start + n)
+            load_slots[i], load_rows[i] = r.slot, r.load_row
+            save_slots[i], save_rows[i] = r.slot, r.save_row
+            emit[i] = at + n - 1
+            at += n
+        batch = PackedPrefillBatch(
+            tokens, slots, positions, load_slots, load_rows, save_slots, save_rows, emit,
+            _sampling([r.sampling for r in pieces], q),
+        )  # fmt: skip
+        t0 = time.perf_counter()
+        self.cache, self.store, nxt = self._prefill_packed(
+            self.params, self.cache, self.store, batch
+        )
+        out = np.asarray(nxt)  # waits for the device
+        if count:
+            self.stats.prefill_seconds += time.perf_counter() - t0
+            self.stats.computed_token_slots += m
+            self.stats.useful_token_slots += at
+        return out
+
+    def decode(
+        self, slots: dict[int, tuple[int, int, RowSampling]], count: bool = True
+    ) -> np.ndarray:
+        """``steps`` decode steps for every slot; ``slots`` maps an active slot to (its last
+        token, that token's position, its sampling). Returns tokens [steps, B]."""
+        b = self.shapes.batch
+        tokens = np.zeros(b, np.int32)
+        positions = np.full(b, self.shapes.max_seq_len, np.int32)  # idle: writes dropped
+        rows: list[RowSampling | None] = [None] * b
+        for slot, (token, position, sampling) in slots.items():
+            tokens[slot], positions[slot], rows[slot] = token, position, sampling
+        state = DecodeState(tokens, positions, _sampling(rows, b))
+        self.cache, toks = self._decode(self.params, self.cache, state)
+        if count:
+            self.stats.computed_token_slots += b * self.shapes.steps
+        return np.asarray(toks)
+
+    def warmup(self, buckets: Sequence[int], packed: bool) -> None:
+        """Compile every program this engine will run (empty calls: nothing is counted)."""
+        if packed:
+            self.prefill_packed([], count=False)
+        else:
+            for t in buckets:
+                self.prefill(t, [], count=False)
+        self.decode({}, count=False)
+        jax.block_until_ready(self.cache)

@@ -1,0 +1,214 @@
+"""What every command shares: exit codes, user errors, option bundles, output, the job store.
+
+Data goes to stdout (``--format json|yaml`` for machines), progress and logs to stderr. Exit
+codes: 0 the job succeeded (per-record errors included), 1 the job failed (or was cancelled), 2 a
+user error (bad spec, missing file, bad flag, unknown job) reported without a traceback.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import click
+import yaml
+
+if TYPE_CHECKING:
+    from hyperbatch.jobs.store import JobStore
+    from hyperbatch.jobs.submit import Launcher
+    from hyperbatch.runners.dataflow import DataflowConfig
+
+EXIT_OK, EXIT_JOB_FAILED, EXIT_USER_ERROR = 0, 1, 2
+
+
+class OutputFormat(enum.StrEnum):
+    TABLE = "table"
+    JSON = "json"
+    YAML = "yaml"
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean "the user must change something", not "hyperbatch broke"."""
+    from hyperbatch.accelerators import UnknownAccelerator
+    from hyperbatch.engines.models import ModelNotFound
+    from hyperbatch.engines.options import OptionsError
+    from hyperbatch.engines.registry import EngineNotAvailable
+    from hyperbatch.jobs.pubsub import PubSubNameError
+    from hyperbatch.jobs.spec import JobIdConflict, SpecError
+    from hyperbatch.jobs.store import IllegalTransition, JobNotFound
+    from hyperbatch.jobs.submit import LaunchError
+    from hyperbatch.runners.shards import InputChanged
+    from hyperbatch.storage import StorageError
+
+    return (
+        SpecError,
+        ModelNotFound,
+        EngineNotAvailable,
+        OptionsError,
+        UnknownAccelerator,
+        InputChanged,
+        StorageError,
+        JobNotFound,
+        JobIdConflict,
+        IllegalTransition,
+        LaunchError,
+        PubSubNameError,
+    )
+
+
+def handle_user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except user_errors() as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(EXIT_USER_ERROR)
+
+    return wrapper
+
+
+def format_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--format",
+        "fmt",
+        type=click.Choice([f.value for f in OutputFormat]),
+        default=OutputFormat.TABLE.value,
+        show_default=True,
+        help="How to print data on stdout.",
+    )(fn)
+
+
+def set_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--set",
+        "overrides",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="Override a spec field, e.g. --set batch_size=64 --set sampling.max_tokens=32.",
+    )(fn)
+
+
+def emit(data: Any, fmt: str, table: Callable[[Any], None]) -> None:
+    if fmt == OutputFormat.JSON:
+        click.echo(json.dumps(data, indent=2, default=str))
+    elif fmt == OutputFormat.YAML:
+        click.echo(yaml.safe_dump(data, sort_keys=False, default_flow_style=False).rstrip())
+    else:
+        table(data)
+
+
+ROOT_ENV, EVENTS_ENV = "HYPERBATCH_JOBS_ROOT", "HYPERBATCH_EVENTS_TOPIC"
+EXIT_CODES_BY_STATE = {
+    "SUCCEEDED": EXIT_OK,
+    "FAILED": EXIT_JOB_FAILED,
+    "CANCELLED": EXIT_JOB_FAILED,
+}
+
+
+def root_option(help_text: str) -> Callable[..., Any]:
+    return click.option("--root", envvar=ROOT_ENV, show_envvar=True, help=help_text)
+
+
+def events_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--events-topic",
+        envvar=EVENTS_ENV,
+        show_envvar=True,
+        help="Pub/Sub topic that hears every state change (projects/P/topics/T or T).",
+    )(fn)
+
+
+def plugin_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--plugin",
+        "plugins",
+        multiple=True,
+        metavar="MODULE",
+        help="Import this module first (e.g. one that registers an engine); repeatable.",
+    )(fn)
+
+
+_DATAFLOW_FLAGS: list[tuple[str, dict[str, Any]]] = [
+    ("--project", {"help": "Dataflow: Google Cloud project."}),
+    ("--region", {"help": "Dataflow: region, e.g. us-central1."}),
+    ("--template", {"help": "Dataflow: gs:// path of the hyperbatch Flex Template spec."}),
+    ("--image", {"help": "Dataflow: worker container image (docker/worker)."}),
+    ("--service-account", {"help": "Dataflow: worker service account email."}),
+    ("--network", {"help": "Dataflow: VPC network."}),
+    ("--subnetwork", {"help": "Dataflow: subnetwork (regions/R/subnetworks/S or a URL)."}),
+    ("--max-workers", {"type": int, "default": 4, "show_default": True,
+                       "help": "Dataflow: most workers."}),
+    ("--disk-size-gb", {"type": int, "help": "Dataflow: worker disk (default 200 on TPU/GPU)."}),
+    ("--temp-location", {"help": "Dataflow: gs:// temp folder (default <root>/_dataflow/temp)."}),
+    ("--public-ips/--no-public-ips", {"default": True, "help": "Dataflow: workers get public IPs."}),
+    ("--label", {"multiple": True, "metavar": "KEY=VALUE", "help": "Dataflow: job label."}),
+]  # fmt: skip
+
+
+def dataflow_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The Dataflow settings, each also read from HYPERBATCH_DATAFLOW_<NAME>."""
+    for flag, kwargs in reversed(_DATAFLOW_FLAGS):
+        name = flag.split("/")[0].lstrip("-").replace("-", "_")
+        fn = click.option(
+            flag,
+            f"df_{name}",
+            envvar=f"HYPERBATCH_DATAFLOW_{name.upper()}",
+            show_envvar=True,
+            **kwargs,
+        )(fn)
+    return fn
+
+
+def dataflow_config(kwargs: dict[str, Any]) -> DataflowConfig:
+    """The DataflowConfig from the ``df_*`` parameters of ``dataflow_options`` (removed from
+    ``kwargs``)."""
+    from hyperbatch.runners.dataflow import DataflowConfig
+
+    values = {k[3:]: kwargs.pop(k) for k in list(kwargs) if k.startswith("df_")}
+    labels = {}
+    for item in values.pop("label") or ():
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{item!r}: expected KEY=VALUE", param_hint="--label")
+        labels[key] = value
+    return DataflowConfig(
+        **values, labels=labels, api_endpoint=os.environ.get("HYPERBATCH_DATAFLOW_API_ENDPOINT")
+    )
+
+
+def make_launcher(
+    runner: str | None,
+    kwargs: dict[str, Any],
+    events_topic: str | None,
+    workers: int,
+    plugins: tuple[str, ...],
+    max_running: int = 1,
+) -> Launcher | None:
+    """The launcher ``--runner`` names (None: record only), configured from the options."""
+    from hyperbatch.runners.dataflow import DataflowLauncher
+    from hyperbatch.runners.local import LocalLauncher
+
+    config = dataflow_config(kwargs)
+    if runner == "dataflow":
+        return DataflowLauncher(config, events_topic=events_topic)
+    if runner == "local":
+        return LocalLauncher(workers=workers, plugins=plugins, events_topic=events_topic,
+                             max_running=max_running)  # fmt: skip
+    return None
+
+
+def open_store(root: str | None, events_topic: str | None) -> JobStore:
+    from hyperbatch.jobs import events
+    from hyperbatch.jobs.store import JobStore
+
+    if not root:
+        raise click.UsageError(
+            f"no job store: pass --root DIR|gs://BUCKET/PREFIX or set {ROOT_ENV}"
+        )
+    return JobStore(root, events.sink(events_topic))

@@ -1,0 +1,93 @@
+"""A run's last word in the job store: its end recorded from its manifest, or its death noticed.
+
+``finish`` moves a RUNNING job to SUCCEEDED or FAILED as its cost manifest says (the job process
+calls it locally; on Dataflow the pipeline's last step does). ``reconcile`` settles a job whose
+process or Dataflow job is gone without saying so: if that run wrote its manifest before dying,
+the job ends as the manifest says; otherwise it FAILED, with why. Which launcher can tell
+whether a run is alive is the caller's choice (the CLI picks it from the launch handle).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from hyperbatch import storage, timestamps
+from hyperbatch.jobs.layout import JobFolder
+from hyperbatch.jobs.status import JobState, JobStatus, ManifestSummary
+from hyperbatch.jobs.store import IllegalTransition, JobStore, Record
+
+
+class Poller(Protocol):
+    def poll(self, record: Record) -> str | None:
+        """None while the launched run may be alive; otherwise why it is gone."""
+        ...
+
+
+def finish(store: JobStore, job_id: str, manifest: Mapping[str, Any], by: str) -> Record:
+    """RUNNING -> SUCCEEDED or FAILED (too many record errors), with the manifest's summary."""
+    folder = JobFolder(store.get(job_id).status.job_dir)
+    summary = ManifestSummary.of(manifest, folder.manifest_json)
+    ok = manifest["status"] == "SUCCEEDED"
+    error = None
+    if not ok:
+        error = (
+            f"{manifest['errors']} of {manifest['records_in']} records failed, more than "
+            "max_error_rate allows; see the error files"
+        )
+    return store.transition(
+        job_id,
+        JobState.SUCCEEDED if ok else JobState.FAILED,
+        by=by,
+        expect=[JobState.RUNNING],
+        manifest=summary,
+        error=error,
+    )
+
+
+def reconcile(store: JobStore, record: Record, poller: Poller | None) -> Record:
+    """Settle a QUEUED/RUNNING job whose launched process or Dataflow job is gone.
+
+    A job still alive (or not launched, or with no poller to ask) is returned as is.
+    """
+    launch = record.launch
+    if record.state.terminal or not launch or not (launch.pid or launch.dataflow_job_id):
+        return record
+    reason = poller.poll(record) if poller else None
+    if reason is None:
+        return record
+    by = f"hyperbatch reconcile ({socket.gethostname()})"
+    manifest = manifest_of_this_run(record)
+    if manifest is not None:
+        try:
+            return finish(store, record.job_id, manifest, by=by)
+        except IllegalTransition:
+            return store.get(record.job_id)
+    seen = (record.status.heartbeat_at, record.state)
+
+    def unchanged(doc: JobStatus) -> bool:
+        return (doc.heartbeat_at, doc.state) == seen
+
+    try:
+        return store.transition(
+            record.job_id, JobState.FAILED, by=by, error=reason, guard=unchanged
+        )
+    except IllegalTransition:
+        return store.get(record.job_id)  # it moved on by itself meanwhile
+
+
+def manifest_of_this_run(record: Record) -> dict[str, Any] | None:
+    """The job's manifest if the run that started at ``started_at`` wrote it."""
+    started = record.status.started_at
+    path = JobFolder(record.status.job_dir).manifest_json
+    if record.state != JobState.RUNNING or not started or not storage.exists(path):
+        return None
+    manifest = json.loads(storage.read_bytes(path))
+    written = timestamps.parse(manifest["created_at"])
+    if manifest.get("job_id") != record.job_id or written < timestamps.parse(started).replace(
+        microsecond=0
+    ):
+        return None  # an earlier run's manifest
+    return manifest

@@ -1,0 +1,43 @@
+"""Our JSONL: ``{"id", "prompt" | "messages", "sampling"?, "metadata"?}`` per line; results are
+``schemas/result.avsc`` records as JSON lines."""
+
+from __future__ import annotations
+
+import json
+from typing import ClassVar
+
+from hyperbatch.schemas.formats.base import (
+    JsonLinesFormat,
+    Parsed,
+    build_request,
+    metadata_of,
+    result_record,
+)
+from hyperbatch.schemas.records import ErrorCode, RequestError
+
+
+class PromptJsonl(JsonLinesFormat):
+    """Our JSONL: ``{"id", "prompt" | "messages", "sampling"?, "metadata"?}`` per line."""
+
+    name = "jsonl"
+    id_key = "id"
+    KEYS: ClassVar[frozenset[str]] = frozenset({"id", "prompt", "messages", "sampling", "metadata"})
+
+    def _parse_obj(self, rid, obj, location, task, defaults) -> Parsed:
+        unknown = sorted(set(obj) - self.KEYS)
+        if unknown:
+            raise RequestError(
+                ErrorCode.INVALID_RECORD,
+                f"unknown field(s) {', '.join(unknown)}; a record has {', '.join(sorted(self.KEYS))}",
+            )
+        if ("prompt" in obj) == ("messages" in obj):
+            raise RequestError(ErrorCode.INVALID_RECORD, "give exactly one of prompt or messages")
+        sampling = obj.get("sampling") or {}
+        if not isinstance(sampling, dict):
+            raise RequestError(ErrorCode.INVALID_SAMPLING, "sampling must be an object")
+        req = build_request(rid, task, defaults, sampling, obj.get("prompt"), obj.get("messages"))
+        return Parsed(req, location, metadata_of(obj.get("metadata")))
+
+    def encode_results(self, items, job) -> bytes:
+        lines = [json.dumps(result_record(p, r, job), ensure_ascii=False) for p, r in items]
+        return ("\n".join(lines) + "\n").encode() if lines else b""

@@ -50,7 +50,7 @@ lint: install-test
 	$(BIN)/ruff format .
 
 clean:
-	rm -rf $(VENV) out build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-checkov out build *.egg-info .pytest_cache .ruff_cache .mypy_cache
 
 # checkov over terraform/, in a virtualenv of its own: checkov ships a module named `hcl2` that
 # would shadow python-hcl2 (used by tests/terraform) in .venv. Offline: --skip-download.

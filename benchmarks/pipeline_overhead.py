@@ -89,7 +89,7 @@ def make_spec(args: argparse.Namespace, input_path: str, output: str, name: str)
 
 def engine_alone(spec, input_path: str) -> dict:
     t0 = time.perf_counter()
-    loaded = engine_adapter.shared_engine(spec)
+    loaded = engine_adapter.shared_loop(spec)
     load_s = time.perf_counter() - t0
     fmt = FORMATS["openai"]
     with open(input_path, "rb") as f:

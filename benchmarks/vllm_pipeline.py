@@ -59,7 +59,7 @@ def hyperbatch_pipeline(hf_dir: str, input_path: str, output: str, batch_size: i
         "sampling": {"temperature": 0.0, "ignore_eos": True},
     })  # fmt: skip
     t0 = time.perf_counter()
-    engine_adapter.shared_engine(spec)
+    engine_adapter.shared_loop(spec)
     load = time.perf_counter() - t0
     t0 = time.perf_counter()
     m = pipeline.run(spec)

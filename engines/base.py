@@ -10,7 +10,15 @@ Contract of ``generate(requests)``:
   * each result carries its request's ``record_id`` and its own :class:`Usage`;
   * ``on_result`` (optional) is called once per request as soon as its result is final, in any
     order, so callers can report progress;
-  * engines keep their cumulative :class:`Counters` in :meth:`Engine.stats`.
+  * engines keep their cumulative :class:`Counters` in :meth:`Engine.stats`, and each result's
+    ``charge`` is its share of them (the charges of all requests add up to the totals).
+
+``serve(source, on_result)`` is the same contract as a loop: it serves whatever ``source``
+hands it until the source is closed, reporting each result through ``on_result``. One thread
+per worker process runs it (the engine loop in ``runners/engine_adapter.py``), fed by every
+shard in flight, so an engine that can admit requests while others decode (the JAX engine's
+slot refill, vLLM's scheduler) keeps its batch full across shards. ``generate`` is ``serve``
+over a fixed list.
 
 Engines know nothing about Beam, storage layouts or job specs; ``runners/engine_adapter.py`` is
 the one place that bridges them. The request/result vocabulary lives in ``schemas.records``.
@@ -22,7 +30,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from hyperbatch.engines.options import EngineOptions, NoOptions
 from hyperbatch.schemas.records import Counters, Request, Result
@@ -55,6 +63,28 @@ class EngineConfig:
 OnResult = Callable[[Result], None]
 
 
+class RequestSource(Protocol):
+    """Where an engine loop takes its requests from."""
+
+    def take(self, max_n: int, wait: bool) -> list[Request] | None:
+        """Up to ``max_n`` waiting requests, in arrival order. With ``wait`` it blocks until
+        some arrive; without, it may return []. None once the source is closed and drained."""
+        ...
+
+
+class ListSource:
+    """A closed source holding a fixed list (``generate``)."""
+
+    def __init__(self, requests: Sequence[Request]):
+        self._items = list(requests)
+
+    def take(self, max_n: int, wait: bool) -> list[Request] | None:
+        if not self._items:
+            return None
+        out, self._items = self._items[:max_n], self._items[max_n:]
+        return out
+
+
 class Engine(abc.ABC):
     """Base class of every engine. Subclasses load their model in ``__init__``."""
 
@@ -85,6 +115,17 @@ class Engine(abc.ABC):
         self, requests: Sequence[Request], on_result: OnResult | None = None
     ) -> list[Result]:
         """Serve ``requests``; see the module docstring for the contract."""
+
+    def serve(self, source: RequestSource, on_result: OnResult) -> None:
+        """Serve requests from ``source`` until it is closed (see the module docstring).
+
+        Default: take what is waiting (up to four batches), ``generate`` it, repeat. A device
+        or runtime failure raises (the caller fails the work in flight); a bad request is an
+        error result as always.
+        """
+        while (batch := source.take(4 * max(1, self.config.batch_size), wait=True)) is not None:
+            if batch:
+                self.generate(batch, on_result)
 
     @abc.abstractmethod
     def stats(self) -> Counters: ...

@@ -11,7 +11,8 @@
 * A prompt of more than ``max_prompt_tokens`` words (option, default 512) is refused with
   PROMPT_TOO_LONG; one containing the option ``reject_word`` is refused with ENGINE_REJECTED.
 * Static shapes are simulated: each request occupies a slot of ``max_prompt_tokens`` +
-  ``max_tokens`` positions, so padding waste is computable too.
+  ``max_tokens`` positions, so padding waste is computable too. Each request is its own "device
+  call": its charge is its own time and slots.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import ClassVar
 from hyperbatch.engines.base import Engine, EngineConfig, ModelInfo, OnResult
 from hyperbatch.engines.options import EngineOptions, option
 from hyperbatch.schemas.records import (
+    Charge,
     Counters,
     ErrorCode,
     FinishReason,
@@ -94,26 +96,33 @@ class FakeEngine(Engine):
         if cuts:
             text, finish = text[: min(cuts)], FinishReason.STOP
             out = text.split()
-        self._stats.computed_token_slots += self._max_prompt + sp.max_tokens
-        self._stats.useful_token_slots += len(ids) + len(out)
         return Result(
             record_id=request.record_id,
             text=" ".join(out),
             finish_reason=finish,
             usage=Usage(prompt_tokens=len(ids), completion_tokens=len(out)),
             token_ids=tuple(len(w) for w in out),
+            charge=Charge(
+                computed_token_slots=self._max_prompt + sp.max_tokens,
+                useful_token_slots=len(ids) + len(out),
+            ),
         )
 
     def generate(
         self, requests: Sequence[Request], on_result: OnResult | None = None
     ) -> list[Result]:
-        t0 = time.perf_counter()
         results = []
         for r in requests:
+            t0 = time.perf_counter()
             try:
                 res = self._serve(r)
             except RequestError as e:
                 res = Result.failed(r.record_id, e.code, e.message)
+            seconds = time.perf_counter() - t0
+            res = dataclasses.replace(res, charge=res.charge + Charge(busy_seconds=seconds))
+            self._stats.busy_seconds += seconds
+            self._stats.computed_token_slots += res.charge.computed_token_slots
+            self._stats.useful_token_slots += res.charge.useful_token_slots
             self._stats.records += 1
             self._stats.results += int(res.ok)
             self._stats.errors += int(not res.ok)
@@ -122,7 +131,6 @@ class FakeEngine(Engine):
             results.append(res)
             if on_result:
                 on_result(res)
-        self._stats.busy_seconds += time.perf_counter() - t0
         return results
 
     def stats(self) -> Counters:

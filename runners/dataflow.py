@@ -19,6 +19,7 @@ from hyperbatch.jobs.status import Launch
 from hyperbatch.jobs.store import JobStore, Record
 from hyperbatch.jobs.submit import LaunchError
 from hyperbatch.retry import CLOUD_RETRY
+from hyperbatch.runners.options import shards_in_flight
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,10 @@ def _labels(spec: JobSpec, job_id: str, cfg: DataflowConfig) -> dict[str, str]:
     }
 
 
+def _harness_threads(spec: JobSpec) -> int:
+    return shards_in_flight(spec.batch_size, spec.records_per_shard)
+
+
 def _experiments(shape: WorkerShape) -> list[str]:
     # Runner v2 runs custom containers and accelerators. One SDK process per worker: the engine
     # holds the whole device, and a second process would load a second copy of the model.
@@ -127,6 +132,8 @@ def pipeline_options(
     }
     if shape.worker_accelerator:
         opts["dataflow_service_options"] = [f"worker_accelerator={shape.worker_accelerator}"]
+        # one SDK process holds the device; this many bundles in it keep its engine loop fed
+        opts["number_of_worker_harness_threads"] = _harness_threads(spec)
     if disk:
         opts["disk_size_gb"] = disk
     if cfg.service_account:
@@ -185,6 +192,11 @@ def flex_template_request(
             else df.WorkerIPAddressConfiguration.WORKER_IP_PRIVATE
         ),
         disk_size_gb=opts.get("disk_size_gb", 0),
+        additional_pipeline_options=(
+            [f"number_of_worker_harness_threads={_harness_threads(spec)}"]
+            if shape.worker_accelerator
+            else []
+        ),
     )
     return df.LaunchFlexTemplateRequest(
         project_id=cfg.project,

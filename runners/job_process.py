@@ -24,7 +24,7 @@ from hyperbatch.jobs.status import JobState, JobStatus
 from hyperbatch.jobs.store import IllegalTransition, JobStore
 from hyperbatch.runners import pipeline
 from hyperbatch.runners.local import HEARTBEAT_S
-from hyperbatch.runners.options import local_options, local_runner
+from hyperbatch.runners.options import local_options, local_runner, shards_in_flight
 from hyperbatch.runners.progress import PROGRESS
 from hyperbatch.schemas.records import Counters
 
@@ -113,7 +113,7 @@ def execute(
         log.warning("not running job %s: %s", job_id, e)
         return EXIT_NOT_RUN
     spec = store.spec(job_id)
-    options = local_options(workers)
+    options = local_options(workers, shards_in_flight(spec.batch_size, spec.records_per_shard))
     beat = _Heartbeat(
         store, job_id, heartbeat_s, _progress(record.status.job_dir, workers > 1), on_cancel
     )

@@ -25,13 +25,20 @@ from apache_beam.metrics import Metrics
 from hyperbatch import storage
 from hyperbatch.jobs import manifest
 from hyperbatch.jobs import spec as job_spec
-from hyperbatch.jobs.layout import JobFolder
+from hyperbatch.jobs.layout import JobFolder, ShardFiles
 from hyperbatch.jobs.manifest import ShardStats
 from hyperbatch.jobs.spec import JobSpec
 from hyperbatch.runners import dedup, engine_adapter, shards
-from hyperbatch.runners.options import local_options, local_runner
+from hyperbatch.runners.options import local_options, local_runner, shards_in_flight
 from hyperbatch.runners.progress import PROGRESS
-from hyperbatch.schemas.formats import FORMATS, JobInfo, Parsed, RecordError, encode_errors
+from hyperbatch.schemas.formats import (
+    FORMATS,
+    InputFormat,
+    JobInfo,
+    Parsed,
+    RecordError,
+    encode_errors,
+)
 from hyperbatch.schemas.records import Counters, ErrorCode, TaskKind
 
 log = logging.getLogger(__name__)
@@ -116,8 +123,24 @@ class ServeShard(beam.DoFn):
             yield done
             return
 
+        attempt = object()  # this attempt's share of the process's accelerator time
+        engine_adapter.LEDGER.start(attempt)
+        try:
+            stats = self._serve(shard, fmt, outputs, repeats, attempt)
+        finally:
+            engine_adapter.LEDGER.discard(attempt)  # a failed attempt's share: not committed
+        yield stats
+
+    def _serve(
+        self,
+        shard: shards.Shard,
+        fmt: InputFormat,
+        outputs: ShardFiles,
+        repeats: list,
+        attempt: object,
+    ) -> ShardStats:
+        spec = self.ctx.spec
         started = time.time()
-        t0 = time.perf_counter()
         repeat_index = self._repeat_index(repeats)
         task, defaults = TaskKind(spec.task), spec.default_sampling
         valid: list[Parsed] = []
@@ -153,12 +176,10 @@ class ServeShard(beam.DoFn):
                 completion_tokens=result.usage.completion_tokens,
             )
 
-        served, load_wall = None, 0.0
+        served = None
         if valid:
-            t_load = time.perf_counter()
-            loaded = engine_adapter.shared_engine(spec)  # loads on the process's first shard
-            load_wall = time.perf_counter() - t_load
-            served = engine_adapter.serve(loaded, valid, on_result)
+            loop = engine_adapter.shared_loop(spec)  # loads on the process's first shard
+            served = engine_adapter.serve(loop, valid, on_result)
         ok: list[tuple[Parsed, Any]] = []
         for parsed, result in zip(valid, served.results if served else [], strict=True):
             if result.ok:
@@ -185,10 +206,8 @@ class ServeShard(beam.DoFn):
         )
         job = JobInfo(self.ctx.job_id, spec.model, int(started))
         results_bytes = fmt.encode_results(ok, job)
-        # This shard's time, plus the engine's load and warmup if this shard is its first.
-        counters.accelerator_seconds = (time.perf_counter() - t0 - load_wall) + (
-            served.charged_load_seconds if served else 0.0
-        )
+        # its share of the process's time while shards were in flight (the model load included)
+        counters.accelerator_seconds = engine_adapter.LEDGER.stop(attempt)
         stats = ShardStats(
             shard=shard.name,
             counters=counters,
@@ -203,7 +222,7 @@ class ServeShard(beam.DoFn):
         self.errors.inc(len(errors))
         self.tokens.inc(counters.completion_tokens)
         PROGRESS.add(shards=1)
-        yield stats
+        return stats
 
 
 def _count_codes(errors: list[RecordError]) -> dict[str, int]:
@@ -265,7 +284,9 @@ def run(
     ctx = JobContext(spec, job_id or spec.job_id, time.time())
     record_spec(ctx)
     PROGRESS.reset()
-    p = beam.Pipeline(runner=runner or local_runner(), options=options or local_options())
+    if options is None:  # several shards in flight, feeding the process's one engine loop
+        options = local_options(threads=shards_in_flight(spec.batch_size, spec.records_per_shard))
+    p = beam.Pipeline(runner=runner or local_runner(), options=options)
     build(p, ctx)
     p.run().wait_until_finish()
     return manifest.read(ctx.job_dir)

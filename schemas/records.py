@@ -207,10 +207,33 @@ class TokenLogprob:
 
 
 @dataclasses.dataclass(frozen=True)
+class Charge:
+    """What serving one request cost the engine: its share of every device call it took part
+    in. An engine divides each call's time and token slots among the requests in it by their
+    useful slots (tokens they prefilled or generated in that call), so idle slots and padding are
+    paid by the requests that rode in the batch, and the charges of all requests add up to the
+    engine's own totals."""
+
+    busy_seconds: float = 0.0
+    prefill_seconds: float = 0.0
+    computed_token_slots: float = 0.0
+    useful_token_slots: int = 0
+
+    def __add__(self, other: Charge) -> Charge:
+        return Charge(
+            self.busy_seconds + other.busy_seconds,
+            self.prefill_seconds + other.prefill_seconds,
+            self.computed_token_slots + other.computed_token_slots,
+            self.useful_token_slots + other.useful_token_slots,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
 class Result:
     """The outcome of one request: text and finish reason, or an error code and message.
 
-    ``logprobs`` is set (one entry per generated token) when the request asked for them.
+    ``logprobs`` is set (one entry per generated token) when the request asked for them;
+    ``charge`` is the request's share of the engine's work (``Charge``).
     """
 
     record_id: str
@@ -221,6 +244,7 @@ class Result:
     error_code: ErrorCode | None = None
     error_message: str | None = None
     logprobs: tuple[TokenLogprob, ...] | None = None
+    charge: Charge = Charge()
 
     @property
     def ok(self) -> bool:
@@ -250,7 +274,9 @@ class Counters:
     load_seconds: float = 0.0
     warmup_seconds: float = 0.0
     compilations: int = 0  # distinct programs compiled (bounded by the shape buckets)
-    computed_token_slots: int = 0  # token positions computed (static shapes: padding included)
+    # token positions computed (static shapes: padding included); fractional when a device
+    # call's slots are shared out among the shards whose requests rode in it
+    computed_token_slots: float = 0
     useful_token_slots: int = 0  # of which real tokens
     records_planned: int = 0
     shards_planned: int = 0

@@ -47,13 +47,20 @@ import numpy as np
 
 from hyperbatch import accelerators
 from hyperbatch.engines import models
-from hyperbatch.engines.base import Engine, EngineConfig, ModelInfo, OnResult
+from hyperbatch.engines.base import Engine, EngineConfig, ModelInfo, OnResult, RequestSource
 from hyperbatch.engines.jax_llm import cpu_attention, sharding, weights
 from hyperbatch.engines.jax_llm.config import ModelConfig
 from hyperbatch.engines.jax_llm.options import JaxOptions
 from hyperbatch.engines.jax_llm.prefix_store import PrefixStore
 from hyperbatch.engines.jax_llm.programs import DevicePrograms, Shapes
-from hyperbatch.engines.jax_llm.scheduler import Generation, SlotScheduler, seed_key
+from hyperbatch.engines.jax_llm.scheduler import (
+    Finish,
+    Generation,
+    Key,
+    SlotScheduler,
+    WorkSource,
+    seed_key,
+)
 from hyperbatch.engines.jax_llm.tokenizer import ChatTokenizer
 from hyperbatch.engines.options import EngineOptions
 from hyperbatch.schemas.records import Counters, ErrorCode, Request, RequestError, Result
@@ -195,9 +202,8 @@ class JaxLLMEngine(Engine):
             rows_per_bucket={t: max(1, opt.prefill_tokens // t) for t in self.buckets},
         )
         self.programs = DevicePrograms(
-            cfg, host_params, devices, shapes, _DTYPES[config.dtype], self.attention,
-            self._stats, mesh,
-        )  # fmt: skip
+            cfg, host_params, devices, shapes, _DTYPES[config.dtype], self.attention, mesh
+        )
         del host_params
         self.store = PrefixStore(store_rows)
         self.scheduler = SlotScheduler(
@@ -286,7 +292,7 @@ class JaxLLMEngine(Engine):
 
     # -- serving ------------------------------------------------------------------------------
 
-    def _prepare(self, index: int, request: Request) -> Generation:
+    def _prepare(self, key: Key, request: Request) -> Generation:
         sp = request.sampling
         if sp.presence_penalty or sp.frequency_penalty:
             raise RequestError(
@@ -314,12 +320,12 @@ class JaxLLMEngine(Engine):
             if not self.prefix_min <= prefix <= self.prefix_max:
                 prefix = 0
         return Generation(
-            index=index,
+            key=key,
             request=request,
             ids=ids,
             prefix_len=prefix,
             limit=min(sp.max_tokens, self.max_seq_len - len(ids)),
-            key=seed_key(sp.seed),
+            key_data=seed_key(sp.seed),
             stop_ids=frozenset(sp.stop_token_ids)
             | (frozenset() if sp.ignore_eos else self.eos_ids),
         )
@@ -327,11 +333,23 @@ class JaxLLMEngine(Engine):
     def generate(
         self, requests: Sequence[Request], on_result: OnResult | None = None
     ) -> list[Result]:
-        t0 = time.perf_counter()
         results: list[Result | None] = [None] * len(requests)
 
-        def finish(i: int, res: Result) -> None:
-            results[i] = res
+        def finish(key: Key, res: Result) -> None:
+            assert isinstance(key, int)
+            results[key] = res
+            if on_result is not None:
+                on_result(res)
+
+        self._run(_Indexed(requests), finish)
+        return [r for r in results if r is not None]
+
+    def serve(self, source: RequestSource, on_result: OnResult) -> None:
+        """The engine loop: slots are refilled from ``source`` between decode calls."""
+        self._run(_Keyed(source), lambda _key, res: on_result(res))
+
+    def _run(self, source: WorkSource, finish: Finish) -> None:
+        def counted(key: Key, res: Result) -> None:
             st = self._stats
             st.records += 1
             st.results += int(res.ok)
@@ -339,25 +357,39 @@ class JaxLLMEngine(Engine):
             st.prompt_tokens += res.usage.prompt_tokens
             st.completion_tokens += res.usage.completion_tokens
             st.cached_tokens += res.usage.cached_tokens
-            if on_result is not None:
-                on_result(res)
+            finish(key, res)
 
-        pending: collections.deque[Generation] = collections.deque()
-        for i, r in enumerate(requests):
-            try:
-                pending.append(self._prepare(i, r))
-            except RequestError as e:
-                finish(i, Result.failed(r.record_id, e.code, e.message))
         try:
-            self.scheduler.run(pending, finish)
+            self.scheduler.run(source, self._prepare, counted)
         except BaseException:
             # A device or runtime failure is not the records' fault: leave the engine usable
             # (donated buffers may be gone, and with them the stored prefixes) and let it fail
-            # the caller's shard, which a rerun (or Beam's bundle retry) serves again, instead
+            # the work in flight, which a rerun (or Beam's bundle retry) serves again, instead
             # of committing error records.
             self.programs.reset_caches()
             self.store.clear()
             raise
-        finally:
-            self._stats.busy_seconds += time.perf_counter() - t0
-        return [r for r in results if r is not None]
+
+
+class _Indexed:
+    """A fixed list, keyed by position (``generate``)."""
+
+    def __init__(self, requests: Sequence[Request]):
+        self._items: list[tuple[Key, Request]] = list(enumerate(requests))
+
+    def take(self, max_n: int, wait: bool) -> list[tuple[Key, Request]] | None:
+        if not self._items:
+            return None
+        out, self._items = self._items[:max_n], self._items[max_n:]
+        return out
+
+
+class _Keyed:
+    """Any request source; results go back by the request itself (``serve``)."""
+
+    def __init__(self, source: RequestSource):
+        self.source = source
+
+    def take(self, max_n: int, wait: bool) -> list[tuple[Key, Request]] | None:
+        taken = self.source.take(max_n, wait)
+        return None if taken is None else [(id(r), r) for r in taken]

@@ -3,8 +3,10 @@
 ``DevicePrograms`` owns everything on the devices -- the weights, the decode cache (one row per
 slot) and the prefix store -- and the three jitted programs of ``model`` (bucketed prefill,
 packed prefill, decode), each with one static shape per bucket. It turns host-side rows into the
-typed batches those programs take and returns the sampled tokens as numpy arrays. It knows
-nothing of requests, slots' owners or stop conditions: that is the scheduler's job.
+typed batches those programs take and returns the sampled tokens as numpy arrays, with the token
+slots each call computed. It knows nothing of requests, slots' owners or stop conditions: that is
+the scheduler's job. ``device_seconds`` adds up the time from each call's dispatch to its
+result (what the device was busy with, as the host sees it).
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ from hyperbatch.engines.jax_llm.model import (
     PrefillBatch,
 )
 from hyperbatch.engines.jax_llm.sampling import SamplingArrays
-from hyperbatch.schemas.records import Counters
 
 
 class RowSampling(NamedTuple):
@@ -89,11 +90,10 @@ class DevicePrograms:
         shapes: Shapes,
         dtype: Any,
         attention: str,
-        stats: Counters,
         mesh: Any = None,
     ):
         self.cfg, self.shapes, self.dtype, self.attention = cfg, shapes, dtype, attention
-        self.stats = stats  # the engine's counters: prefill time and token slots add here
+        self.device_seconds = 0.0
         self.mesh = mesh
         self.device = devices[0]
         if mesh is not None:
@@ -150,9 +150,14 @@ class DevicePrograms:
 
     # -- calls ------------------------------------------------------------------------------
 
-    def prefill(self, t: int, rows: Sequence[PrefillRow], count: bool = True) -> np.ndarray:
+    def _wait(self, t0: float, result: Any) -> np.ndarray:
+        out = np.asarray(result)  # waits for the device
+        self.device_seconds += time.perf_counter() - t0
+        return out
+
+    def prefill(self, t: int, rows: Sequence[PrefillRow]) -> tuple[np.ndarray, int]:
         """One bucketed prefill call on bucket ``t`` (at most ``rows_per_bucket[t]`` rows);
-        returns the sampled next token per row."""
+        returns the sampled next token per row and the token slots computed."""
         sh = self.shapes
         p_rows, none = sh.rows_per_bucket[t], max(1, sh.store_rows)
         tokens = np.zeros((p_rows, t), np.int32)
@@ -171,14 +176,9 @@ class DevicePrograms:
         )
         t0 = time.perf_counter()
         self.cache, self.store, nxt = self._prefill(self.params, self.cache, self.store, batch)
-        out = np.asarray(nxt)  # waits for the device
-        if count:
-            self.stats.prefill_seconds += time.perf_counter() - t0
-            self.stats.computed_token_slots += p_rows * t
-            self.stats.useful_token_slots += int(lens.sum())
-        return out
+        return self._wait(t0, nxt), p_rows * t
 
-    def prefill_packed(self, pieces: Sequence[PrefillRow], count: bool = True) -> np.ndarray:
+    def prefill_packed(self, pieces: Sequence[PrefillRow]) -> tuple[np.ndarray, int]:
         """One packed prefill call: at most ``pieces`` rows and ``prefill_tokens`` tokens in all.
         A row loads its prefix row before the layers and saves its store row after them; the
         token after its last one is sampled (meaningful for rows that end a sequence)."""
@@ -208,18 +208,12 @@ class DevicePrograms:
         self.cache, self.store, nxt = self._prefill_packed(
             self.params, self.cache, self.store, batch
         )
-        out = np.asarray(nxt)  # waits for the device
-        if count:
-            self.stats.prefill_seconds += time.perf_counter() - t0
-            self.stats.computed_token_slots += m
-            self.stats.useful_token_slots += at
-        return out
+        return self._wait(t0, nxt), m
 
-    def decode(
-        self, slots: dict[int, tuple[int, int, RowSampling]], count: bool = True
-    ) -> np.ndarray:
+    def decode(self, slots: dict[int, tuple[int, int, RowSampling]]) -> tuple[np.ndarray, int]:
         """``steps`` decode steps for every slot; ``slots`` maps an active slot to (its last
-        token, that token's position, its sampling). Returns tokens [steps, B]."""
+        token, that token's position, its sampling). Returns tokens [steps, B] and the token
+        slots computed."""
         b = self.shapes.batch
         tokens = np.zeros(b, np.int32)
         positions = np.full(b, self.shapes.max_seq_len, np.int32)  # idle: writes dropped
@@ -227,17 +221,17 @@ class DevicePrograms:
         for slot, (token, position, sampling) in slots.items():
             tokens[slot], positions[slot], rows[slot] = token, position, sampling
         state = DecodeState(tokens, positions, _sampling(rows, b))
+        t0 = time.perf_counter()
         self.cache, toks = self._decode(self.params, self.cache, state)
-        if count:
-            self.stats.computed_token_slots += b * self.shapes.steps
-        return np.asarray(toks)
+        return self._wait(t0, toks), b * self.shapes.steps
 
     def warmup(self, buckets: Sequence[int], packed: bool) -> None:
         """Compile every program this engine will run (empty calls: nothing is counted)."""
         if packed:
-            self.prefill_packed([], count=False)
+            self.prefill_packed([])
         else:
             for t in buckets:
-                self.prefill(t, [], count=False)
-        self.decode({}, count=False)
+                self.prefill(t, [])
+        self.decode({})
         jax.block_until_ready(self.cache)
+        self.device_seconds = 0.0

@@ -5,6 +5,16 @@ KV cache; waiting requests are prefilled straight into free slots (their shared 
 from the prefix store, computed once if new), every active slot advances ``steps`` tokens per
 decode call, and a slot whose request finished is refilled between calls. Stops (EOS, stop ids,
 stop strings, max_tokens, the end of the KV cache) are checked on the host after each call.
+
+``run`` is a loop over a source of work: between device calls it takes whatever has arrived
+(from any number of callers), so slots are refilled from whoever has work and only the source's
+last requests decode with idle slots. It blocks on the source only when it has nothing to do.
+
+Accounting: every iteration (an admission round or a decode call, with the host work around
+it) is timed; its wall time and its computed token slots are divided among the requests that
+took part, in proportion to their useful slots in it (tokens prefilled or generated), and added
+to the engine's totals. A request's ``Result.charge`` is the sum of its shares, so the charges of
+all requests add up to the totals, idle slots and padding included.
 """
 
 from __future__ import annotations
@@ -12,30 +22,44 @@ from __future__ import annotations
 import collections
 import dataclasses
 import secrets
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Hashable, Sequence
+from typing import Protocol
 
 import numpy as np
 
 from hyperbatch.engines.jax_llm.prefix_store import PrefixStore
 from hyperbatch.engines.jax_llm.programs import DevicePrograms, PrefillRow, RowSampling
 from hyperbatch.engines.jax_llm.tokenizer import ChatTokenizer
-from hyperbatch.schemas.records import Counters, FinishReason, Request, Result, Usage
+from hyperbatch.schemas.records import (
+    Charge,
+    Counters,
+    FinishReason,
+    Request,
+    RequestError,
+    Result,
+    Usage,
+)
+
+Key = Hashable  # the caller's handle for a request; results come back under it
 
 
 @dataclasses.dataclass(eq=False)
 class Generation:
     """A request on its way through the engine."""
 
-    index: int  # position in the caller's batch
+    key: Key
     request: Request
     ids: list[int]
     prefix_len: int  # leading tokens served from the prefix store (0 = none)
     limit: int  # max new tokens (max_tokens bounded by the KV cache)
-    key: np.ndarray  # [2] uint32 sampling key data
+    key_data: np.ndarray  # [2] uint32 sampling key data
     stop_ids: frozenset[int]
     slot: int = -1
     cached: int = 0
     out: list[int] = dataclasses.field(default_factory=list)
+    charge: Charge = dataclasses.field(default_factory=Charge)
+    useful: int = 0  # slots of the current iteration (scratch)
 
     @property
     def prefix(self) -> tuple[int, ...]:
@@ -43,7 +67,15 @@ class Generation:
 
     def sampling(self) -> RowSampling:
         sp = self.request.sampling
-        return RowSampling(sp.temperature, sp.top_k, sp.top_p, self.key, len(self.out))
+        return RowSampling(sp.temperature, sp.top_k, sp.top_p, self.key_data, len(self.out))
+
+
+class WorkSource(Protocol):
+    def take(self, max_n: int, wait: bool) -> list[tuple[Key, Request]] | None: ...
+
+
+Prepare = Callable[[Key, Request], Generation]
+Finish = Callable[[Key, Result], None]
 
 
 def seed_key(seed: int | None) -> np.ndarray:
@@ -62,7 +94,6 @@ def bucket_of(n: int, buckets: Sequence[int]) -> int:
 
 # (start, end, load row, save row) of a part of a sequence's tokens
 Part = tuple[int, int, int, int]
-Finish = Callable[[int, Result], None]
 
 
 class SlotScheduler:
@@ -84,40 +115,104 @@ class SlotScheduler:
 
     # -- the loop -----------------------------------------------------------------------------
 
-    def run(self, pending: collections.deque[Generation], finish: Finish) -> None:
-        """Serve every generation in ``pending`` to its end; ``finish(index, result)`` each."""
+    def run(self, source: WorkSource, prepare: Prepare, finish: Finish) -> None:
+        """Serve what ``source`` hands over until it is closed and all of it is done."""
         active: dict[int, Generation] = {}
-        while pending or active:
+        pending: collections.deque[Generation] = collections.deque()
+        closed = False
+        while True:
+            if not closed:
+                idle = not active and not pending
+                room = 2 * self.batch - len(pending)  # a lookahead for admission rounds
+                if idle or room > 0:
+                    taken = source.take(max(1, room), wait=idle)
+                    if taken is None:
+                        closed = True
+                    for key, request in taken or ():
+                        try:
+                            pending.append(prepare(key, request))
+                        except RequestError as e:
+                            finish(key, Result.failed(request.record_id, e.code, e.message))
+            if not active and not pending:
+                if closed:
+                    return
+                continue
             free = [slot for slot in range(self.batch) if slot not in active]
             if pending and free and (not active or len(free) >= min(self.refill_min, len(pending))):
-                for g in self.admit(pending, free):
-                    done = self.check_finish(g)
-                    if done:
-                        finish(g.index, self.result(g, *done))
-                    else:
-                        active[g.slot] = g
-                continue
-            if not active:
-                continue
-            slots = {
-                slot: (g.out[-1], len(g.ids) + len(g.out) - 1, g.sampling())
-                for slot, g in active.items()
-            }
-            toks = self.programs.decode(slots)
-            for slot, g in list(active.items()):
-                for k in range(self.steps):
-                    g.out.append(int(toks[k, slot]))
-                    self.stats.useful_token_slots += 1
-                    done = self.check_finish(g)
-                    if done:
-                        finish(g.index, self.result(g, *done))
-                        del active[slot]
-                        break
+                self._admission_round(pending, free, active, finish)
+            elif active:
+                self._decode_round(active, finish)
+
+    def _admission_round(
+        self,
+        pending: collections.deque[Generation],
+        free: list[int],
+        active: dict[int, Generation],
+        finish: Finish,
+    ) -> None:
+        t0 = time.perf_counter()
+        chosen, computed = self.admit(pending, free)
+        done = []
+        for g in chosen:
+            reason = self.check_finish(g)
+            if reason:
+                done.append((g, reason))
+            else:
+                active[g.slot] = g
+        self._charge(chosen, time.perf_counter() - t0, computed, prefill=True)
+        for g, reason in done:
+            finish(g.key, self.result(g, *reason))
+
+    def _decode_round(self, active: dict[int, Generation], finish: Finish) -> None:
+        t0 = time.perf_counter()
+        slots = {
+            slot: (g.out[-1], len(g.ids) + len(g.out) - 1, g.sampling())
+            for slot, g in active.items()
+        }
+        toks, computed = self.programs.decode(slots)
+        members = list(active.values())
+        done = []
+        for slot, g in list(active.items()):
+            for k in range(self.steps):
+                g.out.append(int(toks[k, slot]))
+                g.useful += 1
+                reason = self.check_finish(g)
+                if reason:
+                    done.append((g, reason))
+                    del active[slot]
+                    break
+        self._charge(members, time.perf_counter() - t0, computed, prefill=False)
+        for g, reason in done:
+            finish(g.key, self.result(g, *reason))
+
+    def _charge(
+        self, members: Sequence[Generation], seconds: float, computed: int, prefill: bool
+    ) -> None:
+        """Add one iteration to the totals and share it out by useful slots."""
+        useful = sum(g.useful for g in members)
+        st = self.stats
+        st.busy_seconds += seconds
+        st.computed_token_slots += computed
+        st.useful_token_slots += useful
+        if prefill:
+            st.prefill_seconds += seconds
+        for g in members:
+            share = g.useful / useful if useful else 1.0 / len(members)
+            g.charge = g.charge + Charge(
+                busy_seconds=seconds * share,
+                prefill_seconds=seconds * share if prefill else 0.0,
+                computed_token_slots=computed * share,
+                useful_token_slots=g.useful,
+            )
+            g.useful = 0
 
     # -- admission ----------------------------------------------------------------------------
 
-    def admit(self, pending: collections.deque[Generation], free: list[int]) -> list[Generation]:
-        """Prefill as many waiting requests as there are free slots; returns them."""
+    def admit(
+        self, pending: collections.deque[Generation], free: list[int]
+    ) -> tuple[list[Generation], int]:
+        """Prefill as many waiting requests as there are free slots; returns them and the
+        token slots the prefill calls computed."""
         chosen: list[Generation] = []
         pinned: dict[tuple[int, ...], int] = {}  # prefixes this round uses -> store row
         creators: list[Generation] = []
@@ -139,7 +234,9 @@ class SlotScheduler:
             g.slot = free[len(chosen)]
             chosen.append(g)
         # phase A: each new prefix, computed once into its creator's slot and saved to the store
-        self._prefill([(g, (0, g.prefix_len, self.none, pinned[g.prefix])) for g in creators])
+        _, computed_a = self._prefill(
+            [(g, (0, g.prefix_len, self.none, pinned[g.prefix])) for g in creators]
+        )
         # phase B: every request's own tokens after its (loaded) prefix
         parts = []
         for g in chosen:
@@ -147,44 +244,52 @@ class SlotScheduler:
                 parts.append((g, (g.prefix_len, len(g.ids), pinned[g.prefix], self.none)))
             else:
                 parts.append((g, (0, len(g.ids), self.none, self.none)))
-        for g, tok in self._prefill(parts):
+        firsts, computed_b = self._prefill(parts)
+        for g, tok in firsts:
             g.out.append(int(tok))
-        return chosen
+        return chosen, computed_a + computed_b
 
     def _row(self, g: Generation, part: Part) -> PrefillRow:
         a, e, load, save = part
+        g.useful += e - a
         return PrefillRow(g.ids[a:e], g.slot, a, load, save, g.sampling())
 
-    def _prefill(self, parts: list[tuple[Generation, Part]]) -> list[tuple[Generation, int]]:
-        """Prefill calls for (generation, part): packed, or by bucket; (generation, next token)
-        for every part."""
+    def _prefill(
+        self, parts: list[tuple[Generation, Part]]
+    ) -> tuple[list[tuple[Generation, int]], int]:
+        """Prefill calls for (generation, part), packed or by bucket: (generation, next token)
+        for every part, and the token slots computed."""
         if self.packed:
             return self._prefill_in_pieces(parts)
         by_bucket: dict[int, list[tuple[Generation, Part]]] = collections.defaultdict(list)
         for g, part in parts:
             by_bucket[bucket_of(part[1] - part[0], self.buckets)].append((g, part))
         out: list[tuple[Generation, int]] = []
+        computed = 0
         for t, items in sorted(by_bucket.items()):
             p_rows = self.programs.shapes.rows_per_bucket[t]
             for i in range(0, len(items), p_rows):
                 chunk = items[i : i + p_rows]
-                toks = self.programs.prefill(t, [self._row(g, part) for g, part in chunk])
+                toks, n = self.programs.prefill(t, [self._row(g, part) for g, part in chunk])
+                computed += n
                 out.extend((g, int(toks[j])) for j, (g, _) in enumerate(chunk))
-        return out
+        return out, computed
 
     def _prefill_in_pieces(
         self, parts: list[tuple[Generation, Part]]
-    ) -> list[tuple[Generation, int]]:
+    ) -> tuple[list[tuple[Generation, int]], int]:
         """Packed prefill of the parts, each split where a call is full (only its first piece
         loads the prefix, only its last saves and samples)."""
         sh = self.programs.shapes
         out: list[tuple[Generation, int]] = []
         call: list[tuple[Generation, Part]] = []
         ends: list[bool] = []  # does call[i] end its part?
-        room = sh.prefill_tokens
+        room, computed = sh.prefill_tokens, 0
 
         def run() -> None:
-            toks = self.programs.prefill_packed([self._row(g, p) for g, p in call])
+            nonlocal computed
+            toks, n = self.programs.prefill_packed([self._row(g, p) for g, p in call])
+            computed += n
             out.extend((c[0], int(toks[i])) for i, c in enumerate(call) if ends[i])
             call.clear()
             ends.clear()
@@ -200,7 +305,7 @@ class SlotScheduler:
                 a, room, load = a + n, room - n, self.none
         if call:
             run()
-        return out
+        return out, computed
 
     # -- finishing ----------------------------------------------------------------------------
 
@@ -229,4 +334,5 @@ class SlotScheduler:
                 prompt_tokens=len(g.ids), completion_tokens=len(g.out), cached_tokens=g.cached
             ),
             token_ids=tuple(g.out),
+            charge=g.charge,
         )

@@ -15,15 +15,23 @@ import gc
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
-from hyperbatch.engines.base import Engine, EngineConfig, ModelInfo, OnResult
+from hyperbatch.engines.base import (
+    Engine,
+    EngineConfig,
+    ListSource,
+    ModelInfo,
+    OnResult,
+    RequestSource,
+)
 from hyperbatch.engines.models import resolve_model
 from hyperbatch.engines.options import EngineOptions
 from hyperbatch.engines.vllm import args as vargs
 from hyperbatch.engines.vllm.options import VLLMOptions
 from hyperbatch.schemas.records import (
+    Charge,
     Counters,
     ErrorCode,
     FinishReason,
@@ -113,52 +121,87 @@ class VLLMEngine(Engine):
     def generate(
         self, requests: Sequence[Request], on_result: OnResult | None = None
     ) -> list[Result]:
-        t0 = time.perf_counter()
-        results: list[Result | None] = [None] * len(requests)
-        pending: dict[str, int] = {}
-        for i, req in enumerate(requests):
-            try:
-                ids = req.prompt_token_ids or tuple(self.prompt_tokens(req))
-                if len(ids) > self._info.max_prompt_tokens:
-                    raise RequestError(
-                        ErrorCode.PROMPT_TOO_LONG,
-                        f"prompt is {len(ids)} tokens; max_model_len is {self._max_len}",
-                    )
-                self._next_id += 1
-                rid = f"hb-{self._next_id}"  # outputs carry this id (vLLM adds a suffix inside)
-                self._engine.add_request(rid, {"prompt_token_ids": list(ids)}, self._sampling(req))
-                pending[rid] = i
-            except RequestError as e:
-                results[i] = refused = Result.failed(req.record_id, e.code, e.message)
-                if on_result:
-                    on_result(refused)
-            except self._rejections as e:  # vLLM's own validation of this request
-                results[i] = refused = Result.failed(
-                    req.record_id, ErrorCode.ENGINE_REJECTED, str(e)
-                )
-                if on_result:
-                    on_result(refused)
-        while pending and self._engine.has_unfinished_requests():
-            for out in self._engine.step():
+        results: dict[int, Result] = {}
+        index = {id(r): i for i, r in enumerate(requests)}
+
+        def done(res: Result, request: Request) -> None:
+            results[index[id(request)]] = res
+            if on_result:
+                on_result(res)
+
+        self._serve(ListSource(requests), done)
+        return [results[i] for i in sorted(results)]
+
+    def serve(self, source: RequestSource, on_result: OnResult) -> None:
+        """The engine loop: requests join vLLM's scheduler as they arrive."""
+        self._serve(source, lambda res, _request: on_result(res))
+
+    def _serve(self, source: RequestSource, done: Callable[[Result, Request], None]) -> None:
+        pending: dict[str, Request] = {}
+        spent: dict[str, float] = {}  # busy seconds charged so far, per request in flight
+        closed = False
+        while True:
+            if not closed:
+                taken = source.take(2 * max(1, self.config.batch_size), wait=not pending)
+                closed = taken is None
+                for req in taken or ():
+                    refused = self._add(req, pending, spent)
+                    if refused is not None:
+                        self._account(refused)
+                        done(refused, req)
+            if not pending:
+                if closed:
+                    return
+                continue
+            if not self._engine.has_unfinished_requests():
+                raise RuntimeError(f"vLLM finished without {len(pending)} requests")
+            t0 = time.perf_counter()
+            outputs = self._engine.step()
+            seconds = time.perf_counter() - t0
+            # a step's time is shared equally by the requests in flight in it
+            self._stats.busy_seconds += seconds
+            for rid in pending:
+                spent[rid] += seconds / len(pending)
+            for out in outputs:
                 if not out.finished or out.request_id not in pending:
                     continue
-                i = pending.pop(out.request_id)
-                results[i] = done = self._result(requests[i], out)
-                if on_result:
-                    on_result(done)
-        if pending:
-            raise RuntimeError(f"vLLM finished without {len(pending)} requests")
-        final = [r for r in results if r is not None]
-        self._account(final, time.perf_counter() - t0)
-        return final
+                req = pending.pop(out.request_id)
+                res = self._result(req, out, spent.pop(out.request_id))
+                self._account(res)
+                done(res, req)
 
-    def _result(self, request: Request, out: Any) -> Result:
+    def _add(
+        self, req: Request, pending: dict[str, Request], spent: dict[str, float]
+    ) -> Result | None:
+        """Hand one request to vLLM; the error result if it cannot be served."""
+        try:
+            ids = req.prompt_token_ids or tuple(self.prompt_tokens(req))
+            if len(ids) > self._info.max_prompt_tokens:
+                raise RequestError(
+                    ErrorCode.PROMPT_TOO_LONG,
+                    f"prompt is {len(ids)} tokens; max_model_len is {self._max_len}",
+                )
+            self._next_id += 1
+            rid = f"hb-{self._next_id}"  # outputs carry this id (vLLM adds a suffix inside)
+            self._engine.add_request(rid, {"prompt_token_ids": list(ids)}, self._sampling(req))
+        except RequestError as e:
+            return Result.failed(req.record_id, e.code, e.message)
+        except self._rejections as e:  # vLLM's own validation of this request
+            return Result.failed(req.record_id, ErrorCode.ENGINE_REJECTED, str(e))
+        pending[rid], spent[rid] = req, 0.0
+        return None
+
+    def _result(self, request: Request, out: Any, seconds: float) -> Result:
         completion = out.outputs[0]
         reason = completion.finish_reason
         if reason not in ("stop", "length"):
-            return Result.failed(
+            failed = Result.failed(
                 request.record_id, ErrorCode.ENGINE_FAILED, f"vLLM finished with {reason!r}"
             )
+            return dataclasses.replace(failed, charge=Charge(busy_seconds=seconds))
+        # paged attention computes no padding: every position computed is a real token
+        cached = int(out.num_cached_tokens or 0)
+        useful = len(out.prompt_token_ids) - cached + len(completion.token_ids)
         return Result(
             record_id=request.record_id,
             text=completion.text,
@@ -166,10 +209,13 @@ class VLLMEngine(Engine):
             usage=Usage(
                 prompt_tokens=len(out.prompt_token_ids),
                 completion_tokens=len(completion.token_ids),
-                cached_tokens=int(out.num_cached_tokens or 0),
+                cached_tokens=cached,
             ),
             token_ids=tuple(completion.token_ids),
             logprobs=self._logprobs(request, completion),
+            charge=Charge(
+                busy_seconds=seconds, computed_token_slots=useful, useful_token_slots=useful
+            ),
         )
 
     def _logprobs(self, request: Request, completion: Any) -> tuple[TokenLogprob, ...] | None:
@@ -188,20 +234,16 @@ class VLLMEngine(Engine):
             ))  # fmt: skip
         return tuple(out)
 
-    def _account(self, results: list[Result], seconds: float) -> None:
+    def _account(self, r: Result) -> None:
         s = self._stats
-        s.busy_seconds += seconds
-        s.records += len(results)
-        s.results += sum(r.ok for r in results)
-        s.errors += sum(not r.ok for r in results)
-        for r in results:
-            s.prompt_tokens += r.usage.prompt_tokens
-            s.completion_tokens += r.usage.completion_tokens
-            s.cached_tokens += r.usage.cached_tokens
-            # paged attention computes no padding: every position computed is a real token
-            useful = r.usage.prompt_tokens - r.usage.cached_tokens + r.usage.completion_tokens
-            s.computed_token_slots += useful
-            s.useful_token_slots += useful
+        s.records += 1
+        s.results += int(r.ok)
+        s.errors += int(not r.ok)
+        s.prompt_tokens += r.usage.prompt_tokens
+        s.completion_tokens += r.usage.completion_tokens
+        s.cached_tokens += r.usage.cached_tokens
+        s.computed_token_slots += r.charge.computed_token_slots
+        s.useful_token_slots += r.charge.useful_token_slots
 
     def stats(self) -> Counters:
         return dataclasses.replace(self._stats)

@@ -10,7 +10,14 @@ from __future__ import annotations
 import pytest
 
 from hyperbatch.engines.base import Engine
-from hyperbatch.schemas.records import ErrorCode, FinishReason, Request, Result, sampling_from_dict
+from hyperbatch.schemas.records import (
+    Charge,
+    ErrorCode,
+    FinishReason,
+    Request,
+    Result,
+    sampling_from_dict,
+)
 
 
 def chat(record_id: str, text: str, **sampling) -> Request:
@@ -134,3 +141,42 @@ class EngineConformance:
         assert after.prompt_tokens - b_prompt == sum(r.usage.prompt_tokens for r in results)
         assert after.completion_tokens - b_comp == sum(r.usage.completion_tokens for r in results)
         assert 0.0 <= after.padding_waste < 1.0
+
+    def test_serve_from_a_source_equals_generate(self, engine: Engine):
+        """The engine loop's entry point: requests handed over in waves while earlier ones are
+        served come back with the same content as a plain ``generate``."""
+        reqs = [chat(f"w{i}", p, max_tokens=6, ignore_eos=True) for i, p in enumerate(PROMPTS)]
+        expected = {r.record_id: r.token_ids for r in _ok(engine.generate(reqs))}
+        waves = [reqs[:2], reqs[2:3], [], reqs[3:]]
+
+        class Waves:
+            def take(self, max_n: int, wait: bool) -> list[Request] | None:
+                if not waves:
+                    return None
+                wave = waves[0][:max_n]
+                waves[0] = waves[0][max_n:]
+                if not waves[0]:
+                    waves.pop(0)
+                return wave
+
+        got: dict[str, Result] = {}
+        engine.serve(Waves(), lambda r: got.setdefault(r.record_id, r))
+        assert sorted(got) == sorted(expected)
+        _ok(list(got.values()))
+        assert {rid: r.token_ids for rid, r in got.items()} == expected
+
+    def test_charges_add_up_to_the_engine_totals(self, engine: Engine):
+        before = engine.stats()
+        reqs = [chat(f"c{i}", p, max_tokens=3 + i) for i, p in enumerate(PROMPTS)]
+        results = _ok(engine.generate(reqs))
+        after = engine.stats()
+        charge = sum((r.charge for r in results), Charge())
+        assert charge.busy_seconds == pytest.approx(after.busy_seconds - before.busy_seconds)
+        assert charge.prefill_seconds == pytest.approx(
+            after.prefill_seconds - before.prefill_seconds
+        )
+        assert charge.computed_token_slots == pytest.approx(
+            after.computed_token_slots - before.computed_token_slots
+        )
+        assert charge.useful_token_slots == after.useful_token_slots - before.useful_token_slots
+        assert all(r.charge.useful_token_slots > 0 for r in results)

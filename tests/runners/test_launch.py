@@ -77,6 +77,7 @@ def test_each_accelerator_gets_its_worker(accelerator, count, machine, worker_ac
     assert options["dataflow_service_options"] == [f"worker_accelerator={worker_accelerator}"]
     assert options["experiments"] == ["use_runner_v2", "no_use_multiple_sdk_containers"]
     assert options["disk_size_gb"] == 200
+    assert options["number_of_worker_harness_threads"] == 16
     request = dataflow.request_as_dict(
         dataflow.flex_template_request(spec, "sweep-1", CONFIG, ROOT)
     )
@@ -116,6 +117,7 @@ def test_tpu_pipeline_options_exactly():
         "--labels=hyperbatch-engine=fake",
         "--labels=team=search",
         "--dataflow_service_options=worker_accelerator=type:tpu-v6e-slice;topology:2x2",
+        "--number_of_worker_harness_threads=16",  # 2 batches of 32 / 2 records per shard, capped
         "--disk_size_gb=200",
         "--service_account_email=batch@acme-ml.iam.gserviceaccount.com",
         "--network=ml-vpc",
@@ -160,6 +162,7 @@ def test_gpu_flex_template_request_exactly():
                 "subnetwork": "regions/us-east5/subnetworks/ml",
                 "ipConfiguration": "WORKER_IP_PRIVATE",
                 "diskSizeGb": 200,
+                "additionalPipelineOptions": ["number_of_worker_harness_threads=16"],
             },
         },
     }  # fmt: skip
@@ -173,6 +176,7 @@ def test_cpu_workers_and_what_is_refused():
         ROOT,
     )
     assert cpu["machine_type"] == "n2-standard-2"
+    assert "number_of_worker_harness_threads" not in cpu  # Dataflow's default for CPU workers
     assert cpu["experiments"] == ["use_runner_v2"]
     assert "dataflow_service_options" not in cpu
     assert "disk_size_gb" not in cpu

@@ -15,6 +15,7 @@ from hyperbatch.engines.fake import FakeEngine
 from hyperbatch.jobs import spec as job_spec
 from hyperbatch.jobs.layout import JobFolder
 from hyperbatch.runners import pipeline
+from hyperbatch.runners.options import local_options
 from hyperbatch.runners.progress import PROGRESS
 from hyperbatch.schemas import avro
 from tests.records import jsonl, openai_chat, read_jsonl
@@ -109,14 +110,15 @@ def test_resume_after_a_crash_skips_committed_shards_and_duplicates_nothing(tmp_
         return real_generate(self, requests, on_result)
 
     monkeypatch.setattr(FakeEngine, "generate", crashing_generate)
+    one_at_a_time = local_options()  # one bundle thread: exactly two shards commit first
     with pytest.raises(Exception, match="accelerator fell over"):
-        pipeline.run(spec)
+        pipeline.run(spec, options=one_at_a_time)
     markers = storage.glob(JobFolder(spec.job_dir()).commits_prefix + "*.json")
     assert len(markers) == 2  # two shards committed before the crash
     before = {f.path: f.generation for f in markers}
 
     monkeypatch.setattr(FakeEngine, "generate", real_generate)
-    m = pipeline.run(spec)
+    m = pipeline.run(spec)  # several shards in flight, as by default
     results, errors = outputs(spec.job_dir())
     assert sorted(r["custom_id"] for r in results) == [f"r{i:02d}" for i in range(12)]
     assert errors == []

@@ -28,6 +28,8 @@ from typing import Any
 import click
 import pytest
 
+from tests.optional import unavailable
+
 from tests.optional import require
 
 REPO = Path(__file__).resolve().parents[2]
@@ -678,7 +680,7 @@ def test_checkov_skips_say_why() -> None:
 
 def test_checkov_finds_nothing() -> None:
     if not CHECKOV.exists():
-        pytest.skip("checkov runs in its own virtualenv: `make checkov` builds .venv-checkov")
+        unavailable("checkov", "it runs in its own virtualenv: `make checkov` builds .venv-checkov")
     done = subprocess.run(
         [
             str(CHECKOV),

@@ -133,9 +133,9 @@ def test_slots_are_refilled_so_a_long_answer_does_not_hold_the_batch(engine):
     calls = []
     original = engine.programs.decode
 
-    def counting(slots, count=True):
+    def counting(slots):
         calls.append(len(slots))
-        return original(slots, count)
+        return original(slots)
 
     reqs = [chat("long", PROMPTS[4], max_tokens=40, ignore_eos=True)]
     reqs += [chat(f"s{i}", PROMPTS[i % 6], max_tokens=4, ignore_eos=True) for i in range(8)]
@@ -277,9 +277,9 @@ def test_packed_prefill_splits_long_prompts_across_calls(tiny_dirs, reference):
     calls = []
     original = small.programs.prefill_packed
 
-    def counting(pieces, count=True):
+    def counting(pieces):
         calls.append([(r.slot, r.start, r.start + len(r.ids)) for r in pieces])
-        return original(pieces, count)
+        return original(pieces)
 
     small.programs.prefill_packed = counting
     reqs = [chat(f"l{i}", PROMPTS[i], max_tokens=6, ignore_eos=True) for i in (2, 4, 1)]
@@ -290,3 +290,45 @@ def test_packed_prefill_splits_long_prompts_across_calls(tiny_dirs, reference):
     split = [i for i in range(3) if sum(i in {x for x, _, _ in c} for c in calls) > 1]
     assert split  # at least one prompt was prefilled over more than one call
     assert any(len({x for x, _, _ in c}) > 1 for c in calls)  # and calls hold several prompts
+
+
+def test_the_loop_refills_slots_from_whoever_has_work(engine):
+    """Two callers: the second one's requests arrive while the first one's decode. They join
+    the running batch, and the whole takes fewer decode calls than serving the two callers one
+    after the other (as the pipeline did before the engine loop: one shard at a time)."""
+    first = [chat(f"a{i}", PROMPTS[i], max_tokens=24, ignore_eos=True) for i in range(2)]
+    second = [chat(f"b{i}", PROMPTS[i % 6], max_tokens=6, ignore_eos=True) for i in range(6)]
+    calls: list[int] = []
+    original = engine.programs.decode
+
+    def counting(slots):
+        calls.append(len(slots))
+        return original(slots)
+
+    class Arrivals:
+        """The first caller's requests; the second's once the first decode call has run."""
+
+        def __init__(self):
+            self.waves = [first, second]
+
+        def take(self, max_n, wait):
+            if not self.waves:
+                return None
+            if len(self.waves) == 1 and not calls:
+                return []  # the second caller has not arrived yet
+            return self.waves.pop(0)
+
+    engine.programs.decode = counting
+    try:
+        alone = [engine.generate(first), engine.generate(second)]
+        one_after_the_other = len(calls)
+        calls.clear()
+        got = {}
+        engine.serve(Arrivals(), lambda res: got.setdefault(res.record_id, res))
+    finally:
+        del engine.programs.decode
+    expected = {r.record_id: r.token_ids for group in alone for r in group}
+    assert {k: v.token_ids for k, v in got.items()} == expected
+    assert calls[0] == 2  # the first caller alone
+    assert max(calls) == 4  # then the batch (4 slots) filled from the second caller
+    assert len(calls) < one_after_the_other

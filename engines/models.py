@@ -89,8 +89,68 @@ def _local_format(path: str) -> ModelFormat:
     )
 
 
+def check_files(path: str, fmt: ModelFormat) -> None:
+    """The model's files are what they claim, checked from their headers and tensor tables
+    (no weights are loaded): a GGUF file parses and holds every tensor it lists, a
+    safetensors file's header parses and its data are all there. Raises ModelNotFound."""
+    if fmt == "gguf":
+        _check_gguf(path)
+    else:
+        for name in sorted(os.listdir(path)):
+            if name.endswith(".safetensors"):
+                _check_safetensors(os.path.join(path, name))
+
+
+def _check_gguf(path: str) -> None:
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":
+        raise ModelNotFound(f"{path} is not a GGUF file (it does not start with 'GGUF')")
+    try:
+        import gguf
+    except ImportError:
+        return  # the magic is all we can check without the gguf package (the jax extra)
+    try:
+        reader = gguf.GGUFReader(path)
+        end = max((int(t.data_offset) + int(t.n_bytes) for t in reader.tensors), default=0)
+    except (ValueError, IndexError, KeyError, OSError) as e:
+        raise ModelNotFound(
+            f"{path} is not a readable GGUF model ({e}); it may be truncated: download it again"
+        ) from e
+    size = os.path.getsize(path)
+    if end > size:
+        raise ModelNotFound(
+            f"{path} is truncated: its tensors need {end} bytes, the file has {size}; download "
+            "it again"
+        )
+
+
+def _check_safetensors(path: str) -> None:
+    import json as _json
+    import struct
+
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+        header_len = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+        if not 2 <= header_len <= min(size - 8, 100 << 20):
+            raise ModelNotFound(f"{path} is not a safetensors file (bad header length)")
+        try:
+            header = _json.loads(f.read(header_len))
+        except ValueError as e:
+            raise ModelNotFound(f"{path} is not a safetensors file ({e})") from e
+    ends = [
+        int(v["data_offsets"][1])
+        for k, v in header.items()
+        if k != "__metadata__" and isinstance(v, dict) and "data_offsets" in v
+    ]
+    if 8 + header_len + max(ends, default=0) > size:
+        raise ModelNotFound(f"{path} is truncated (its tensors run past the end): copy it again")
+
+
 def check_model(ref: str) -> ModelFormat:
-    """Validate a model reference cheaply (no download). Raises ModelNotFound."""
+    """Validate a model reference cheaply: it exists, and locally its files' headers and
+    tensor tables are sound (no download, no weights loaded). Raises ModelNotFound."""
     if ref in CATALOGUE:
         _catalogue_path(ref)
         return "gguf"
@@ -104,7 +164,10 @@ def check_model(ref: str) -> ModelFormat:
             if not storage.exists(f"{base}/{f}"):
                 raise ModelNotFound(f"{ref} is not a model directory: {base}/{f} does not exist")
         return "hf"
-    return _local_format(os.path.expanduser(ref))
+    path = os.path.expanduser(ref)
+    fmt = _local_format(path)
+    check_files(path, fmt)
+    return fmt
 
 
 def default_cache_dir() -> str:

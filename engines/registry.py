@@ -31,6 +31,9 @@ class EngineEntry:
     description: str
     requires: tuple[str, ...] = ()  # modules the engine imports, checked with find_spec
     needs_model: bool = True  # False: the engine ignores `model` (the fake engine)
+    #: sampling parameters it cannot honour: a job that sets them is refused before launch
+    #: (a record that sets them is an error record: engine_rejected)
+    unsupported_sampling: frozenset[str] = frozenset()
 
 
 _ENGINES: dict[str, EngineEntry] = {
@@ -40,6 +43,7 @@ _ENGINES: dict[str, EngineEntry] = {
         "pip install 'hyperbatch[jax]'  (TPU: 'hyperbatch[tpu]', GPU: 'hyperbatch[gpu]')",
         "our JAX LLM engine (JetStream-style static batches) for TPU, GPU and CPU",
         requires=("jax", "safetensors", "tokenizers", "gguf"),
+        unsupported_sampling=frozenset({"logprobs", "presence_penalty", "frequency_penalty"}),
     ),
     "vllm": EngineEntry(
         "hyperbatch.engines.vllm.engine:VLLMEngine",
@@ -99,6 +103,19 @@ def options_class(name: str) -> type[EngineOptions]:
 
 def option_problems(name: str, options: Mapping[str, Any]) -> list[str]:
     return options_class(name).problems(options)
+
+
+def sampling_problems(name: str, sampling: Mapping[str, Any]) -> list[str]:
+    """The job's default sampling values engine ``name`` cannot honour."""
+    defaults = {"logprobs": None, "presence_penalty": 0.0, "frequency_penalty": 0.0}
+    out = []
+    for key in sorted(entry(name).unsupported_sampling & set(sampling)):
+        if sampling[key] != defaults.get(key):
+            out.append(
+                f"sampling.{key}: the {name} engine does not support {key}; remove it "
+                "(or use an engine that does: `hyperbatch engines`)"
+            )
+    return out
 
 
 def missing_dependency(name: str) -> str | None:

@@ -255,13 +255,26 @@ def _gcs_read_retry() -> Any:
     return DEFAULT_RETRY
 
 
+def _file_mode() -> int:
+    """The mode a new file gets from the process umask, as ``open()`` would create it."""
+    mask = os.umask(0o022)  # read it (only by setting it); put it back at once
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+#: read once at import (setting the umask to read it is not thread-safe later)
+FILE_MODE = _file_mode()
+
+
 @contextlib.contextmanager
 def _temp_beside(path: str, prefix: str = ".tmp-") -> Iterator[str]:
     """An empty temp file in ``path``'s folder (created if needed), so that ``os.replace`` onto
-    ``path`` is atomic; removed afterwards unless it was moved into place."""
+    ``path`` is atomic; removed afterwards unless it was moved into place. It has the mode a
+    plainly created file would (mkstemp's 0600 would make every output private)."""
     folder = os.path.dirname(path) or "."
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=prefix)
+    os.fchmod(fd, FILE_MODE)
     os.close(fd)
     try:
         yield tmp
@@ -284,6 +297,32 @@ def download(path: str, local_path: str) -> None:
         else:
             shutil.copyfile(path, tmp)
         os.replace(tmp, local_path)
+
+
+@CLOUD_RETRY
+def _read_gcs(path: str) -> tuple[bytes, int] | None:
+    bucket, name = split_gcs(path)
+    blob = gcs_client().bucket(bucket).blob(name)
+    try:
+        data = blob.download_as_bytes()
+    except _gcs_errors().NotFound:
+        return None
+    # The download's response headers carry the generation of exactly the bytes we got.
+    return data, int(blob.generation)
+
+
+def read_versioned(path: str) -> tuple[bytes, int] | None:
+    """The bytes of ``path`` and the generation they belong to (None if absent)."""
+    if is_gcs(path):
+        return _read_gcs(path)
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed below
+    except FileNotFoundError:
+        return None
+    with f:
+        # Writes replace the file (a new inode), so this descriptor's mtime is that of its bytes.
+        generation = os.fstat(f.fileno()).st_mtime_ns
+        return f.read(), generation
 
 
 # --------------------------------------------------------------------------- writing
@@ -379,10 +418,24 @@ def open_write(path: str, content_type: str = "application/octet-stream") -> Ite
 
 
 @CLOUD_RETRY
-def delete(path: str) -> None:
+def delete(path: str, *, if_generation_match: int | None = None) -> None:
+    """Remove ``path`` (absent already: fine). With ``if_generation_match`` only if it is still
+    at that generation (PreconditionFailed otherwise): a compare-and-swap delete."""
     if is_gcs(path):
         with contextlib.suppress(_gcs_errors().NotFound):
-            _blob(path).delete()
+            try:
+                _blob(path).delete(if_generation_match=if_generation_match)
+            except _gcs_errors().PreconditionFailed as e:
+                raise PreconditionFailed(f"{path}: not at generation {if_generation_match}") from e
         return
-    with contextlib.suppress(FileNotFoundError):
+    if if_generation_match is None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        return
+    with _local_lock(path):
+        current = stat(path)
+        if current is None:
+            return
+        if current.generation != if_generation_match:
+            raise PreconditionFailed(f"{path}: not at generation {if_generation_match}")
         os.unlink(path)

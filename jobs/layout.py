@@ -8,6 +8,8 @@
     <job_dir>/_plan/ids/<bucket>/...       the planner's id hashes (removed when the job ends)
     <job_dir>/manifest.json, manifest.avro the cost manifest and its Avro twin
     <job_dir>/launch.log                   the local job process's log
+    <job_dir>/_lease.json                  the running attempt's lease (one runner per job)
+    <job_dir>/_attempts/<attempt>.json     every attempt: started, last seen, finished
     <root>/_rejected/<key>.json            trigger messages that could never become a job
 
 ``job_dir`` is ``<spec.output>/<job_id>``; with the job store's root equal to the spec's output
@@ -29,13 +31,15 @@ ERRORS = "errors"
 COMMITS = "_commits"
 PLAN_IDS = "_plan/ids"
 LAUNCH_LOG = "launch.log"
+LEASE = "_lease.json"
+ATTEMPTS = "_attempts"
 REJECTED = "_rejected"
 ERRORS_SUFFIX = ".jsonl"
 
 #: Files hyperbatch writes into job folders (never job specs, even under a watched prefix).
-OWN_FILES = frozenset({SPEC, STATUS, MANIFEST_JSON})
+OWN_FILES = frozenset({SPEC, STATUS, MANIFEST_JSON, LEASE})
 #: Folders hyperbatch writes into job folders and stores, as path fragments.
-OWN_FOLDERS = (f"/{COMMITS}/", "/_plan/", f"/{REJECTED}/", "/_dataflow/")
+OWN_FOLDERS = (f"/{COMMITS}/", "/_plan/", f"/{REJECTED}/", "/_dataflow/", f"/{ATTEMPTS}/")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +84,17 @@ class JobFolder:
     def commits_prefix(self) -> str:
         """The prefix every commit marker starts with (for listing)."""
         return self._join(COMMITS) + "/"
+
+    @property
+    def lease(self) -> str:
+        return self._join(LEASE)
+
+    @property
+    def attempts_prefix(self) -> str:
+        return self._join(ATTEMPTS) + "/"
+
+    def attempt(self, attempt: str) -> str:
+        return self._join(ATTEMPTS, f"{attempt}.json")
 
     @property
     def plan_ids(self) -> str:

@@ -18,6 +18,7 @@ from hyperbatch import storage, timestamps
 from hyperbatch.jobs.layout import JobFolder
 from hyperbatch.jobs.status import JobState, JobStatus, ManifestSummary
 from hyperbatch.jobs.store import IllegalTransition, JobStore, Record
+from hyperbatch.schemas.records import Counters
 
 
 class Poller(Protocol):
@@ -34,9 +35,20 @@ def finish(store: JobStore, job_id: str, manifest: Mapping[str, Any], by: str) -
     error = None
     if not ok:
         error = (
-            f"{manifest['errors']} of {manifest['records_in']} records failed, more than "
-            "max_error_rate allows; see the error files"
+            f"{manifest['errors']} of {manifest['records_in']} records failed"
+            + (", all of them" if manifest["results"] == 0 else ", more than max_error_rate allows")
+            + "; see the error files"
         )
+    final = Counters(  # the last heartbeat's counts are stale by now: the manifest's are final
+        records=int(manifest["records_in"]),
+        results=int(manifest["results"]),
+        errors=int(manifest["errors"]),
+        prompt_tokens=int(manifest["prompt_tokens"]),
+        completion_tokens=int(manifest["completion_tokens"]),
+        records_planned=int(manifest["records_in"]),
+        shards=len(manifest.get("shards", [])),
+        shards_planned=len(manifest.get("shards", [])),
+    )
     return store.transition(
         job_id,
         JobState.SUCCEEDED if ok else JobState.FAILED,
@@ -44,6 +56,18 @@ def finish(store: JobStore, job_id: str, manifest: Mapping[str, Any], by: str) -
         expect=[JobState.RUNNING],
         manifest=summary,
         error=error,
+        progress=final,
+    )
+
+
+def resume(store: JobStore, job_id: str, by: str | None = None) -> Record:
+    """Queue an ended job (SUCCEEDED, FAILED or CANCELLED) again under its own id: its next run
+    skips the shards committed so far. IllegalTransition for a job that is queued or running."""
+    return store.transition(
+        job_id,
+        JobState.QUEUED,
+        by=by,
+        expect=[JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED],
     )
 
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from hyperbatch import storage, timestamps
 from hyperbatch.jobs import layout, pricing
+from hyperbatch.jobs.lease import Attempt
 from hyperbatch.jobs.spec import JobSpec
 from hyperbatch.schemas import avro
 from hyperbatch.schemas.records import Counters
@@ -29,6 +30,7 @@ class ShardStats:
     started_at: float = 0.0
     finished_at: float = 0.0
     resumed: bool = False  # committed by an earlier attempt
+    attempt: str | None = None  # the attempt (run) that committed it
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -38,6 +40,7 @@ class ShardStats:
             "started_at": self.started_at,
             "finished_at": self.finished_at,
             "resumed": self.resumed,
+            "attempt": self.attempt,
         }
 
     @classmethod
@@ -51,6 +54,7 @@ class ShardStats:
             started_at=float(d.get("started_at", 0.0)),
             finished_at=float(d.get("finished_at", 0.0)),
             resumed=bool(d.get("resumed", False)),
+            attempt=d.get("attempt"),
         )
 
 
@@ -62,21 +66,43 @@ def build(
     wall_seconds: float,
     results_glob: str,
     errors_glob: str,
+    attempts: Sequence[Attempt] = (),
+    attempt: str | None = None,
 ) -> dict[str, Any]:
+    """The manifest of a job from its committed shards and its attempts.
+
+    ``wall_seconds`` is this attempt's; ``attempts`` are every attempt recorded (``attempt`` is
+    this one). Accelerator time is what the committed shards were charged, plus, for every
+    earlier attempt that did not succeed (failed, killed), the part of its wall time its own
+    committed shards do not cover: work that was paid for and lost. Throughput is the work done
+    over the wall time of all attempts.
+    """
     ordered = sorted(shards, key=lambda s: s.shard)
     t = Counters.sum([s.counters for s in ordered])
 
     price = pricing.price_for(spec.accelerator, spec.spot, spec.usd_per_accelerator_hour)
     count = spec.accelerator_count
-    accel_s = t.accelerator_seconds
+    committed_by: Counter[str] = Counter()
+    for s in ordered:
+        if s.attempt:
+            committed_by[s.attempt] += s.counters.accelerator_seconds
+    lost = sum(
+        max(0.0, a.wall_seconds - committed_by[a.attempt])
+        for a in attempts
+        if a.attempt != attempt and a.outcome != "succeeded"
+    )
+    accel_s = t.accelerator_seconds + lost
     cost = pricing.cost_usd(price, accel_s, count)
+    total_wall = sum(a.wall_seconds for a in attempts if a.attempt != attempt) + wall_seconds
     records_in, results, errors = t.records, t.results, t.errors
     p_tok, c_tok = t.prompt_tokens, t.completion_tokens
     by_code: Counter[str] = Counter()
     for s in ordered:
         by_code.update(s.errors_by_code)
     error_rate = errors / records_in if records_in else 0.0
-    status = "SUCCEEDED" if error_rate <= spec.max_error_rate else "FAILED"
+    # a job none of whose records could be served never succeeds, whatever max_error_rate says
+    failed = error_rate > spec.max_error_rate or (records_in > 0 and results == 0)
+    status = "FAILED" if failed else "SUCCEEDED"
 
     total_tok = p_tok + c_tok
     busy, prefill = t.busy_seconds, t.prefill_seconds
@@ -105,6 +131,9 @@ def build(
         "price_table_date": price.table_date,
         "price_table_source": price.table_source,
         "wall_seconds": round(wall_seconds, 3),
+        "total_wall_seconds": round(total_wall, 3),
+        "attempts": max(1, len({a.attempt for a in attempts} | ({attempt} if attempt else set()))),
+        "accelerator_seconds_lost": round(lost, 3),
         "accelerator_seconds": round(accel_s, 3),
         "accelerator_busy_seconds": round(busy, 3),
         "records_in": records_in,
@@ -114,8 +143,8 @@ def build(
         "prompt_tokens": p_tok,
         "completion_tokens": c_tok,
         "cached_tokens": t.cached_tokens,
-        "output_tokens_per_second": round(c_tok / wall_seconds, 3) if wall_seconds else 0.0,
-        "total_tokens_per_second": round(total_tok / wall_seconds, 3) if wall_seconds else 0.0,
+        "output_tokens_per_second": round(c_tok / total_wall, 3) if total_wall else 0.0,
+        "total_tokens_per_second": round(total_tok / total_wall, 3) if total_wall else 0.0,
         "cost_usd": round(cost, 8),
         "cost_split": cost_split,
         "usd_per_1k_input_tokens": per_1k(cost * input_share, p_tok),

@@ -8,6 +8,7 @@ default). Relative paths in a spec file are relative to the file's directory; pa
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -59,7 +60,7 @@ class JobSpec:
     sampling: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     spot: bool = False
     usd_per_accelerator_hour: float | None = None
-    max_error_rate: float = 1.0
+    max_error_rate: float = 0.5  # more than half the records failed: something is wrong
 
     REQUIRED = ("name", "task", "input", "input_format", "output", "model")
 
@@ -256,6 +257,7 @@ def validate(
     if engine in registry.ENGINES:
         # the engine's options module is light (no jax, no vllm): checked wherever this runs
         problems += registry.option_problems(engine, typed.get("engine_options", {}))
+        problems += registry.sampling_problems(engine, sampling)
     if problems:
         raise SpecError(problems, source)
     spec = JobSpec(**typed)
@@ -331,6 +333,8 @@ def check_spec_resources(spec: JobSpec) -> list[str]:
             problems.append(f"output: {e}")
     elif os.path.exists(spec.output) and not os.path.isdir(spec.output):
         problems.append(f"output: {spec.output} exists and is not a directory")
+    if not any(p.startswith("output:") for p in problems):
+        problems += _write_probe(spec.output)
     if registry.entry(spec.engine).needs_model:
         try:
             models.check_model(spec.model)
@@ -343,6 +347,39 @@ def check_spec_resources(spec: JobSpec) -> list[str]:
         if missing:
             problems.append(f"engine: {spec.engine}: {missing}")
     return problems
+
+
+def _write_probe(output: str) -> list[str]:
+    """Write and remove a small object under ``output``: a job that cannot write its results
+    is refused now, not after its accelerator time is spent."""
+    import uuid
+
+    probe = storage.join(output, f".hyperbatch-write-probe-{uuid.uuid4().hex[:12]}")
+    created = [] if storage.is_gcs(output) else _missing_dirs(output)
+    try:
+        storage.write_bytes(probe, b"probe")
+        storage.delete(probe)
+    except (storage.StorageError, OSError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        return [f"output: cannot write in {output} ({reason}); choose a folder you may write to"]
+    finally:
+        for d in reversed(created):  # leave no folder behind that only the probe made
+            with contextlib.suppress(OSError):
+                os.rmdir(d)
+    return []
+
+
+def _missing_dirs(path: str) -> list[str]:
+    """The folders of ``path`` that do not exist yet, outermost first."""
+    out = []
+    path = os.path.abspath(path)
+    while path and not os.path.exists(path):
+        out.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return list(reversed(out))
 
 
 _FIELD_TYPES: dict[str, Any] = {

@@ -1,7 +1,8 @@
 """A job's status (``status.json``), typed: its state, how it came, how it runs, what it cost.
 
 States: QUEUED -> RUNNING -> SUCCEEDED | FAILED | CANCELLED; a QUEUED job may also be CANCELLED,
-or FAILED when it cannot be launched. ``JobStatus`` is immutable: a change is a new value
+or FAILED when it cannot be launched. A job that ended may be resumed: it is QUEUED again (under
+the same id, so its committed shards are skipped), and its history keeps every run. ``JobStatus`` is immutable: a change is a new value
 (``dataclasses.replace``) written by compare-and-swap (see ``jobs.store``).
 
 Fields: job_id, name, state, spec_digest, job_dir (where the pipeline writes:
@@ -38,9 +39,10 @@ TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
 TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {
     JobState.QUEUED: frozenset({JobState.RUNNING, JobState.FAILED, JobState.CANCELLED}),
     JobState.RUNNING: frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED}),
-    JobState.SUCCEEDED: frozenset(),
-    JobState.FAILED: frozenset(),
-    JobState.CANCELLED: frozenset(),
+    # resuming (``jobs resume``, a rerun with ``hyperbatch run``): the same job, queued again
+    JobState.SUCCEEDED: frozenset({JobState.QUEUED}),
+    JobState.FAILED: frozenset({JobState.QUEUED}),
+    JobState.CANCELLED: frozenset({JobState.QUEUED}),
 }
 
 

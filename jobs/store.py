@@ -33,6 +33,7 @@ import tenacity
 
 from hyperbatch import storage, timestamps
 from hyperbatch.jobs import layout
+from hyperbatch.jobs.ids import JOB_ID_RE, check_job_id
 from hyperbatch.jobs.spec import JobSpec, record_once
 from hyperbatch.jobs.status import (
     TRANSITIONS,
@@ -43,6 +44,7 @@ from hyperbatch.jobs.status import (
     Transition,
 )
 from hyperbatch.retry import CLOUD_RETRY
+from hyperbatch.schemas.records import Counters
 
 __all__ = ["IllegalTransition", "JobNotFound", "JobState", "JobStatus", "JobStore", "Record"]
 
@@ -122,7 +124,9 @@ class JobStore:
     # ----------------------------------------------------------------------- paths
 
     def job_folder(self, job_id: str) -> str:
-        return storage.join(self.root, job_id)
+        """``<root>/<job_id>``: every path of a job comes from here, so an id that is not a
+        job id (``../other``, ``a/b``) is refused before it names a path (SpecError)."""
+        return storage.join(self.root, check_job_id(job_id))
 
     def status_path(self, job_id: str) -> str:
         return layout.JobFolder(self.job_folder(job_id)).status
@@ -133,7 +137,7 @@ class JobStore:
     # ----------------------------------------------------------------------- reading
 
     def find(self, job_id: str) -> Record | None:
-        found = _read_versioned(self.status_path(job_id))
+        found = storage.read_versioned(self.status_path(job_id))
         if found is None:
             return None
         data, generation = found
@@ -232,6 +236,7 @@ class JobStore:
         manifest: ManifestSummary | None = None,
         launch: Mapping[str, Any] | None = None,
         guard: Callable[[JobStatus], bool] | None = None,
+        progress: Counters | None = None,
     ) -> Record:
         """Move a job to ``to`` (only along TRANSITIONS, and only from ``expect`` if given).
 
@@ -252,6 +257,11 @@ class JobStore:
                     job_id, f"{state.value} (changed since it was read)", to.value
                 )
             at = timestamps.now()
+            if to == JobState.QUEUED:  # resumed: a new run, nothing of the last one's handle
+                doc = dataclasses.replace(
+                    doc, launch=None, error=None, progress=None, heartbeat_at=None,
+                    finished_at=None,
+                )  # fmt: skip
             return dataclasses.replace(
                 doc,
                 state=to,
@@ -260,6 +270,7 @@ class JobStore:
                 finished_at=at if to.terminal else doc.finished_at,
                 error=error if error is not None else doc.error,
                 manifest=manifest if manifest is not None else doc.manifest,
+                progress=progress if progress is not None else doc.progress,
                 launch=(doc.launch or Launch()).merged(**launch) if launch else doc.launch,
                 history=(*doc.history, Transition(to.value, at, who)),
             )
@@ -334,34 +345,6 @@ def _encode(doc: JobStatus | Mapping[str, Any]) -> bytes:
 
 
 @CLOUD_RETRY
-def _read_gcs(path: str) -> tuple[bytes, int] | None:
-    from google.api_core import exceptions
-
-    bucket, name = storage.split_gcs(path)
-    blob = storage.gcs_client().bucket(bucket).blob(name)
-    try:
-        data = blob.download_as_bytes()
-    except exceptions.NotFound:
-        return None
-    # The download's response headers carry the generation of exactly the bytes we got.
-    return data, int(blob.generation)
-
-
-def _read_versioned(path: str) -> tuple[bytes, int] | None:
-    """The bytes of ``path`` and the generation they belong to (None if absent)."""
-    if storage.is_gcs(path):
-        return _read_gcs(path)
-    try:
-        f = open(path, "rb")  # noqa: SIM115 - closed below
-    except FileNotFoundError:
-        return None
-    with f:
-        # Writes replace the file (a new inode), so this descriptor's mtime is that of its bytes.
-        generation = os.fstat(f.fileno()).st_mtime_ns
-        return f.read(), generation
-
-
-@CLOUD_RETRY
 def _gcs_child_folders(root: str) -> list[str]:
     bucket, prefix = storage.split_gcs(root)
     prefix = prefix.rstrip("/") + "/" if prefix else ""
@@ -379,4 +362,4 @@ def _child_folders(root: str) -> list[str]:
             names = sorted(e.name for e in os.scandir(root) if e.is_dir())
         except FileNotFoundError:
             names = []
-    return [n for n in names if n[:1].isalpha()]
+    return [n for n in names if JOB_ID_RE.match(n)]

@@ -15,6 +15,7 @@ import signal
 import socket
 import threading
 from collections.abc import Callable
+from typing import Any
 
 from hyperbatch import timestamps
 from hyperbatch.jobs import events
@@ -89,29 +90,33 @@ def _progress(job_dir: str, count_commits: bool) -> Callable[[], Counters]:
     return snapshot
 
 
-def execute(
-    root: str,
+@dataclasses.dataclass
+class Outcome:
+    """How a run of a recorded job ended."""
+
+    code: int  # EXIT_SUCCEEDED | EXIT_FAILED | EXIT_NOT_RUN
+    manifest: dict[str, Any] | None = None
+    error: BaseException | None = None
+
+
+def run_recorded(
+    store: JobStore,
     job_id: str,
     *,
-    events_topic: str | None = None,
+    by: str,
+    launch: dict[str, Any],
     workers: int = 1,
     heartbeat_s: float = HEARTBEAT_S,
     on_cancel: Callable[[], None] = _stop_own_process_group,
-) -> int:
-    """Run a QUEUED job to its end in this process; returns an exit code."""
-    store = JobStore(root, events.sink(events_topic))
-    me = f"job process {os.getpid()}@{socket.gethostname()}"
+) -> Outcome:
+    """Move a QUEUED job to RUNNING, run it here with heartbeats, record how it ended."""
     try:
         record = store.transition(
-            job_id,
-            JobState.RUNNING,
-            by=me,
-            expect=[JobState.QUEUED],
-            launch={"launcher": "local", "pid": os.getpid(), "host": socket.gethostname()},
+            job_id, JobState.RUNNING, by=by, expect=[JobState.QUEUED], launch=launch
         )
     except IllegalTransition as e:
         log.warning("not running job %s: %s", job_id, e)
-        return EXIT_NOT_RUN
+        return Outcome(EXIT_NOT_RUN, error=e)
     spec = store.spec(job_id)
     options = local_options(workers, shards_in_flight(spec.batch_size, spec.records_per_shard))
     beat = _Heartbeat(
@@ -122,23 +127,49 @@ def execute(
         manifest = pipeline.run(spec, job_id, options=options, runner=local_runner())
     except BaseException as e:
         beat.stopped.set()
-        log.exception("job %s failed", job_id)
+        log.debug("job %s failed", job_id, exc_info=e)
         try:
             store.transition(
                 job_id,
                 JobState.FAILED,
-                by=me,
+                by=by,
                 expect=[JobState.RUNNING],
                 error=f"{type(e).__name__}: {e}",
             )
         except IllegalTransition as lost:
             log.warning("job %s: %s", job_id, lost)
-        return EXIT_FAILED
+        return Outcome(EXIT_FAILED, error=e)
     finally:
         beat.stopped.set()
     try:
-        final = finish(store, job_id, manifest, me)
+        final = finish(store, job_id, manifest, by)
     except IllegalTransition as e:
         log.warning("job %s finished, but %s", job_id, e)
-        return EXIT_NOT_RUN
-    return EXIT_SUCCEEDED if final.state == JobState.SUCCEEDED else EXIT_FAILED
+        return Outcome(EXIT_NOT_RUN, manifest, e)
+    code = EXIT_SUCCEEDED if final.state == JobState.SUCCEEDED else EXIT_FAILED
+    return Outcome(code, manifest)
+
+
+def execute(
+    root: str,
+    job_id: str,
+    *,
+    events_topic: str | None = None,
+    workers: int = 1,
+    heartbeat_s: float = HEARTBEAT_S,
+    on_cancel: Callable[[], None] = _stop_own_process_group,
+) -> int:
+    """Run a QUEUED job of a job store to its end in this process; returns an exit code."""
+    store = JobStore(root, events.sink(events_topic))
+    outcome = run_recorded(
+        store,
+        job_id,
+        by=f"job process {os.getpid()}@{socket.gethostname()}",
+        launch={"launcher": "local", "pid": os.getpid(), "host": socket.gethostname()},
+        workers=workers,
+        heartbeat_s=heartbeat_s,
+        on_cancel=on_cancel,
+    )
+    if outcome.error is not None and outcome.code == EXIT_FAILED:
+        log.error("job %s failed", job_id, exc_info=outcome.error)
+    return outcome.code

@@ -19,16 +19,18 @@ from collections.abc import Sequence
 from hyperbatch.engines.registry import import_plugins
 from hyperbatch.jobs.store import Record
 from hyperbatch.runners.dataflow import DataflowConfig, DataflowLauncher
-from hyperbatch.runners.local import HEARTBEAT_S, LocalLauncher
+from hyperbatch.runners.local import HEARTBEAT_S, ForegroundRun, LocalLauncher
 
 
 def launcher_for(
     record: Record, dataflow_config: DataflowConfig | None = None
-) -> LocalLauncher | DataflowLauncher | None:
+) -> LocalLauncher | DataflowLauncher | ForegroundRun | None:
     """The launcher that can poll and cancel this record's launched job."""
     kind = record.launch.launcher if record.launch else None
     if kind == "local":
         return LocalLauncher()
+    if kind == "foreground":
+        return ForegroundRun()
     if kind == "dataflow":
         endpoint = os.environ.get("HYPERBATCH_DATAFLOW_API_ENDPOINT")
         return DataflowLauncher(dataflow_config or DataflowConfig(api_endpoint=endpoint))
@@ -56,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    for noisy in ("apache_beam", "jax", "absl"):
+    for noisy in ("apache_beam", "jax", "absl"):  # the log file is for the job's story
         logging.getLogger(noisy).setLevel(logging.WARNING)
     import_plugins(args.plugin)
     from hyperbatch.runners.job_process import execute

@@ -9,6 +9,7 @@ most ``max_running`` of its jobs run at once.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -22,6 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from hyperbatch import storage, timestamps
+from hyperbatch.jobs import lease
 from hyperbatch.jobs.layout import JobFolder
 from hyperbatch.jobs.spec import JobSpec
 from hyperbatch.jobs.status import Launch
@@ -31,6 +33,24 @@ log = logging.getLogger(__name__)
 
 #: seconds between the job process's heartbeats (and how stale a remote one may get)
 HEARTBEAT_S = 5.0
+
+
+class ForegroundRun:
+    """A job run by ``hyperbatch run`` in a terminal: alive while its lease is."""
+
+    name = "foreground"
+
+    def poll(self, record: Record) -> str | None:
+        if lease.holder(record.status.job_dir) is not None:
+            return None
+        return "its `hyperbatch run` ended without recording a result (no live lease)"
+
+    def cancel(self, launch: Launch, job_id: str = "") -> str:
+        if launch.host != socket.gethostname() or not launch.pid:
+            return f"its run on {launch.host} stops itself at its next heartbeat"
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(launch.pid), signal.SIGTERM)
+        return f"asked `hyperbatch run` (process {launch.pid}) to stop"
 
 
 def _process_alive(pid: int, job_id: str) -> bool:

@@ -8,7 +8,11 @@ lets the CLI show live progress and the engine load once.)
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
+import sys
+from collections.abc import Iterator
 from typing import Any
 
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -33,6 +37,46 @@ def local_options(workers: int = 1, threads: int = 1, **extra: Any) -> PipelineO
         mode, n = "in_memory", 1
     # flags=[]: never parse our own process's argv as Beam flags.
     return PipelineOptions(flags=[], direct_running_mode=mode, direct_num_workers=n, **extra)
+
+
+def quiet_logging(verbose: int = 0) -> None:
+    """Logging on stderr for the CLI and the job process: warnings by default (-v info, -vv
+    debug); Beam's and JAX's own chatter only when asked for."""
+    level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
+    logging.basicConfig(
+        level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
+    )
+    if verbose == 0:
+        for noisy in ("apache_beam", "jax", "absl"):
+            logging.getLogger(noisy).setLevel(logging.CRITICAL)
+
+
+class _WorkerTracebacks:
+    """sys.stderr, minus the tracebacks Beam's SDK worker prints there itself when a bundle
+    fails (``print(traceback, file=sys.stderr)``): the failure is reported once, by whoever ran
+    the pipeline; the traceback goes to the log at debug level."""
+
+    def __init__(self, stream: Any):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        if text.startswith("Traceback (most recent call last)") and "apache_beam" in text:
+            logging.getLogger("apache_beam.runners.worker").debug("%s", text)
+            return len(text)
+        return int(self._stream.write(text))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def worker_tracebacks_to_log() -> Iterator[None]:
+    original = sys.stderr
+    sys.stderr = _WorkerTracebacks(original)  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        sys.stderr = original
 
 
 def local_runner() -> Any:

@@ -23,7 +23,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from hyperbatch import storage
-from hyperbatch.jobs import manifest
+from hyperbatch.jobs import lease, manifest
 from hyperbatch.jobs import spec as job_spec
 from hyperbatch.jobs.layout import JobFolder, ShardFiles
 from hyperbatch.jobs.manifest import ShardStats
@@ -50,6 +50,7 @@ class JobContext:
     spec: JobSpec
     job_id: str
     started_at: float
+    attempt: str | None = None  # this run's attempt id (the lease's); None on Dataflow
 
     @property
     def job_dir(self) -> str:
@@ -146,7 +147,8 @@ class ServeShard(beam.DoFn):
         valid: list[Parsed] = []
         errors: list[RecordError] = []
         files = {}
-        for location, raw in shards.read_shard(shard, fmt):
+        records, digest = shards.read_shard(shard, fmt)
+        for location, raw in records:
             repeat = repeat_index.get((shard.file_index, location.line))
             if repeat is not None:
                 rid, (first_file, first_line) = fmt.record_id(raw), repeat
@@ -214,10 +216,12 @@ class ServeShard(beam.DoFn):
             errors_by_code=_count_codes(errors),
             started_at=started,
             finished_at=time.time(),
+            attempt=self.ctx.attempt,
         )
         shards.commit(
-            shard, outputs, results_bytes, encode_errors(errors), stats, fmt.result_content_type
-        )
+            shard, outputs, results_bytes, encode_errors(errors), stats, fmt.result_content_type,
+            digest,
+        )  # fmt: skip
         self.records.inc(records_in)
         self.errors.inc(len(errors))
         self.tokens.inc(counters.completion_tokens)
@@ -241,6 +245,8 @@ def write_manifest(stats: list[ShardStats], ctx: JobContext) -> dict[str, Any]:
         wall_seconds=time.time() - ctx.started_at,
         results_glob=ctx.folder.results_glob(suffix),
         errors_glob=ctx.folder.errors_glob(),
+        attempts=lease.attempts(ctx.job_dir),
+        attempt=ctx.attempt,
     )
     manifest.write(ctx.job_dir, m)
     dedup.cleanup(ctx.job_dir)
@@ -280,13 +286,20 @@ def run(
     options: Any = None,
     runner: Any = None,
 ) -> dict[str, Any]:
-    """Run (or resume) a job to completion and return its manifest."""
-    ctx = JobContext(spec, job_id or spec.job_id, time.time())
-    record_spec(ctx)
-    PROGRESS.reset()
-    if options is None:  # several shards in flight, feeding the process's one engine loop
-        options = local_options(threads=shards_in_flight(spec.batch_size, spec.records_per_shard))
-    p = beam.Pipeline(runner=runner or local_runner(), options=options)
-    build(p, ctx)
-    p.run().wait_until_finish()
-    return manifest.read(ctx.job_dir)
+    """Run (or resume) a job to completion and return its manifest.
+
+    The run holds the job folder's lease (``jobs.lease``): a second run of the same job while
+    this one is alive is refused (LeaseHeld); one that finds a stale lease takes it over."""
+    job_id = job_id or spec.job_id
+    record_spec(JobContext(spec, job_id, time.time()))
+    with lease.held(spec.job_dir(job_id)) as held:
+        ctx = JobContext(spec, job_id, held.started_unix, held.attempt)
+        PROGRESS.reset()
+        if options is None:  # several shards in flight, feeding the process's one engine loop
+            options = local_options(
+                threads=shards_in_flight(spec.batch_size, spec.records_per_shard)
+            )
+        p = beam.Pipeline(runner=runner or local_runner(), options=options)
+        build(p, ctx)
+        p.run().wait_until_finish()
+        return manifest.read(ctx.job_dir)

@@ -12,6 +12,7 @@ so nothing is ever duplicated.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -40,13 +41,9 @@ class Shard:
     records: int
 
     def fingerprint(self) -> dict[str, Any]:
-        return {
-            "path": self.path,
-            "generation": self.generation,
-            "size": self.size,
-            "start": self.start,
-            "end": self.end,
-        }
+        """Where the shard's bytes are; with ``range_digest`` of those bytes, what they were.
+        (Not the file's generation or mtime: an identical copy is the same input.)"""
+        return {"path": self.path, "size": self.size, "start": self.start, "end": self.end}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,14 +95,26 @@ def _shard(file_index, chunk, info, header, start, end, first, records) -> Shard
     )
 
 
-def read_shard(shard: Shard, fmt: InputFormat) -> Iterator[tuple[Location, Any]]:
-    """The shard's raw records with their locations (memory: one shard's bytes)."""
+def _read_range(shard: Shard) -> tuple[bytes, bytes]:
     with storage.open_read(shard.path) as f:
         header = f.read(shard.header_length) if shard.header_length else b""
         f.seek(shard.start)
-        data = f.read(shard.end - shard.start)
-    for offset, raw in fmt.records(header, data):
-        yield Location(shard.path, shard.first_line + offset), raw
+        return header, f.read(shard.end - shard.start)
+
+
+def range_digest(header: bytes, data: bytes) -> str:
+    return hashlib.sha256(header + data).hexdigest()
+
+
+def read_shard(shard: Shard, fmt: InputFormat) -> tuple[list[tuple[Location, Any]], str]:
+    """The shard's raw records with their locations (memory: one shard's bytes), and the
+    digest of the bytes they came from (kept in the commit marker)."""
+    header, data = _read_range(shard)
+    records = [
+        (Location(shard.path, shard.first_line + offset), raw)
+        for offset, raw in fmt.records(header, data)
+    ]
+    return records, range_digest(header, data)
 
 
 # --------------------------------------------------------------------------- outputs
@@ -116,11 +125,15 @@ def committed_stats(shard: Shard, outputs: ShardFiles) -> ShardStats | None:
     if not storage.exists(outputs.marker):
         return None
     marker = json.loads(storage.read_bytes(outputs.marker))
-    if marker["source"] != shard.fingerprint():
+    source = {k: v for k, v in marker["source"].items() if k in ("path", "size", "start", "end")}
+    changed = source != shard.fingerprint()
+    if not changed and "sha256" in marker["source"]:
+        changed = range_digest(*_read_range(shard)) != marker["source"]["sha256"]
+    if changed:
         raise InputChanged(
-            f"{shard.path} changed since shard {shard.name} of this job was committed "
-            f"(was {marker['source']}, now {shard.fingerprint()}); run it as a new job "
-            "(change its name or pass --job-id) instead of resuming"
+            f"{shard.path} is not what shard {shard.name} of this job was committed from (its "
+            "size or the bytes of that shard differ); run it as a new job (change its name or "
+            "pass --job-id) instead of resuming"
         )
     stats = ShardStats.from_dict(marker["stats"])
     stats.resumed = True
@@ -134,6 +147,7 @@ def commit(
     errors: bytes,
     stats: ShardStats,
     result_content_type: str,
+    digest: str,
 ) -> None:
     """Publish the shard's files (each atomically), then its marker: the commit point."""
     if results:
@@ -144,7 +158,8 @@ def commit(
         storage.write_bytes(outputs.errors, errors, content_type="application/jsonl")
     else:
         storage.delete(outputs.errors)
-    marker = {"shard": shard.name, "source": shard.fingerprint(), "stats": stats.to_dict()}
+    source = {**shard.fingerprint(), "sha256": digest}
+    marker = {"shard": shard.name, "source": source, "stats": stats.to_dict()}
     storage.write_bytes(
         outputs.marker, json.dumps(marker).encode(), content_type="application/json"
     )

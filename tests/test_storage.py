@@ -116,3 +116,26 @@ def test_local_generations_strictly_increase_even_within_one_clock_tick(tmp_path
     assert gens == sorted(set(gens))  # each write has its own, newer generation
     with pytest.raises(storage.PreconditionFailed):
         storage.write_bytes(path, b"stale", if_generation_match=gens[-2])
+
+
+def test_local_files_get_the_umask_mode_not_0600(tmp_path):
+    """Results, manifests, specs and status files are written through a temp file: they must
+    still get the mode any tool would give them (0644 under the usual umask), not mkstemp's."""
+    path = str(tmp_path / "out" / "results.jsonl")
+    storage.write_bytes(path, b"x\n")
+    assert os.stat(path).st_mode & 0o777 == storage.FILE_MODE
+    storage.write_bytes(path, b"y\n", if_generation_match=storage.stat(path).generation)
+    assert os.stat(path).st_mode & 0o777 == storage.FILE_MODE
+    with storage.open_write(str(tmp_path / "streamed.bin")) as f:
+        f.write(b"z")
+    assert os.stat(tmp_path / "streamed.bin").st_mode & 0o777 == storage.FILE_MODE
+    assert 0o666 & ~_umask() == storage.FILE_MODE
+
+
+def _umask() -> int:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", "import os; m = os.umask(0); print(m)"],
+                         capture_output=True, text=True, check=True)  # fmt: skip
+    return int(out.stdout)

@@ -72,6 +72,7 @@ _DTYPES = {
     "bf16": ml_dtypes.bfloat16,
 }
 DEFAULT_MAX_SEQ_LEN = 1024
+DEFAULT_PREFIX_MAX = 512  # longest shared prefix kept in the store (system prompts and the like)
 log = logging.getLogger(__name__)
 
 
@@ -160,8 +161,8 @@ class JaxLLMEngine(Engine):
         seq = min(seq, cfg.max_position_embeddings)
         self.max_seq_len = -(-seq // block) * block  # whole blocks
         buckets = list(opt.prefill_buckets or ())
-        if not buckets:  # few programs, short warmup: 16, 64, 256, ... up to S/2
-            cap = max(16, self.max_seq_len // 2)
+        if not buckets:  # few programs, short warmup: 16, 64, 256, ... up to S
+            cap = max(16, self.max_seq_len)
             b = 16
             while b < cap:
                 buckets.append(b)
@@ -171,7 +172,8 @@ class JaxLLMEngine(Engine):
         self.max_prompt = min(self.buckets[-1], self.max_seq_len - 1)
         self.batch = int(config.batch_size)
         store_rows = opt.prefix_cache_rows
-        prefix_max = min(opt.prefix_max_tokens or self.buckets[-1], self.max_prompt)
+        # a prompt may take the whole cache but one position; the completion gets the rest
+        prefix_max = min(opt.prefix_max_tokens or DEFAULT_PREFIX_MAX, self.max_prompt)
         self.prefix_min, self.prefix_max = opt.prefix_min_tokens, -(-prefix_max // block) * block
 
         eos = set(cfg.eos_token_ids)

@@ -14,7 +14,7 @@ class JaxOptions(EngineOptions):
     ENGINE = "jax"
 
     prefill_buckets: tuple[int, ...] | None = option(
-        None, "prompt-length buckets (default 16, 64, 256, ... max_seq_len/2)", kind=INTS,
+        None, "prompt-length buckets (default 16, 64, 256, ... max_seq_len)", kind=INTS,
         minimum=1,
     )  # fmt: skip
     prefill_tokens: int = option(
@@ -29,7 +29,7 @@ class JaxOptions(EngineOptions):
         8, "rows of the shared-prefix store (0 disables prefix reuse)", minimum=0
     )
     prefix_max_tokens: int | None = option(
-        None, "longest reusable prefix (default: largest bucket)", kind=int, minimum=1
+        None, "longest reusable prefix (default 512)", kind=int, minimum=1
     )
     prefix_min_tokens: int = option(8, "shortest prefix worth reusing", minimum=1)
     refill_min_free: int | None = option(

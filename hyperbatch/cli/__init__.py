@@ -9,29 +9,23 @@ in ``common``; tables in ``render``. Data goes to stdout, progress and logs to s
 
 from __future__ import annotations
 
-import logging
-import sys
-
 import click
 
-from hyperbatch.cli import core, jobs, trigger
+from hyperbatch.cli import common, core, jobs, trigger
 from hyperbatch.cli.common import EXIT_JOB_FAILED, EXIT_OK, EXIT_USER_ERROR
+from hyperbatch.runners.options import quiet_logging
 
 __all__ = ["EXIT_JOB_FAILED", "EXIT_OK", "EXIT_USER_ERROR", "main"]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", count=True, help="More logging on stderr (-v info, -vv debug).")
+@click.option("--debug", is_flag=True, help="Print the traceback of a failure, and Beam's logs.")
 @click.version_option(package_name="hyperbatch")
-def main(verbose: int) -> None:
+def main(verbose: int, debug: bool) -> None:
     """hyperbatch: batch inference jobs on Beam, with results and a cost manifest."""
-    level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
-    logging.basicConfig(
-        level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
-    )
-    if verbose == 0:
-        for noisy in ("apache_beam", "jax", "absl"):
-            logging.getLogger(noisy).setLevel(logging.ERROR)
+    common.DEBUG = debug
+    quiet_logging(max(verbose, 2 if debug else 0))
 
 
 for command in (

@@ -11,6 +11,7 @@ import enum
 import functools
 import json
 import os
+import re
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -38,6 +39,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from hyperbatch.engines.models import ModelNotFound
     from hyperbatch.engines.options import OptionsError
     from hyperbatch.engines.registry import EngineNotAvailable
+    from hyperbatch.jobs.lease import LeaseHeld
     from hyperbatch.jobs.pubsub import PubSubNameError
     from hyperbatch.jobs.spec import JobIdConflict, SpecError
     from hyperbatch.jobs.store import IllegalTransition, JobNotFound
@@ -58,7 +60,83 @@ def user_errors() -> tuple[type[BaseException], ...]:
         IllegalTransition,
         LaunchError,
         PubSubNameError,
+        LeaseHeld,
     )
+
+
+#: set by ``hyperbatch --debug``: failures print their traceback too
+DEBUG = False
+
+
+def root_cause(
+    error: BaseException, types: tuple[type[BaseException], ...]
+) -> BaseException | None:
+    """The first exception of ``types`` in ``error``'s chain (Beam wraps a DoFn's error in its
+    own; ``plain`` strips the step name it appends)."""
+    seen: set[int] = set()
+    e: BaseException | None = error
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, types):
+            return e
+        e = e.__cause__ or e.__context__
+    return None
+
+
+_RAISED = re.compile(r"^([\w.]+): (.+)$", re.MULTILINE)
+
+
+def plain(error: BaseException) -> str:
+    """An error's own message: without the ``[while running 'Step']`` Beam appends, and, when
+    Beam carried it as a worker's traceback text, its last ``Type: message`` line."""
+    text = str(error)
+    if "Traceback (most recent call last)" in text:
+        raised = _RAISED.findall(text)
+        if raised:
+            text = raised[-1][1]
+    return text.split(" [while running ")[0].strip() or type(error).__name__
+
+
+def beam_user_error(
+    error: BaseException, types: tuple[type[BaseException], ...]
+) -> BaseException | None:
+    """A user error a worker raised, rebuilt from the traceback text Beam's runner carried it
+    in (the exception object itself stays in the worker)."""
+    by_name = {f"{t.__module__}.{t.__qualname__}": t for t in types}
+    found = None
+    for name, message in _RAISED.findall(str(error)):
+        if name in by_name:
+            found = (by_name[name], message)
+    if found is None:
+        return None
+    cls, message = found
+    rebuilt = cls.__new__(cls)
+    Exception.__init__(rebuilt, message.split(" [while running ")[0])
+    return rebuilt
+
+
+def report_failure(error: BaseException, job_dir: str) -> None:
+    """One paragraph on stderr: what failed and what to do; the traceback goes to a log file
+    (and to stderr too with ``--debug``)."""
+    import traceback
+
+    from hyperbatch import timestamps
+
+    logs = os.environ.get("HYPERBATCH_LOG_DIR") or os.path.expanduser("~/.cache/hyperbatch/logs")
+    os.makedirs(logs, exist_ok=True)
+    log_path = os.path.join(logs, f"{os.path.basename(job_dir)}-{timestamps.now('seconds')}.log")
+    text = "".join(traceback.format_exception(error))
+    with open(log_path, "w") as f:
+        f.write(text)
+    message = plain(error)
+    click.echo(
+        f"job failed: {message}\nThe committed shards are kept: once the cause is fixed, the "
+        f"same command resumes the job. The traceback is in {log_path}"
+        + ("" if DEBUG else " (`hyperbatch --debug ...` prints it here)."),
+        err=True,
+    )
+    if DEBUG:
+        click.echo(text, err=True)
 
 
 def handle_user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -67,7 +145,7 @@ def handle_user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except user_errors() as e:
-            click.echo(f"error: {e}", err=True)
+            click.echo(f"error: {plain(e)}", err=True)
             sys.exit(EXIT_USER_ERROR)
 
     return wrapper
@@ -121,6 +199,19 @@ def events_option(fn: Callable[..., Any]) -> Callable[..., Any]:
         envvar=EVENTS_ENV,
         show_envvar=True,
         help="Pub/Sub topic that hears every state change (projects/P/topics/T or T).",
+    )(fn)
+
+
+def allow_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--allow",
+        "allow",
+        multiple=True,
+        metavar="gs://BUCKET/PREFIX|DIR",
+        envvar="HYPERBATCH_ALLOW",
+        show_envvar=True,
+        help="Where recorded jobs may read and write (input, output, model); repeatable. "
+        "Default: the job store's bucket; a local path only when allowed here.",
     )(fn)
 
 

@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
-import logging
+import contextlib
+import os
+import signal
+import socket
 import sys
 import threading
 import time
@@ -11,19 +14,26 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from hyperbatch.cli import render
+from hyperbatch.cli import common, render
 from hyperbatch.cli.common import (
     EXIT_JOB_FAILED,
     EXIT_OK,
+    beam_user_error,
     emit,
     format_option,
     handle_user_errors,
+    plugin_option,
+    report_failure,
+    root_cause,
     set_option,
     user_errors,
 )
+from hyperbatch.jobs.status import JobState
+from hyperbatch.runners.options import worker_tracebacks_to_log
 
 if TYPE_CHECKING:
     from hyperbatch.jobs.spec import JobSpec
+    from hyperbatch.jobs.store import JobStore
 
 
 @click.command()
@@ -51,39 +61,92 @@ def validate(job_file: str, overrides: tuple[str, ...], fmt: str) -> None:
 @set_option
 @click.option("--job-id", help="Run under this id instead of the one derived from the spec.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@plugin_option
 @format_option
 @handle_user_errors
 def run(
-    job_file: str, overrides: tuple[str, ...], job_id: str | None, quiet: bool, fmt: str
+    job_file: str,
+    overrides: tuple[str, ...],
+    job_id: str | None,
+    quiet: bool,
+    plugins: tuple[str, ...],
+    fmt: str,
 ) -> None:
-    """Run a job in the foreground on this machine (Beam DirectRunner), or resume it."""
+    """Run a job in the foreground on this machine (Beam DirectRunner), or resume it.
+
+    The job is recorded in the job store of its output folder (`hyperbatch jobs --root OUTPUT
+    list` shows it), and only one run of a job may be alive at a time."""
+    from hyperbatch.engines.registry import import_plugins
     from hyperbatch.jobs import spec as job_spec
     from hyperbatch.jobs.ids import check_job_id
 
+    import_plugins(plugins)
     spec = job_spec.load(job_file, overrides)
-    if job_id is not None:
-        check_job_id(job_id)
-    manifest = _run_with_progress(spec, job_id, quiet)
+    job_id = check_job_id(job_id) if job_id is not None else spec.job_id
+    manifest = _run_with_progress(spec, job_id, job_file, quiet)
     emit(manifest, fmt, render.manifest_table)
+    if manifest["records_in"] == 0:
+        click.echo(f"warning: {spec.input} holds no records: nothing was served", err=True)
     click.echo(f"results:  {manifest['outputs']['results']}", err=True)
     click.echo(f"errors:   {manifest['outputs']['errors']}", err=True)
     click.echo(f"manifest: {spec.job_dir(manifest['job_id'])}/manifest.json", err=True)
     sys.exit(EXIT_OK if manifest["status"] == "SUCCEEDED" else EXIT_JOB_FAILED)
 
 
-def _run_with_progress(spec: JobSpec, job_id: str | None, quiet: bool) -> dict[str, Any]:
+def _record_foreground(spec: JobSpec, job_id: str, job_file: str) -> JobStore:
+    """The job in its output folder's job store, QUEUED for this run (recorded if new, resumed
+    if it had ended); LeaseHeld if another run of it is alive."""
+    from hyperbatch.jobs import lease
+    from hyperbatch.jobs.lifecycle import reconcile, resume
+    from hyperbatch.jobs.store import JobStore, actor
+    from hyperbatch.runners.launch import launcher_for
+
+    store = JobStore(spec.output)
+    record, created = store.create(
+        spec,
+        job_id,
+        submitted_by=actor(),
+        submission={"via": "run", "spec_file": os.path.abspath(job_file)},
+        runner="foreground",
+    )
+    if created:
+        return store
+    record = reconcile(store, record, launcher_for(record))
+    if record.state.terminal:
+        resume(store, job_id)
+    elif record.state == JobState.RUNNING:
+        alive = lease.holder(record.status.job_dir)
+        owner = alive["owner"] if alive else (record.launch.host if record.launch else "?")
+        raise lease.LeaseHeld(
+            f"job {job_id} is being run by {owner}; wait for it to end (`hyperbatch jobs "
+            f"--root {store.root} watch {job_id}`), or cancel it"
+        )
+    return store
+
+
+def _run_with_progress(spec: JobSpec, job_id: str, job_file: str, quiet: bool) -> dict[str, Any]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from hyperbatch.runners import pipeline
+    from hyperbatch.runners import job_process
     from hyperbatch.runners.progress import PROGRESS
 
+    store = _record_foreground(spec, job_id, job_file)
     outcome: dict[str, Any] = {}
+    me = f"hyperbatch run ({os.getpid()}@{socket.gethostname()})"
 
     def target() -> None:
-        try:
-            outcome["manifest"] = pipeline.run(spec, job_id)
-        except BaseException as e:  # noqa: BLE001 - handed to the main thread
-            outcome["error"] = e
+        quiet = contextlib.nullcontext() if common.DEBUG else worker_tracebacks_to_log()
+        with quiet:
+            outcome["run"] = run_job()
+
+    def run_job() -> job_process.Outcome:
+        return job_process.run_recorded(
+            store,
+            job_id,
+            by=me,
+            launch={"launcher": "foreground", "pid": os.getpid(), "host": socket.gethostname()},
+            on_cancel=lambda: os.kill(os.getpid(), signal.SIGINT),
+        )
 
     worker = threading.Thread(target=target, name="hyperbatch-pipeline", daemon=True)
     columns = (
@@ -107,15 +170,15 @@ def _run_with_progress(spec: JobSpec, job_id: str | None, quiet: bool) -> dict[s
                 errors=s.errors,
                 tps=s.completion_tokens / elapsed,
             )
-    if "error" in outcome:
-        e = outcome["error"]
-        if isinstance(e, user_errors()):
-            raise e
-        logging.getLogger("hyperbatch").debug("job failed", exc_info=e)
-        click.echo(f"job failed: {type(e).__name__}: {e}", err=True)
-        click.echo("rerun the same command to resume from the committed shards", err=True)
-        sys.exit(EXIT_JOB_FAILED)
-    return outcome["manifest"]
+    done: job_process.Outcome = outcome["run"]
+    if done.manifest is not None:
+        return done.manifest
+    error = done.error if done.error is not None else RuntimeError("the job did not run")
+    user_error = root_cause(error, user_errors()) or beam_user_error(error, user_errors())
+    if user_error is not None:
+        raise user_error
+    report_failure(error, spec.job_dir(job_id))
+    sys.exit(EXIT_JOB_FAILED)
 
 
 @click.command("manifest")

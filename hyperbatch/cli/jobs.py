@@ -9,11 +9,13 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from hyperbatch import storage
 from hyperbatch.cli import render
 from hyperbatch.cli.common import (
     EXIT_CODES_BY_STATE,
     EXIT_JOB_FAILED,
     ROOT_ENV,
+    allow_option,
     dataflow_options,
     emit,
     events_option,
@@ -25,6 +27,8 @@ from hyperbatch.cli.common import (
     root_option,
     set_option,
 )
+from hyperbatch.jobs.policy import AccessPolicy
+from hyperbatch.jobs.spec import SpecError
 from hyperbatch.jobs.status import JobState, Launch
 from hyperbatch.schemas.records import Counters
 
@@ -59,6 +63,7 @@ if TYPE_CHECKING:
     show_default=True,
     help="local: Beam worker processes (1 = in the job process).",
 )
+@allow_option
 @plugin_option
 @dataflow_options
 @format_option
@@ -73,11 +78,15 @@ def submit(
     root: str | None,
     events_topic: str | None,
     workers: int,
+    allow: tuple[str, ...],
     plugins: tuple[str, ...],
     fmt: str,
     **dataflow: Any,
 ) -> None:
-    """Submit a job: record it in the job store and launch it in the background."""
+    """Submit a job: record it in the job store and launch it in the background.
+
+    With a job store on Cloud Storage (a shared service), the job may only read and write in
+    the store's bucket, or where --allow says."""
     from hyperbatch.engines.registry import import_plugins
     from hyperbatch.jobs import spec as job_spec
     from hyperbatch.jobs import store as job_store
@@ -88,6 +97,11 @@ def submit(
     spec = job_spec.load(job_file, overrides)
     job_id = check_job_id(job_id) if job_id else spec.job_id
     store = open_store(root or spec.output, events_topic)
+    if storage.is_gcs(store.root):
+        policy = AccessPolicy.for_store(store.root, [p for a in allow for p in a.split()])
+        problems = policy.spec_problems(spec)
+        if problems:
+            raise SpecError(problems, job_file)
     launcher = make_launcher(runner, dataflow, events_topic, workers, plugins)
     assert launcher is not None  # --runner is local or dataflow
     plan = launcher.plan(spec, job_id, store)  # refuses a launch that cannot work, before recording
@@ -110,12 +124,19 @@ def submit(
         submission={"via": "cli", "spec_file": spec_file},
     )
     done = submission.submit(store, request, launcher)
+    root_hint = "" if os.environ.get(ROOT_ENV) == store.root else f" --root {store.root}"
     if not done.created:
         click.echo(
             f"job {job_id} was already submitted ({done.record.state}); not submitted again",
             err=True,
         )
-    root_hint = "" if os.environ.get(ROOT_ENV) == store.root else f" --root {store.root}"
+        if done.record.state.terminal:
+            click.echo(
+                f"to run it again (committed shards are skipped): hyperbatch jobs{root_hint} "
+                f"resume {job_id}",
+                err=True,
+            )
+            sys.exit(EXIT_JOB_FAILED)
     click.echo(f"watch it:   hyperbatch jobs watch {job_id}{root_hint}", err=True)
     if wait:
         code = _watch(store, job_id, fmt, interval_s=1.0, dataflow=launcher_config(launcher))
@@ -205,6 +226,52 @@ def jobs_cancel(ctx: click.Context, job_id: str, fmt: str) -> None:
     emit(
         data, fmt, lambda d: render.console().print(f"job {job_id} [red]CANCELLED[/red]: {stopped}")
     )
+
+
+@jobs_group.command("resume")
+@click.argument("job_id")
+@click.option(
+    "--runner",
+    type=click.Choice(["local", "dataflow"]),
+    default="local",
+    show_default=True,
+    envvar="HYPERBATCH_RUNNER",
+    show_envvar=True,
+)
+@click.option("--wait", is_flag=True, help="Watch the job until it ends; exit with its outcome.")
+@click.option("--workers", type=int, default=1, show_default=True,
+              help="local: Beam worker processes (1 = in the job process).")  # fmt: skip
+@plugin_option
+@dataflow_options
+@format_option
+@click.pass_context
+@handle_user_errors
+def jobs_resume(
+    ctx: click.Context,
+    job_id: str,
+    runner: str,
+    wait: bool,
+    workers: int,
+    plugins: tuple[str, ...],
+    fmt: str,
+    **dataflow: Any,
+) -> None:
+    """Run a job that ended (cancelled, failed or succeeded) again under its id: the shards it
+    committed are skipped, the rest are served."""
+    from hyperbatch.engines.registry import import_plugins
+    from hyperbatch.jobs.lifecycle import resume
+    from hyperbatch.jobs.store import actor
+    from hyperbatch.jobs.submit import ensure_launched, owner_id
+
+    import_plugins(plugins)
+    store = _ctx_store(ctx)
+    launcher = make_launcher(runner, dataflow, ctx.obj["events_topic"], workers, plugins)
+    assert launcher is not None  # --runner is local or dataflow
+    resume(store, job_id, by=actor())
+    record, _ = ensure_launched(store, job_id, launcher, owner=owner_id())
+    if wait:
+        sys.exit(_watch(store, job_id, fmt, interval_s=1.0, dataflow=launcher_config(launcher)))
+    emit(record.to_dict(), fmt, render.status_table)
 
 
 @jobs_group.command("watch")

@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from hyperbatch.cli.common import (
+    allow_option,
     dataflow_options,
     events_option,
     handle_user_errors,
@@ -46,6 +47,7 @@ def trigger_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                      help="local: most jobs running at once; later ones wait, their messages "
                      "held unacked."),
         click.option("--claim-ttl-s", type=float, default=300.0, hidden=True),
+        allow_option,
         plugin_option,
         dataflow_options,
     ]  # fmt: skip
@@ -71,12 +73,14 @@ def _handler(kw: dict[str, Any], dead_letter_topic: str | None) -> Any:
         runner = None
     launcher = make_launcher(runner, kw, kw.pop("events_topic"), kw.pop("workers"), plugins,
                          kw.pop("max_running"))  # fmt: skip
+    allow = [p for item in kw.pop("allow") for p in item.split()]
     return TriggerHandler(
         store,
         launcher,
         watch=watch,
         dead_letter_topic=dead_letter_topic,
         claim_ttl_s=kw.pop("claim_ttl_s"),
+        allow=allow,
     )
 
 
@@ -161,8 +165,8 @@ def trigger_serve(
     **kw: Any,
 ) -> None:
     """HTTP endpoint for a Pub/Sub push subscription (Cloud Run: PORT is read from the env)."""
+    from hyperbatch.jobs.triggers import push
     from hyperbatch.jobs.triggers.oidc import OidcVerifier
-    from hyperbatch.jobs.triggers.push import make_app, make_http_server
 
     if not audience and not allow_unauthenticated:
         raise click.UsageError(
@@ -172,18 +176,10 @@ def trigger_serve(
     accounts = [a for item in service_accounts for a in item.split()]
     verifier = OidcVerifier(audience, accounts) if audience else None
     handler = _handler(kw, kw.pop("dead_letter_topic"))
-    server = make_http_server(make_app(handler, verifier), host, port)
-    stop = _stop_on_signals()
-
-    def stop_serving() -> None:
-        stop.wait()
-        server.shutdown()
-
-    threading.Thread(target=stop_serving, daemon=True).start()
     click.echo(
-        f"serving Pub/Sub pushes on http://{host}:{server.server_port}/ "
+        f"serving Pub/Sub pushes on http://{host}:{port}/ with gunicorn "
         f"({f'OIDC {audience}' if verifier else 'unauthenticated'}); jobs in "
         f"{handler.store.root}",
         err=True,
     )
-    server.serve_forever()
+    push.serve(push.make_app(handler, verifier), host, port)  # until SIGTERM / SIGINT

@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 from hyperbatch.jobs import pubsub
+from hyperbatch.jobs.policy import AccessPolicy
 from hyperbatch.jobs.spec import JobIdConflict
 from hyperbatch.jobs.store import JobStore
 from hyperbatch.jobs.submit import DEFAULT_CLAIM_TTL_S, Launcher, submit
@@ -54,10 +55,13 @@ class TriggerHandler:
         watch: Sequence[str] = (),
         dead_letter_topic: str | None = None,
         claim_ttl_s: float = DEFAULT_CLAIM_TTL_S,
+        allow: Sequence[str] = (),
     ):
         self.store = store
         self.launcher = launcher
         self.watch = tuple(watch)
+        #: where recorded jobs may read and write: ``allow``, by default the store's bucket
+        self.policy = AccessPolicy.for_store(store.root, allow)
         self.dead_letter_topic = pubsub.topic_path(dead_letter_topic) if dead_letter_topic else None
         self.claim_ttl_s = claim_ttl_s
         self.counts: Counter[str] = Counter()
@@ -70,7 +74,12 @@ class TriggerHandler:
 
     def handle(self, delivery: Delivery) -> Outcome:
         try:
-            found = interpret(delivery, self.watch, exclude=[self.store.root.rstrip("/") + "/"])
+            found = interpret(
+                delivery,
+                self.watch,
+                exclude=[self.store.root.rstrip("/") + "/"],
+                policy=self.policy,
+            )
         except Rejected as e:
             return self._count(self.reject(delivery, e.reason))
         if isinstance(found, Ignored):

@@ -39,6 +39,7 @@ import yaml
 
 from hyperbatch import storage
 from hyperbatch.jobs import layout
+from hyperbatch.jobs.policy import AccessPolicy
 from hyperbatch.jobs.submit import JobRequest
 from hyperbatch.retry import CLOUD_RETRY
 
@@ -127,22 +128,26 @@ def normalize_watch_prefix(prefix: str) -> str:
 
 
 def interpret(
-    delivery: Delivery, watch: Sequence[str] = (), exclude: Sequence[str] = ()
+    delivery: Delivery,
+    watch: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    policy: AccessPolicy | None = None,
 ) -> JobRequest | Ignored:
     """The job a message asks for; Ignored if none; raises Rejected if it can never be one.
 
     ``watch``: gs:// prefixes whose spec files are submitted when notified; ``exclude``:
-    prefixes never submitted from (the job store itself, whose files are JSON too).
+    prefixes never submitted from (the job store itself, whose files are JSON too);
+    ``policy``: where the job may read and write -- checked before anything is read.
     """
     if "eventType" in delivery.attributes and "bucketId" in delivery.attributes:
-        return _notification(delivery, watch, exclude)
-    return _job_request(delivery)
+        return _notification(delivery, watch, exclude, policy)
+    return _job_request(delivery, policy)
 
 
 # --------------------------------------------------------------------------- job requests
 
 
-def _job_request(delivery: Delivery) -> JobRequest:
+def _job_request(delivery: Delivery, policy: AccessPolicy | None) -> JobRequest:
     from hyperbatch.jobs import spec as job_spec
     from hyperbatch.jobs.ids import check_job_id
 
@@ -168,6 +173,9 @@ def _job_request(delivery: Delivery) -> JobRequest:
         url = str(body["spec_url"])
         if not storage.is_gcs(url):
             raise Rejected(f"spec_url {url!r}: give a gs:// URL of a spec file")
+        if policy is not None and not policy.allows(url):
+            raise Rejected(f"spec_url {url!r} is outside what this trigger may read "
+                           f"({policy.describe()})")  # fmt: skip
         raw, base = _read_spec_object(url, None), url.rsplit("/", 1)[0]
         source = url
     elif body.get("spec_json") is not None:
@@ -176,7 +184,7 @@ def _job_request(delivery: Delivery) -> JobRequest:
         raw, base = body["spec"], None
         if not isinstance(raw, Mapping):
             raise Rejected("spec must be a mapping of spec keys to values")
-    spec = _build_spec(raw, overrides, base, source)
+    spec = _build_spec(raw, overrides, base, source, policy)
     job_id = body.get("job_id")
     if job_id:
         try:
@@ -264,7 +272,7 @@ def _parse_spec_text(text: str, source: str) -> dict[str, Any]:
 
 
 def _notification(
-    delivery: Delivery, watch: Sequence[str], exclude: Sequence[str]
+    delivery: Delivery, watch: Sequence[str], exclude: Sequence[str], policy: AccessPolicy | None
 ) -> JobRequest | Ignored:
     attrs = delivery.attributes
     event = attrs.get("eventType")
@@ -291,7 +299,7 @@ def _notification(
         raise Rejected(f"notification for {url} has no objectGeneration")
     source = f"{url}#{generation}"
     raw = _read_spec_object(url, int(generation))
-    spec = _build_spec(raw, {}, url.rsplit("/", 1)[0], source)
+    spec = _build_spec(raw, {}, url.rsplit("/", 1)[0], source, policy)
     metadata = payload.get("metadata") or {}
     return JobRequest(
         job_id=f"{spec.name}-{_digest(f'gcs:{source}')}",
@@ -340,9 +348,14 @@ def _needs_model(engine: Any) -> bool:
 
 
 def _build_spec(
-    raw: Mapping[str, Any], overrides: Mapping[str, Any], base: str | None, source: str
+    raw: Mapping[str, Any],
+    overrides: Mapping[str, Any],
+    base: str | None,
+    source: str,
+    policy: AccessPolicy | None,
 ) -> Any:
-    """Validate a spec from a message: overrides applied, relative paths resolved or refused."""
+    """Validate a spec from a message: overrides applied, relative paths resolved or refused,
+    its locations checked against the policy before any of them is looked at."""
     from hyperbatch.jobs import spec as job_spec
 
     try:
@@ -369,6 +382,13 @@ def _build_spec(
                 )
         if problems:
             raise job_spec.SpecError(problems, source)
-        return job_spec.validate(data, source=source, check_resources=True)
+        spec = job_spec.validate(data, source=source, check_resources=False)
+        if policy is not None:
+            problems = policy.spec_problems(spec)
+        if not problems:
+            problems = job_spec.check_spec_resources(spec)
+        if problems:
+            raise job_spec.SpecError(problems, source)
+        return spec
     except job_spec.SpecError as e:
         raise Rejected(str(e)) from e

@@ -6,7 +6,9 @@ A push subscription with authentication sends a Google-signed ID token: issuer
 (``email_verified`` true). A missing, malformed, expired, wrongly signed or wrongly addressed
 token is ``Unauthenticated`` (HTTP 401); a valid token of another identity is ``Forbidden``
 (403). Google's signing certificates are fetched from ``GOOGLE_CERTS_URL`` and cached as the
-response's Cache-Control allows; tests inject their own.
+response's Cache-Control allows; a failed fetch is not retried before a back-off (30 s,
+doubling to 10 min), and a token naming a key the cache lacks refetches at most once a minute,
+so a flood of garbage tokens costs no network at all. Tests inject their own fetch.
 """
 
 from __future__ import annotations
@@ -35,17 +37,46 @@ class Forbidden(Exception):
 class GoogleCerts:
     """Google's token-signing certificates, fetched on demand and cached by max-age."""
 
-    def __init__(self, url: str = GOOGLE_CERTS_URL, default_ttl_s: float = 3600.0):
+    MIN_REFRESH_S = 60.0  # a token with an unknown key id refetches at most this often
+    BACKOFF_S = (30.0, 600.0)  # after a failed fetch: first wait, longest wait
+
+    def __init__(
+        self,
+        url: str = GOOGLE_CERTS_URL,
+        default_ttl_s: float = 3600.0,
+        fetch: Callable[[], tuple[Certs, float]] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.url, self.default_ttl_s = url, default_ttl_s
+        self._fetch_fn = fetch or self._fetch
+        self._clock = clock
         self._certs: Certs = {}
         self._expires = 0.0
+        self._fetched_at = -1e18
+        self._next_try = 0.0
+        self._backoff = self.BACKOFF_S[0]
+        self.fetches = 0
         self._lock = threading.Lock()
 
-    def __call__(self) -> Certs:
+    def __call__(self, kid: str | None = None) -> Certs:
+        """The certificates; refetched when expired, or when ``kid`` is missing from them (at
+        most once a minute). Raises Unauthenticated while a failed fetch backs off."""
         with self._lock:
-            if time.monotonic() >= self._expires:
-                self._certs, ttl = self._fetch()
-                self._expires = time.monotonic() + ttl
+            now = self._clock()
+            unknown = kid is not None and kid not in self._certs
+            due = now >= self._expires or (unknown and now - self._fetched_at >= self.MIN_REFRESH_S)
+            if due and now >= self._next_try:
+                self.fetches += 1
+                try:
+                    certs, ttl = self._fetch_fn()
+                except Exception as e:
+                    self._next_try = now + self._backoff
+                    self._backoff = min(2 * self._backoff, self.BACKOFF_S[1])
+                    raise Unauthenticated(f"cannot fetch Google's certificates: {e!r}") from e
+                self._certs, self._fetched_at = certs, now
+                self._expires, self._backoff = now + ttl, self.BACKOFF_S[0]
+            if not self._certs:
+                raise Unauthenticated("Google's certificates are not available (backing off)")
             return self._certs
 
     def _fetch(self) -> tuple[Certs, float]:
@@ -82,9 +113,14 @@ class OidcVerifier:
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthenticated("missing 'Authorization: Bearer <token>'")
         try:
+            header = jwt.decode_header(token.strip())
+        except (ValueError, exceptions.GoogleAuthError) as e:
+            raise Unauthenticated(f"not a JWT: {e}") from e
+        kid = header.get("kid") if isinstance(header, dict) else None
+        try:
             claims = jwt.decode(
                 token.strip(),
-                certs=self.certs(),
+                certs=_certs_for(self.certs, kid),
                 audience=self.audience,
                 clock_skew_in_seconds=self.clock_skew_s,
             )
@@ -98,3 +134,10 @@ class OidcVerifier:
         if self.service_accounts and email not in self.service_accounts:
             raise Forbidden(f"{email} may not push here")
         return claims
+
+
+def _certs_for(source: Callable[..., Certs], kid: str | None) -> Certs:
+    """``source(kid)`` when it takes the key id (GoogleCerts), else ``source()`` (tests)."""
+    if isinstance(source, GoogleCerts):
+        return source(kid)
+    return source()

@@ -6,19 +6,18 @@
 
 Answers: 200 with the outcome as JSON once the message may be acked (the job is recorded, or
 the message is ignored, or rejected and dead-lettered); 400 for a body that is not a push
-envelope; 401/403 without a valid token; 503 when handling failed and Pub/Sub should push again.
-``serve`` runs it on the standard library's threaded WSGI server; any WSGI server can host
-``make_app``'s result instead.
+envelope; 401/403 without a valid token; 413 for a body over 16 MiB; 503 when handling failed
+and Pub/Sub should push again. Error bodies are fixed texts: what went wrong is logged, never
+sent to the caller. ``serve`` runs the app on gunicorn (threads, timeouts, header limits), as
+Cloud Run's Python samples do; any WSGI server can host ``make_app``'s result.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import socketserver
 from collections.abc import Callable, Iterable
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from hyperbatch.jobs.triggers.handler import TriggerHandler
 from hyperbatch.jobs.triggers.messages import Delivery
@@ -68,10 +67,10 @@ def make_app(handler: TriggerHandler, verifier: OidcVerifier | None) -> Callable
                 claims = verifier.verify(environ.get("HTTP_AUTHORIZATION"))
             except Unauthenticated as e:
                 log.warning("push refused (401): %s", e)
-                return _answer(start, 401, {"error": str(e)})
+                return _answer(start, 401, {"error": "a valid Pub/Sub push token is required"})
             except Forbidden as e:
                 log.warning("push refused (403): %s", e)
-                return _answer(start, 403, {"error": str(e)})
+                return _answer(start, 403, {"error": "this identity may not push here"})
             log.debug("push from %s", claims.get("email"))
         try:
             length = int(environ.get("CONTENT_LENGTH") or 0)
@@ -83,28 +82,52 @@ def make_app(handler: TriggerHandler, verifier: OidcVerifier | None) -> Callable
             envelope = json.loads(environ["wsgi.input"].read(length))
             delivery = Delivery.from_push(envelope)
         except ValueError as e:
-            return _answer(start, 400, {"error": f"not a Pub/Sub push envelope: {e}"})
+            log.info("push refused (400): %s", e)
+            return _answer(start, 400, {"error": "not a Pub/Sub push envelope"})
         try:
             outcome = handler.handle(delivery)
-        except Exception as e:
+        except Exception:
             log.exception("message %s not handled; Pub/Sub will push it again", delivery.message_id)
-            return _answer(start, 503, {"error": f"{type(e).__name__}: {e}"})
+            return _answer(start, 503, {"error": "not handled; push it again"})
         return _answer(start, 200 if outcome.ack else 503, outcome.to_dict())
 
     return app
 
 
-class _ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
-    daemon_threads = True
+def serve(
+    app: Callable[..., Any],
+    host: str,
+    port: int,
+    *,
+    threads: int = 8,
+    timeout_s: int = 600,
+) -> None:
+    """Serve ``app`` with gunicorn until SIGTERM/SIGINT: one process (the handler keeps the
+    launcher's state), ``threads`` requests at once, a request may take ``timeout_s`` (a launch
+    on Dataflow can take a minute), request lines and headers bounded."""
+    from gunicorn.app.base import BaseApplication
 
+    class _Gunicorn(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            settings = {
+                "bind": f"{host}:{port}",
+                "workers": 1,
+                "worker_class": "gthread",
+                "threads": threads,
+                "timeout": timeout_s,
+                "graceful_timeout": 30,
+                "keepalive": 5,
+                "limit_request_line": 8190,
+                "limit_request_fields": 100,
+                "limit_request_field_size": 8190,
+                "accesslog": None,
+                "errorlog": "-",
+                "loglevel": "warning",
+            }
+            for key, value in settings.items():
+                self.cfg.set(key, value)
 
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s - %s", self.address_string(), format % args)
+        def load(self) -> Callable[..., Any]:
+            return app
 
-
-def make_http_server(app: Callable[..., Any], host: str, port: int) -> WSGIServer:
-    """A threaded HTTP server for ``app`` (call ``serve_forever``; ``server_port`` if port 0)."""
-    return make_server(
-        host, port, app, server_class=_ThreadingWSGIServer, handler_class=_QuietHandler
-    )
+    _Gunicorn().run()

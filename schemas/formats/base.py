@@ -191,7 +191,8 @@ class JsonLinesFormat(InputFormat):
                 yield i, line
 
     def _load(self, raw: bytes) -> Any:
-        return json.loads(raw)
+        # decoded here: json.loads(bytes) guesses UTF-16/32 for binary junk and says so
+        return json.loads(raw.decode("utf-8"))
 
     def record_id(self, raw: Any) -> str | None:
         try:
@@ -208,6 +209,11 @@ class JsonLinesFormat(InputFormat):
     ) -> Parsed | RecordError:
         try:
             obj = self._load(raw)
+        except UnicodeDecodeError as e:
+            return RecordError(
+                None, location, ErrorCode.INVALID_JSON,
+                f"the line is not UTF-8 text (byte {e.start}): JSON lines must be UTF-8",
+            )  # fmt: skip
         except ValueError as e:
             return RecordError(None, location, ErrorCode.INVALID_JSON, f"not valid JSON: {e}")
         if not isinstance(obj, dict):
@@ -215,13 +221,21 @@ class JsonLinesFormat(InputFormat):
                 None, location, ErrorCode.INVALID_RECORD, "a record must be a JSON object"
             )
         rid = obj.get(self.id_key)
-        if not isinstance(rid, str) or not rid:
+        if rid is None or rid == "":
             return RecordError(
-                None if rid is None else str(rid),
+                None,
                 location,
                 ErrorCode.MISSING_ID,
                 f"record has no {self.id_key!r} (a non-empty string); add one so its result "
                 "can be matched",
+            )
+        if not isinstance(rid, str):
+            return RecordError(
+                str(rid),
+                location,
+                ErrorCode.MISSING_ID,
+                f"{self.id_key} must be a string, got {type(rid).__name__} {rid!r}; quote it "
+                f'("{self.id_key}": "{rid}")',
             )
         try:
             return self._parse_obj(rid, obj, location, task, defaults)

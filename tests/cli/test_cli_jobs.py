@@ -62,6 +62,8 @@ def test_dry_run_shows_the_plan_and_records_nothing(tmp_path):
         "--dry-run",
         "--root",
         "gs://acme-jobs/jobs",
+        "--allow",
+        str(tmp_path),  # a store on Cloud Storage confines jobs to its bucket unless told
         "--format",
         "json",
         env=env,
@@ -82,6 +84,8 @@ def test_dry_run_shows_the_plan_and_records_nothing(tmp_path):
         "--dry-run",
         "--root",
         "gs://acme-jobs/jobs",
+        "--allow",
+        str(tmp_path),
         env=env,
     )
     assert "Flex Template launch request" in table.stdout
@@ -105,8 +109,9 @@ def test_submit_wait_then_inspect(tmp_path):
     assert f"hyperbatch jobs watch {job_id}" in result.stderr
 
     again = run("submit", job_file(tmp_path))
-    assert again.exit_code == EXIT_OK
+    assert again.exit_code == EXIT_JOB_FAILED
     assert "already submitted (SUCCEEDED); not submitted again" in again.stderr
+    assert f"resume {job_id}" in again.stderr
 
     env = {"HYPERBATCH_JOBS_ROOT": root}
     listed = run("jobs", "list", "--format", "json", env=env)
@@ -167,6 +172,22 @@ def test_cancel_stops_the_job_process(tmp_path):
     watched = run("jobs", "--root", store.root, "watch", job_id)
     assert watched.exit_code == EXIT_JOB_FAILED
 
+    # a cancelled job resumes under its id: what was committed is kept, the rest is served
+    resumed = run("jobs", "--root", store.root, "resume", job_id, *plugin, "--wait",
+                  "--format", "json")  # fmt: skip
+    assert resumed.exit_code == EXIT_OK, resumed.output
+    final = store.get(job_id)
+    assert final.state == JobState.SUCCEEDED
+    states = [h["state"] for h in final.to_dict()["history"]]
+    assert states[:3] == ["QUEUED", "RUNNING", "CANCELLED"]
+    assert states[3:] == ["QUEUED", "RUNNING", "SUCCEEDED"]
+    where = json.loads(run("jobs", "--root", store.root, "results", job_id, "--format",
+                           "json").stdout)  # fmt: skip
+    ids = [json.loads(line)["custom_id"] for line in
+           run("jobs", "--root", store.root, "results", job_id, "--stream").stdout.splitlines()]  # fmt: skip
+    assert sorted(ids) == [f"c{i}" for i in range(4)]  # each exactly once
+    assert where["summary"]["records_in"] == 5
+
 
 @pytest.mark.parametrize(
     ("args", "message"),
@@ -174,7 +195,13 @@ def test_cancel_stops_the_job_process(tmp_path):
         (["jobs", "list"], "no job store: pass --root"),
         (["jobs", "--root", "{tmp}", "describe", "nope"], "no job 'nope'"),
         (["jobs", "--root", "{tmp}", "cancel", "nope"], "no job 'nope'"),
+        (["jobs", "--root", "{tmp}", "describe", "../../other/job"], "job id '../../other/job'"),
+        (["jobs", "--root", "{tmp}", "cancel", "../x"], "job id '../x'"),
+        (["jobs", "--root", "{tmp}", "watch", "a/b"], "job id 'a/b'"),
+        (["jobs", "--root", "{tmp}", "results", "/etc"], "job id '/etc'"),
         (["submit", "{job}", "--job-id", "Bad_Id"], "job id 'Bad_Id'"),
+        (["submit", "{job}", "--root", "gs://acme-jobs/jobs", "--dry-run"],
+         "is outside where jobs of this store may read and write (gs://acme-jobs/)"),
         (["submit", "{job}", "--set", "batch_size=0"], "batch_size: must be between 1 and 4096"),
         (["submit", "{job}", "--plugin", "no.such.module"], "plug-in module 'no.such.module'"),
         (["trigger", "serve", "--root", "{tmp}"], "set --audience"),

@@ -74,3 +74,21 @@ def test_json_and_avro_twins_agree(tmp_path):
     manifest.write(str(tmp_path), m)
     assert manifest.read(str(tmp_path)) == m
     assert manifest.read(str(tmp_path / "manifest.avro")) == m
+
+
+def test_a_job_with_no_result_never_succeeds_and_half_is_the_default_limit():
+    all_failed = [ShardStats("p", Counters(records=3, results=0, errors=3))]
+    m = manifest.build(job_id="j", spec=spec(max_error_rate=1.0), shards=all_failed,
+                       wall_seconds=1, results_glob="r", errors_glob="e")  # fmt: skip
+    assert m["status"] == "FAILED"  # even though max_error_rate allows every error
+    assert spec().max_error_rate == 0.5
+    half = [ShardStats("p", Counters(records=4, results=2, errors=2))]
+    assert manifest.build(job_id="j", spec=spec(), shards=half, wall_seconds=1,
+                          results_glob="r", errors_glob="e")["status"] == "SUCCEEDED"  # fmt: skip
+    most = [ShardStats("p", Counters(records=4, results=1, errors=3))]
+    assert manifest.build(job_id="j", spec=spec(), shards=most, wall_seconds=1,
+                          results_glob="r", errors_glob="e")["status"] == "FAILED"  # fmt: skip
+    empty = manifest.build(job_id="j", spec=spec(), shards=[], wall_seconds=1,
+                           results_glob="r", errors_glob="e")  # fmt: skip
+    assert empty["status"] == "SUCCEEDED"
+    assert empty["records_in"] == 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import threading
 
 import pytest
@@ -71,7 +72,7 @@ def test_a_request_runs_one_job_to_success(setup):
     store, launcher, spec, events_sub = setup
     requests = cp.topic("requests")
     sub = cp.subscription(requests, ack_deadline_seconds=30)
-    handler = TriggerHandler(store, launcher)
+    handler = TriggerHandler(store, launcher, allow=[os.path.dirname(store.root)])
     with listening(sub, handler):
         pubsub.publish(requests, json.dumps(spec).encode(), {"job_id": "pulled-one"})
         done = cp.wait_for(lambda: cp.finished(store, "pulled-one"), timeout=90)
@@ -113,7 +114,7 @@ def test_duplicates_and_a_redelivery_make_one_job(setup):
     # A consumer that records and launches the job from one delivery, then dies before acking.
     crashed = pubsub.subscriber().pull(request={"subscription": sub, "max_messages": 1}, timeout=10)
     (received,) = crashed.received_messages
-    first = TriggerHandler(store, launcher).handle(
+    first = TriggerHandler(store, launcher, allow=[os.path.dirname(store.root)]).handle(
         Delivery(
             received.message.message_id,
             received.message.data,
@@ -123,7 +124,7 @@ def test_duplicates_and_a_redelivery_make_one_job(setup):
     )
     assert (first.kind, first.job_id) == ("submitted", "dup-job")
 
-    handler = TriggerHandler(store, launcher)
+    handler = TriggerHandler(store, launcher, allow=[os.path.dirname(store.root)])
     seen: list[str] = []
     original = handler.handle
 
@@ -153,7 +154,12 @@ def test_poison_is_recorded_and_dead_lettered(setup, tmp_path):
     policy = {"dead_letter_topic": dead, "max_delivery_attempts": 5}
     sub = cp.subscription(requests, dead_letter_policy=policy)
     assert dead_letter_topic_of(sub) == dead
-    handler = TriggerHandler(store, None, dead_letter_topic=dead_letter_topic_of(sub))
+    handler = TriggerHandler(
+        store,
+        None,
+        dead_letter_topic=dead_letter_topic_of(sub),
+        allow=[os.path.dirname(store.root)],
+    )
     with listening(sub, handler):
         pubsub.publish(requests, b"this is not a job spec")
         pubsub.publish(requests, json.dumps({**spec, "batch_size": -1}).encode())

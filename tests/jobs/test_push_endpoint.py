@@ -7,10 +7,16 @@ import base64
 import contextlib
 import datetime as dt
 import json
+import os
+import socket
+import socketserver
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
 import urllib.request
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import pytest
 from cryptography import x509
@@ -21,8 +27,8 @@ from cryptography.x509.oid import NameOID
 from hyperbatch.jobs import pubsub
 from hyperbatch.jobs.store import JobStore
 from hyperbatch.jobs.triggers.handler import TriggerHandler
-from hyperbatch.jobs.triggers.oidc import OidcVerifier
-from hyperbatch.jobs.triggers.push import make_app, make_http_server
+from hyperbatch.jobs.triggers.oidc import GoogleCerts, OidcVerifier, Unauthenticated
+from hyperbatch.jobs.triggers.push import make_app
 from tests.jobs import control_plane as cp
 
 AUDIENCE = "https://hyperbatch-trigger-abc-uc.a.run.app/"
@@ -80,9 +86,22 @@ def google_key():
     return SigningKey("google-key-1")
 
 
+class _ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+
 @contextlib.contextmanager
 def serving(app):
-    server = make_http_server(app, "127.0.0.1", 0)
+    """The app in this process, on the standard library's server (a quick harness; the product
+    serves it with gunicorn: test_served_by_gunicorn)."""
+    server = make_server(
+        "127.0.0.1", 0, app, server_class=_ThreadingWSGIServer, handler_class=_QuietHandler
+    )
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -127,7 +146,7 @@ def test_oidc_tokens_are_verified(store_and_spec, google_key):
     store, spec = store_and_spec
     impostor = SigningKey(google_key.kid)  # same key id, another key: a forged signature
     verifier = OidcVerifier(AUDIENCE, [PUSHER], certs=lambda: {google_key.kid: google_key.cert_pem})
-    app = make_app(TriggerHandler(store), verifier)
+    app = make_app(TriggerHandler(store, allow=[os.path.dirname(store.root)]), verifier)
     with serving(app) as url:
         refused = {
             "no token": (None, 401),
@@ -148,6 +167,14 @@ def test_oidc_tokens_are_verified(store_and_spec, google_key):
         for i, (why, (token, code)) in enumerate(refused.items()):
             status, body = post(url, envelope(spec, f"m{i}"), token)
             assert (why, status) == (why, code), body
+            # a fixed answer: nothing about why, what was fetched, or how (that is logged)
+            assert (
+                body
+                == {
+                    401: {"error": "a valid Pub/Sub push token is required"},
+                    403: {"error": "this identity may not push here"},
+                }[code]
+            )
         assert store.list() == []
 
         status, body = post(url, envelope(spec, "ok-1", job_id="pushed-ok"), google_key.token())
@@ -180,11 +207,13 @@ def test_pushes_from_the_emulator(store_and_spec, google_key):
         return wrapped
 
     guarded = make_app(
-        TriggerHandler(JobStore(store.root + "-guarded")),
+        TriggerHandler(JobStore(store.root + "-guarded"), allow=[os.path.dirname(store.root)]),
         OidcVerifier(AUDIENCE, [PUSHER], certs=lambda: {google_key.kid: google_key.cert_pem}),
     )
     with (
-        serving(make_app(TriggerHandler(store), None)) as open_url,
+        serving(
+            make_app(TriggerHandler(store, allow=[os.path.dirname(store.root)]), None)
+        ) as open_url,
         serving(counting(guarded)) as guarded_url,
     ):
         cp.subscription(requests, push_config={"push_endpoint": open_url})
@@ -197,3 +226,96 @@ def test_pushes_from_the_emulator(store_and_spec, google_key):
     # the emulator's push carries no token: the guarded endpoint refuses it, records nothing
     assert set(calls) == {401}
     assert JobStore(store.root + "-guarded").list() == []
+
+
+def test_a_flood_of_bad_tokens_costs_no_certificate_fetches(google_key):
+    """Google's certificates are fetched once and kept (max-age); a fetch that fails backs off
+    instead of being retried by every request."""
+    from google.auth import jwt
+
+    fetched = []
+
+    def fetch():
+        fetched.append(1)
+        return {google_key.kid: google_key.cert_pem}, 3600.0
+
+    certs = GoogleCerts(fetch=fetch)
+    verifier = OidcVerifier(AUDIENCE, [PUSHER], certs=certs)
+    stranger = SigningKey("unknown-key")
+    for i in range(200):
+        token = ["garbage", stranger.token(), google_key.token(aud="x")][i % 3]
+        with pytest.raises(Unauthenticated):
+            verifier.verify(f"Bearer {token}")
+    assert verifier.verify(f"Bearer {google_key.token()}")["email"] == PUSHER
+    # one fetch, plus at most one for the unknown key id (a key rotation looks like that)
+    assert len(fetched) <= 2
+    assert jwt.decode_header(stranger.token())["kid"] == "unknown-key"
+
+    now = [0.0]
+    failing = GoogleCerts(fetch=lambda: (_ for _ in ()).throw(ConnectionError("offline")),
+                          clock=lambda: now[0])  # fmt: skip
+    for _ in range(100):
+        with pytest.raises(Unauthenticated):
+            failing()
+    assert failing.fetches == 1  # backing off: not once per request
+    now[0] = 31.0
+    with pytest.raises(Unauthenticated):
+        failing()
+    assert failing.fetches == 2  # after the back-off, one more try
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_served_by_gunicorn(tmp_path):
+    """`hyperbatch trigger serve` runs the app on gunicorn: pushes are recorded, an oversized
+    body is refused, and it stops on SIGTERM."""
+    import signal
+
+    port = _free_port()
+    root = str(tmp_path / "jobs")
+    spec = cp.spec_dict(cp.write_input(str(tmp_path / "in.jsonl")), root, name="gunicorned")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "hyperbatch", "trigger", "serve", "--host", "127.0.0.1",
+         "--port", str(port), "--root", root, "--record-only", "--allow-unauthenticated",
+         "--allow", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        cp.wait_for(lambda: _healthy(url), timeout=60)
+        status, body = post(url, envelope(spec, "g-1", job_id="via-gunicorn"))
+        assert (status, body["kind"]) == (200, "submitted")
+        assert JobStore(root).get("via-gunicorn").state == "QUEUED"
+        assert _declare_a_body_of(port, 17 << 20) == 413  # refused before it is read
+    finally:
+        server.send_signal(signal.SIGTERM)
+        _out, err = server.communicate(timeout=60)
+    assert server.returncode == 0, err
+    assert "gunicorn" in err
+
+
+def _declare_a_body_of(port: int, size: int) -> int:
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.putrequest("POST", "/")
+    conn.putheader("Content-Type", "application/json")
+    conn.putheader("Content-Length", str(size))
+    conn.endheaders()
+    try:
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url + "healthz", timeout=2) as resp:
+            return resp.status == 200
+    except OSError:
+        return False

@@ -110,3 +110,46 @@ def test_dtype_auto_is_float32_on_cpu_and_bfloat16_on_accelerators(job_dir):
         job_spec.load(write(job_dir, accelerator="nvidia-l4", dtype="float32")).resolved_dtype
         == "float32"
     )
+
+
+def test_capabilities_an_engine_lacks_are_refused_before_launch(tmp_path):
+    """logprobs on the JAX engine used to pass validation and then fail every record."""
+    from hyperbatch.jobs.spec import SpecError, validate
+
+    data = {"name": "caps", "task": "chat", "input": "x", "input_format": "jsonl",
+            "output": str(tmp_path), "model": "m", "engine": "jax"}  # fmt: skip
+    with pytest.raises(SpecError, match=r"sampling\.logprobs: the jax engine does not support"):
+        validate({**data, "sampling": {"logprobs": 2}}, check_resources=False)
+    with pytest.raises(SpecError, match="presence_penalty"):
+        validate({**data, "sampling": {"presence_penalty": 0.5}}, check_resources=False)
+    assert validate({**data, "sampling": {"logprobs": None}}, check_resources=False)
+    assert validate({**data, "engine": "vllm", "sampling": {"logprobs": 2}}, check_resources=False)
+
+
+def test_broken_models_and_unwritable_outputs_are_refused_before_launch(tmp_path):
+    """These used to pass validate and then fail `run` with a traceback."""
+    from hyperbatch.engines.models import resolve_model
+    from hyperbatch.jobs.spec import SpecError, load
+
+    (tmp_path / "in.jsonl").write_text('{"id": "a", "prompt": "hi"}\n')
+    gguf = resolve_model("smollm2-135m-instruct").path
+    with open(gguf, "rb") as f:
+        data = f.read()
+    broken = {
+        "truncated.gguf": data[: len(data) // 2],
+        "one-kb.gguf": data[:1024],
+        "random.gguf": os.urandom(4096),
+    }
+    base = {"name": "broken", "task": "chat", "input": str(tmp_path / "in.jsonl"),
+            "input_format": "jsonl", "output": str(tmp_path / "out")}  # fmt: skip
+    for name, content in broken.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(SpecError, match="model: ") as e:
+            load(data={**base, "model": str(tmp_path / name)})
+        assert any(word in str(e.value) for word in ("truncated", "not a GGUF", "not a readable"))
+    (tmp_path / "a-file").write_text("x")
+    for unwritable in ("/proc/hyperbatch-out", str(tmp_path / "a-file" / "out")):  # even as root
+        with pytest.raises(SpecError, match="output: cannot write in"):
+            load(data={**base, "model": gguf, "output": unwritable})
+    assert load(data={**base, "model": gguf}).model == gguf
+    assert not (tmp_path / "out").exists()  # the probe left nothing behind

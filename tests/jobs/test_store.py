@@ -102,8 +102,9 @@ def test_states_follow_the_lifecycle(root, spec):
     assert done.to_dict()["finished_at"]
     assert done.to_dict()["manifest"] == summary
     for state in JobState:
-        with pytest.raises(IllegalTransition):
-            store.transition("job-a", state)
+        if state != JobState.QUEUED:  # an ended job only goes back to the queue (a resume)
+            with pytest.raises(IllegalTransition):
+                store.transition("job-a", state)
     assert [h["state"] for h in done.to_dict()["history"]] == ["QUEUED", "RUNNING", "SUCCEEDED"]
     assert done.to_dict()["history"][1]["by"] == "proc"
 
@@ -210,3 +211,18 @@ def test_list_newest_first_with_filters(root, spec):
     assert [r.job_id for r in store.list(limit=2)] == ["job-3", "job-2"]
     assert [r.job_id for r in store.list(states=["CANCELLED"])] == ["job-1"]
     assert [(r["key"], r["reason"]) for r in store.rejected()] == [("m-123", "not a spec")]
+
+
+@pytest.mark.parametrize("bad", ["../../other/job", "a/b", "UPPER", "-x", "x" * 64, "", "job/"])
+def test_ids_that_are_not_job_ids_name_no_path(tmp_path, bad):
+    """Every command that takes a job id (describe, cancel, watch, results) reaches the store
+    through job_folder: an id that could escape the root is refused, not read."""
+    from hyperbatch.jobs.spec import SpecError
+
+    (tmp_path / "other" / "job").mkdir(parents=True)
+    (tmp_path / "other" / "job" / "status.json").write_text("{}")
+    store = JobStore(str(tmp_path / "root"))
+    with pytest.raises(SpecError, match="use 1-63 lowercase letters"):
+        store.get(bad)
+    with pytest.raises(SpecError):
+        store.transition(bad, JobState.CANCELLED)

@@ -62,7 +62,7 @@ def test_every_record_ends_as_one_result_or_one_error(tmp_path):
     (tmp_path / "a.jsonl").write_bytes(jsonl(lines_a))
     (tmp_path / "b.jsonl").write_bytes(jsonl(lines_b))
     spec = make_spec(str(tmp_path / "*.jsonl"), str(tmp_path / "out"),
-                     engine_options={"reject_word": "forbidden"})  # fmt: skip
+                     engine_options={"reject_word": "forbidden"}, max_error_rate=1.0)  # fmt: skip
 
     m = pipeline.run(spec)
     results, errors = outputs(spec.job_dir())
@@ -141,13 +141,23 @@ def test_a_rerun_of_a_finished_job_changes_nothing(tmp_path):
     assert second["accelerator_seconds"] == first["accelerator_seconds"]
 
 
-def test_changed_input_is_refused_on_resume(tmp_path):
+def test_changed_input_is_refused_on_resume_and_an_identical_copy_is_not(tmp_path):
+    import os
+    import shutil
+
     path = tmp_path / "in.jsonl"
     path.write_bytes(jsonl([openai_chat("a", "x"), openai_chat("b", "y")]))
     spec = make_spec(str(path), str(tmp_path / "out"))
-    pipeline.run(spec)
-    path.write_bytes(jsonl([openai_chat("a", "x"), openai_chat("b", "CHANGED")]))
-    with pytest.raises(Exception, match="changed since shard"):
+    first = pipeline.run(spec)
+    # the same bytes, a new file (another mtime): the same input, so the job resumes
+    shutil.copy(path, tmp_path / "copy.jsonl")
+    os.replace(tmp_path / "copy.jsonl", path)
+    os.utime(path, (1, 1))
+    again = pipeline.run(spec)
+    assert (again["records_in"], again["results"]) == (first["records_in"], first["results"])
+    # other bytes of the same size: refused
+    path.write_bytes(jsonl([openai_chat("a", "x"), openai_chat("b", "z")]))
+    with pytest.raises(Exception, match="is not what shard part-00000-00000 of this job"):
         pipeline.run(spec)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 
 import pytest
 
@@ -190,3 +191,19 @@ def test_openai_logprobs_requests_and_output():
         FORMATS["avro"].encode_results([(chat_req, res)], JobInfo("j", "m", 0))
     )
     assert rec[0]["logprobs"][0]["top_logprobs"][1] == {"token": "Hi", "logprob": -1.5}
+
+
+def test_messages_say_what_is_wrong_with_a_line():
+    binary = FORMATS["openai"].parse(b"\xff\xfe\x00b\x00i\x00n\n", LOC, TaskKind.CHAT, DEFAULTS)
+    assert isinstance(binary, RecordError)
+    assert binary.code == ErrorCode.INVALID_JSON
+    assert "not UTF-8 text" in binary.message
+    assert "codec" not in binary.message
+    number = FORMATS["openai"].parse(
+        json.dumps({**openai_chat("x", "hi"), "custom_id": 123}).encode(), LOC, TaskKind.CHAT,
+        DEFAULTS,
+    )  # fmt: skip
+    assert isinstance(number, RecordError)
+    assert number.code == ErrorCode.MISSING_ID
+    assert number.record_id == "123"
+    assert "custom_id must be a string, got int 123" in number.message

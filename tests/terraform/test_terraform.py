@@ -46,12 +46,6 @@ META_ARGUMENTS = {"source", "version", "count", "for_each", "depends_on", "provi
 BASIC_ROLES = {"roles/owner", "roles/editor", "roles/viewer"}
 PUBLIC_PRINCIPALS = ("allUsers", "allAuthenticatedUsers")
 
-#: Names Terraform already sets for a CLI change still under way: (what, why).
-PENDING_ENVVARS = {
-    "HYPERBATCH_ALLOW": "the `--allow gs://...` confinement option of the trigger commands",
-}
-
-
 # =========================================================================== parsing
 
 
@@ -739,13 +733,13 @@ def test_environment_variables_are_the_cli_s() -> None:
     used = _envvars_in_terraform()
     assert len(used) > 15, sorted(used)
     known = cli_envvars() | {"HYPERBATCH_DATAFLOW_API_ENDPOINT"}  # read with os.environ
-    unknown = {n: sorted(w) for n, w in used.items() if n not in known | set(PENDING_ENVVARS)}
+    unknown = {n: sorted(w) for n, w in used.items() if n not in known}
     assert unknown == {}, "Terraform sets variables the CLI does not read"
     trigger_env = load(MODULES / "trigger").locals["env"]
     serve = cli_envvars(cli_command("trigger", "serve"))
     for name in re.findall(r"\b([A-Z][A-Z_]+[A-Z]) *=", trigger_env):
         if name.startswith("HYPERBATCH_"):
-            assert name in serve | set(PENDING_ENVVARS), f"`trigger serve` does not read {name}"
+            assert name in serve, f"`trigger serve` does not read {name}"
         else:
             assert any(name in p.read_text() for p in python_sources()), f"nothing reads {name}"
     for required in (
@@ -760,12 +754,10 @@ def test_environment_variables_are_the_cli_s() -> None:
         assert required in trigger_env, f"the trigger service does not set {required}"
 
 
-@pytest.mark.parametrize("name", sorted(PENDING_ENVVARS))
-def test_pending_cli_names_have_landed(name: str) -> None:
-    if name not in cli_envvars():
-        pytest.xfail(
-            f"Terraform sets {name}, but the CLI does not read it yet: {PENDING_ENVVARS[name]}"
-        )
+def test_the_confinement_terraform_sets_is_read_by_the_triggers() -> None:
+    for command in ("serve", "listen"):
+        assert "HYPERBATCH_ALLOW" in cli_envvars(cli_command("trigger", command))
+    assert "HYPERBATCH_ALLOW" in load(MODULES / "trigger").locals["env"]
 
 
 def test_dataflow_module_sets_every_dataflow_setting_of_the_cli() -> None:

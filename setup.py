@@ -15,6 +15,7 @@ CORE = [
     "rich>=13",
     "jinja2>=3.1,<4",
     "numpy>=2.0",
+    "gunicorn>=23",  # serves the push trigger (`hyperbatch trigger serve`)
 ]
 
 # Model loading shared by the JAX engines (tokenizers, checkpoints, GGUF).

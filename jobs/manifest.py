@@ -82,12 +82,14 @@ def build(
 
     price = pricing.price_for(spec.accelerator, spec.spot, spec.usd_per_accelerator_hour)
     count = spec.accelerator_count
-    committed_by: Counter[str] = Counter()
+    committed_by: dict[str, float] = {}
     for s in ordered:
         if s.attempt:
-            committed_by[s.attempt] += s.counters.accelerator_seconds
+            committed_by[s.attempt] = (
+                committed_by.get(s.attempt, 0.0) + s.counters.accelerator_seconds
+            )
     lost = sum(
-        max(0.0, a.wall_seconds - committed_by[a.attempt])
+        max(0.0, a.wall_seconds - committed_by.get(a.attempt, 0.0))
         for a in attempts
         if a.attempt != attempt and a.outcome != "succeeded"
     )

@@ -72,7 +72,7 @@ class _WorkerTracebacks:
 @contextlib.contextmanager
 def worker_tracebacks_to_log() -> Iterator[None]:
     original = sys.stderr
-    sys.stderr = _WorkerTracebacks(original)  # type: ignore[assignment]
+    sys.stderr = _WorkerTracebacks(original)
     try:
         yield
     finally:

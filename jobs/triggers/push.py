@@ -107,7 +107,7 @@ def serve(
     on Dataflow can take a minute), request lines and headers bounded."""
     from gunicorn.app.base import BaseApplication
 
-    class _Gunicorn(BaseApplication):  # type: ignore[misc]
+    class _Gunicorn(BaseApplication):
         def load_config(self) -> None:
             settings = {
                 "bind": f"{host}:{port}",

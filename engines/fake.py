@@ -10,6 +10,9 @@
   come back (finish_reason "length"), as a real engine's answer would run on.
 * A prompt of more than ``max_prompt_tokens`` words (option, default 512) is refused with
   PROMPT_TOO_LONG; one containing the option ``reject_word`` is refused with ENGINE_REJECTED.
+* An embedding request's texts get one vector each: ``[words, characters, distinct words, 1]``
+  of the text's first ``max_prompt_tokens`` words (``truncated`` if it had more); ``dimensions``
+  keeps the first components (more than 4 is INVALID_DIMENSIONS); tokens are words.
 * Static shapes are simulated: each request occupies a slot of ``max_prompt_tokens`` +
   ``max_tokens`` positions, so padding waste is computable too. Each request is its own "device
   call": its charge is its own time and slots.
@@ -73,9 +76,46 @@ class FakeEngine(Engine):
         return request.prompt or ""
 
     def prompt_tokens(self, request: Request) -> list[int]:
+        if request.texts is not None:
+            return [len(w) for t in request.texts for w in t.split()[: self._max_prompt]]
         return [len(w) for w in self.render(request).split()]
 
+    DIMENSIONS = 4
+
+    def _embed(self, request: Request) -> Result:
+        assert request.texts is not None
+        dims = request.dimensions or self.DIMENSIONS
+        if dims > self.DIMENSIONS:
+            raise RequestError(
+                ErrorCode.INVALID_DIMENSIONS,
+                f"dimensions {dims}: this model gives 1 to {self.DIMENSIONS}",
+            )
+        vectors, truncated, counts = [], [], []
+        for text in request.texts:
+            if not text.strip():
+                raise RequestError(ErrorCode.EMPTY_INPUT, "an input is an empty string")
+            words = text.split()
+            kept = words[: self._max_prompt]
+            read = " ".join(kept)
+            full = (float(len(kept)), float(len(read)), float(len(set(kept))), 1.0)
+            vectors.append(full[:dims])
+            truncated.append(len(words) > len(kept))
+            counts.append(len(kept))
+        n = sum(counts)
+        return Result(
+            record_id=request.record_id,
+            usage=Usage(prompt_tokens=n),
+            embeddings=tuple(vectors),
+            truncated=tuple(truncated),
+            token_counts=tuple(counts),
+            charge=Charge(
+                computed_token_slots=self._max_prompt * len(counts), useful_token_slots=n
+            ),
+        )
+
     def _serve(self, request: Request) -> Result:
+        if request.texts is not None:
+            return self._embed(request)
         ids = request.prompt_token_ids or tuple(self.prompt_tokens(request))
         if len(ids) > self._max_prompt:
             raise RequestError(
@@ -128,6 +168,7 @@ class FakeEngine(Engine):
             self._stats.errors += int(not res.ok)
             self._stats.prompt_tokens += res.usage.prompt_tokens
             self._stats.completion_tokens += res.usage.completion_tokens
+            self._stats.embeddings += len(res.embeddings or ())
             results.append(res)
             if on_result:
                 on_result(res)

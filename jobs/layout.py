@@ -4,6 +4,8 @@
     <root>/<job_id>/status.json            the job's state (the job store; see jobs.store)
     <job_dir>/results/<shard><suffix>      a shard's results (suffix from the input format)
     <job_dir>/errors/<shard>.jsonl         a shard's error records (only if it had any)
+    <job_dir>/vectors/<shard><suffix>      an embedding shard's vectors (vector_output: parquet
+                                           or vertex_vector_search)
     <job_dir>/_commits/<shard>.json        a shard's commit marker, with its statistics
     <job_dir>/_plan/ids/<bucket>/...       the planner's id hashes (removed when the job ends)
     <job_dir>/manifest.json, manifest.avro the cost manifest and its Avro twin
@@ -28,6 +30,7 @@ MANIFEST_JSON = "manifest.json"
 MANIFEST_AVRO = "manifest.avro"
 RESULTS = "results"
 ERRORS = "errors"
+VECTORS = "vectors"
 COMMITS = "_commits"
 PLAN_IDS = "_plan/ids"
 LAUNCH_LOG = "launch.log"
@@ -49,6 +52,7 @@ class ShardFiles:
     results: str
     errors: str
     marker: str
+    vectors: str | None = None  # embedding jobs with a vector_output
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,12 +104,16 @@ class JobFolder:
     def plan_ids(self) -> str:
         return self._join(PLAN_IDS)
 
-    def shard(self, name: str, result_suffix: str) -> ShardFiles:
+    def shard(self, name: str, result_suffix: str, vector_suffix: str | None = None) -> ShardFiles:
         return ShardFiles(
             results=self._join(RESULTS, f"{name}{result_suffix}"),
             errors=self._join(ERRORS, f"{name}{ERRORS_SUFFIX}"),
             marker=self._join(COMMITS, f"{name}.json"),
+            vectors=self._join(VECTORS, f"{name}{vector_suffix}") if vector_suffix else None,
         )
+
+    def vectors_glob(self, vector_suffix: str) -> str:
+        return self._join(VECTORS, f"*{vector_suffix}")
 
     def results_glob(self, result_suffix: str) -> str:
         return self._join(RESULTS, f"*{result_suffix}")

@@ -66,6 +66,7 @@ def build(
     wall_seconds: float,
     results_glob: str,
     errors_glob: str,
+    vectors_glob: str | None = None,
     attempts: Sequence[Attempt] = (),
     attempt: str | None = None,
 ) -> dict[str, Any]:
@@ -152,6 +153,8 @@ def build(
         "usd_per_1k_input_tokens": per_1k(cost * input_share, p_tok),
         "usd_per_1k_output_tokens": per_1k(cost * (1 - input_share), c_tok),
         "usd_per_1k_tokens": per_1k(cost, total_tok),
+        "usd_per_1m_tokens": round(cost / total_tok * 1e6, 6) if total_tok else 0.0,
+        "embeddings": t.embeddings,
         "padding_waste_percent": round(100 * t.padding_waste, 3),
         "engine_compilations": t.compilations,
         "shards": [
@@ -169,7 +172,7 @@ def build(
             }
             for s in ordered
         ],
-        "outputs": {"results": results_glob, "errors": errors_glob},
+        "outputs": {"results": results_glob, "errors": errors_glob, "vectors": vectors_glob},
     }
 
 

@@ -2,7 +2,8 @@
 
 ``publish`` returns only once Pub/Sub has accepted the message (its id is known), so a caller
 that acks a message after forwarding it, or reports a state after announcing it, never loses it.
-Transient errors are retried by ``CLOUD_RETRY``.
+Transient errors are retried by ``CLOUD_RETRY``; no usable credentials is
+``storage.CredentialsError``, with the paragraph every Google service shares.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from hyperbatch import storage
 from hyperbatch.retry import CLOUD_RETRY
 
 _TOPIC_RE = re.compile(r"^projects/[^/]+/topics/[^/]+$")
@@ -58,19 +60,27 @@ def subscription_path(name: str, project: str | None = None) -> str:
 
 @functools.cache
 def publisher(ordered: bool = False) -> Any:
+    """The publisher client; CredentialsError if there are no usable credentials."""
     from google.cloud import pubsub_v1
 
     options = pubsub_v1.types.PublisherOptions(enable_message_ordering=ordered)
     # Small batches, short latency: these are control messages, not a data stream.
     batch = pubsub_v1.types.BatchSettings(max_messages=100, max_latency=0.005)
-    return pubsub_v1.PublisherClient(batch_settings=batch, publisher_options=options)
+    try:
+        return pubsub_v1.PublisherClient(batch_settings=batch, publisher_options=options)
+    except storage.client_creation_errors() as e:
+        raise storage.credentials_error("Pub/Sub", e) from e
 
 
 @functools.cache
 def subscriber() -> Any:
+    """The subscriber client; CredentialsError if there are no usable credentials."""
     from google.cloud import pubsub_v1
 
-    return pubsub_v1.SubscriberClient()
+    try:
+        return pubsub_v1.SubscriberClient()
+    except storage.client_creation_errors() as e:
+        raise storage.credentials_error("Pub/Sub", e) from e
 
 
 def reset_clients() -> None:

@@ -15,13 +15,16 @@ from hyperbatch.jobs.layout import JobFolder
 from hyperbatch.jobs.store import JobStore, Record
 from hyperbatch.schemas import avro
 from hyperbatch.schemas.formats import FORMATS
+from hyperbatch.schemas.vectors import VECTOR_WRITERS
 
 
 def locate(store: JobStore, record: Record) -> dict[str, Any]:
     spec = store.spec(record.job_id)
     suffix = FORMATS[spec.input_format].result_suffix
+    writer = VECTOR_WRITERS.get(spec.vector_output)
+    vector_suffix = writer.suffix if writer else None
     folder = JobFolder(record.status.job_dir)
-    committed = [folder.shard(name, suffix) for name in folder.committed_shards()]
+    committed = [folder.shard(name, suffix, vector_suffix) for name in folder.committed_shards()]
     manifest = folder.manifest_json
     return {
         "job_id": record.job_id,
@@ -33,6 +36,8 @@ def locate(store: JobStore, record: Record) -> dict[str, Any]:
         "shards_committed": len(committed),
         "result_files": [s.results for s in committed if storage.exists(s.results)],
         "error_files": [s.errors for s in committed if storage.exists(s.errors)],
+        "vectors": folder.vectors_glob(vector_suffix) if vector_suffix else None,
+        "vector_files": [s.vectors for s in committed if s.vectors and storage.exists(s.vectors)],
         "summary": record.status.manifest.to_json() if record.status.manifest else None,
     }
 

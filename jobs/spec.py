@@ -25,7 +25,8 @@ from hyperbatch.schemas.records import SAMPLING_FIELDS, SamplingParams, TaskKind
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,38}[a-z0-9]$")
 TASKS = tuple(t.value for t in TaskKind)
-INPUT_FORMATS = ("openai", "jsonl", "avro")
+INPUT_FORMATS = ("openai", "jsonl", "avro", "vertex")
+VECTOR_OUTPUTS = ("none", "parquet", "vertex_vector_search")
 DTYPES = ("auto", "float32", "bfloat16")
 PATH_FIELDS = ("input", "output", "model")
 MAX_BATCH_SIZE = 4096
@@ -61,6 +62,8 @@ class JobSpec:
     spot: bool = False
     usd_per_accelerator_hour: float | None = None
     max_error_rate: float = 0.5  # more than half the records failed: something is wrong
+    vector_output: str = "none"  # embedding jobs: also write vectors as Parquet or Vector Search
+    dimensions: int | None = None  # embedding jobs: every vector cut to this many (renormalised)
 
     REQUIRED = ("name", "task", "input", "input_format", "output", "model")
 
@@ -132,6 +135,8 @@ def load_file(path: str) -> dict[str, Any]:
     """Read a spec file (YAML or JSON; local or gs://) into a dict; raises SpecError."""
     try:
         text = storage.read_text(path)
+    except storage.CredentialsError:
+        raise  # not the spec's fault: its own paragraph says how to sign in
     except (storage.StorageError, OSError) as e:
         raise SpecError([f"cannot read the spec file: {e}"], path) from e
     try:
@@ -256,8 +261,12 @@ def validate(
     engine = typed.get("engine", FIELDS["engine"].default)
     if engine in registry.ENGINES:
         # the engine's options module is light (no jax, no vllm): checked wherever this runs
-        problems += registry.option_problems(engine, typed.get("engine_options", {}))
+        task = typed.get("task")
+        problems += _task_problems(typed)
+        problems += registry.option_problems(engine, typed.get("engine_options", {}), task)
         problems += registry.sampling_problems(engine, sampling)
+        if task in TASKS:
+            problems += registry.task_problems(engine, task)
     if problems:
         raise SpecError(problems, source)
     spec = JobSpec(**typed)
@@ -276,6 +285,7 @@ _VALUE_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     ),
     "task": (lambda v: v in TASKS, f"must be one of {', '.join(TASKS)}"),
     "input_format": (lambda v: v in INPUT_FORMATS, f"must be one of {', '.join(INPUT_FORMATS)}"),
+    "vector_output": (lambda v: v in VECTOR_OUTPUTS, f"must be one of {', '.join(VECTOR_OUTPUTS)}"),
     "accelerator": (
         lambda v: v in accelerators.ACCELERATORS,
         f"must be one of {', '.join(accelerators.ACCELERATORS)}",
@@ -290,11 +300,31 @@ _VALUE_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "max_seq_len": (lambda v: 16 <= v <= 1 << 20, "must be between 16 and 1048576 (or omitted)"),
     "dtype": (lambda v: v in DTYPES, f"must be one of {', '.join(DTYPES)}"),
     "max_error_rate": (lambda v: 0.0 <= v <= 1.0, "must be a fraction between 0 and 1"),
+    "dimensions": (lambda v: v >= 1, "must be a positive number of dimensions"),
     "usd_per_accelerator_hour": (
         lambda v: v >= 0,
         "must be >= 0 (or omitted to use the price table)",
     ),
 }
+
+
+def _task_problems(typed: Mapping[str, Any]) -> list[str]:
+    """Fields that only make sense for some tasks, and formats that carry only some."""
+    task, fmt = typed.get("task"), typed.get("input_format")
+    out = []
+    embedding = task == TaskKind.EMBEDDING
+    if typed.get("vector_output", "none") != "none" and not embedding:
+        out.append("vector_output: only embedding jobs write vectors; remove it")
+    if typed.get("dimensions") is not None and not embedding:
+        out.append("dimensions: only embedding jobs have vectors to cut; remove it")
+    if fmt == "vertex" and task is not None and not embedding:
+        out.append(
+            "input_format: vertex lines are served for task embedding (Vertex AI text-embedding "
+            "batch lines); use openai or jsonl for chat and completion"
+        )
+    if embedding and typed.get("sampling"):
+        out.append("sampling: an embedding job samples nothing; remove it")
+    return out
 
 
 def _has_type(value: Any, expected: type) -> bool:
@@ -305,13 +335,28 @@ def _has_type(value: Any, expected: type) -> bool:
     return isinstance(value, expected)
 
 
-def check_spec_resources(spec: JobSpec) -> list[str]:
-    """Checks that touch the outside world: inputs exist, the model and engine are there."""
+def check_spec_resources(
+    spec: JobSpec, unchecked: dict[str, storage.CredentialsError] | None = None
+) -> list[str]:
+    """Checks that touch the outside world: inputs exist, the model and engine are there.
+
+    A gs:// check that finds no usable Google credentials raises that CredentialsError; given
+    ``unchecked`` (a dry run, which shows its plan anyway), it adds there what it did not check
+    and why.
+    """
     from hyperbatch.engines import models
 
     problems = []
+
+    def not_checked(what: str, error: storage.CredentialsError) -> None:
+        if unchecked is None:
+            raise error
+        unchecked[what] = error
+
     try:
         files = storage.glob(spec.input)
+    except storage.CredentialsError as e:
+        not_checked(f"input: whether files match {spec.input}", e)
     except (storage.StorageError, OSError) as e:
         files = []
         problems.append(f"input: cannot list {spec.input}: {e}")
@@ -329,17 +374,31 @@ def check_spec_resources(spec: JobSpec) -> list[str]:
                     f"output: bucket {bucket} does not exist; create it "
                     f"(gcloud storage buckets create gs://{bucket}) or choose another"
                 )
+        except storage.CredentialsError as e:
+            not_checked(f"output: whether its bucket exists and {spec.output} may be written", e)
         except storage.StorageError as e:
             problems.append(f"output: {e}")
     elif os.path.exists(spec.output) and not os.path.isdir(spec.output):
         problems.append(f"output: {spec.output} exists and is not a directory")
-    if not any(p.startswith("output:") for p in problems):
-        problems += _write_probe(spec.output)
+    if not any(p.startswith("output:") for p in [*problems, *(unchecked or [])]):
+        try:
+            problems += _write_probe(spec.output)
+        except storage.CredentialsError as e:
+            not_checked(f"output: whether {spec.output} may be written", e)
     if registry.entry(spec.engine).needs_model:
         try:
             models.check_model(spec.model)
+        except storage.CredentialsError as e:
+            not_checked(f"model: whether {spec.model} is a model", e)
         except (models.ModelNotFound, storage.StorageError) as e:
             problems.append(f"model: {e}")
+        entry = models.CATALOGUE.get(spec.model)
+        if entry is not None and spec.task not in entry.tasks:
+            fits = [n for n, e in models.CATALOGUE.items() if spec.task in e.tasks]
+            problems.append(
+                f"model: {spec.model} is a model for {', '.join(entry.tasks)}, not {spec.task}"
+                + (f"; for {spec.task} use {', '.join(fits)}" if fits else "")
+            )
     # A cpu job runs on this machine, so its engine must load here; TPU/GPU jobs run on workers
     # whose image carries the engine.
     if accelerators.get(spec.accelerator).kind == "cpu":
@@ -359,6 +418,8 @@ def _write_probe(output: str) -> list[str]:
     try:
         storage.write_bytes(probe, b"probe")
         storage.delete(probe)
+    except storage.CredentialsError:
+        raise  # not a place we may not write: we cannot look (check_spec_resources says so)
     except (storage.StorageError, OSError) as e:
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
         return [f"output: cannot write in {output} ({reason}); choose a folder you may write to"]
@@ -401,6 +462,8 @@ _FIELD_TYPES: dict[str, Any] = {
     "spot": bool,
     "usd_per_accelerator_hour": float,
     "max_error_rate": float,
+    "vector_output": str,
+    "dimensions": int,
 }
 
 _FIELD_HELP = {

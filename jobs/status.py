@@ -104,6 +104,7 @@ class ManifestSummary:
     manifest: str  # where the whole manifest is
     results_glob: str
     errors_glob: str
+    vectors_glob: str | None = None
 
     @classmethod
     def of(cls, manifest: Mapping[str, Any], manifest_path: str) -> ManifestSummary:
@@ -121,6 +122,7 @@ class ManifestSummary:
             manifest=manifest_path,
             results_glob=manifest["outputs"]["results"],
             errors_glob=manifest["outputs"]["errors"],
+            vectors_glob=manifest["outputs"].get("vectors"),
         )
 
     def to_json(self) -> dict[str, Any]:

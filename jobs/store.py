@@ -344,6 +344,7 @@ def _encode(doc: JobStatus | Mapping[str, Any]) -> bytes:
     return json.dumps(data, indent=2, sort_keys=False).encode()
 
 
+@storage.translate_gcs_errors("list")
 @CLOUD_RETRY
 def _gcs_child_folders(root: str) -> list[str]:
     bucket, prefix = storage.split_gcs(root)

@@ -266,16 +266,17 @@ class DataflowLauncher:
         self._flex, self._jobs = flex_client, jobs_client
 
     def _client(self, kind: str) -> Any:
-        from google.auth import exceptions
         from google.cloud import dataflow_v1beta3 as df
 
         cls = {"flex": df.FlexTemplatesServiceClient, "jobs": df.JobsV1Beta3Client}[kind]
         try:
             return cls(client_options=_client_options(self.config))
-        except exceptions.DefaultCredentialsError as e:
-            raise LaunchError(
-                "dataflow: no Google credentials; run `gcloud auth application-default login` "
-                "or set GOOGLE_APPLICATION_CREDENTIALS"
+        except storage.client_creation_errors() as e:
+            # A CredentialsError, not a LaunchError: the job stays QUEUED (not FAILED), so the
+            # same submit launches it once the credentials are fixed.
+            cfg = self.config
+            raise storage.credentials_error(
+                f"Dataflow (project {cfg.project}, region {cfg.region})", e
             ) from e
 
     @property

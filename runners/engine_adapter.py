@@ -226,12 +226,16 @@ _LOAD_LOCK = threading.Lock()
 def shared_loop(spec: Any) -> EngineLoop:
     """The process's engine loop for this configuration, loaded and warmed up on first use."""
     config = engine_config(spec)
-    key = json.dumps([spec.engine, dataclasses.asdict(config)], sort_keys=True, default=str)
+    key = json.dumps(
+        [spec.engine, spec.task == "embedding", dataclasses.asdict(config)],
+        sort_keys=True,
+        default=str,
+    )
     with _LOAD_LOCK:
         loop = _LOOPS.get(key)
         if loop is None:
             t0 = time.perf_counter()
-            engine = engine_class(spec.engine)(config)
+            engine = engine_class(spec.engine, spec.task)(config)
             engine.warmup()
             loop = EngineLoop(engine, time.perf_counter() - t0, engine.stats())
             log.info("loaded engine %s for %s in %.1fs", spec.engine, spec.model, loop.load_seconds)
@@ -280,6 +284,12 @@ def serve(
     requests = []
     for i, p in enumerate(records):
         rid = p.request.record_id
+        if p.request.texts is not None:
+            # embedding: texts are truncated, never refused; the engine tokenizes them in one
+            # batch and sorts them into its length buckets (characters order them meanwhile)
+            requests.append(p.request)
+            runnable.append((("", sum(len(t) for t in p.request.texts)), i))
+            continue
         try:
             ids = engine.prompt_tokens(p.request)  # on this thread: beside the device
         except RequestError as e:

@@ -47,7 +47,9 @@ def quiet_logging(verbose: int = 0) -> None:
         level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
     )
     if verbose == 0:
-        for noisy in ("apache_beam", "jax", "absl"):
+        # google.auth._default warns on its way to the DefaultCredentialsError that
+        # storage.CredentialsError then explains in one paragraph.
+        for noisy in ("apache_beam", "jax", "absl", "google.auth._default"):
             logging.getLogger(noisy).setLevel(logging.CRITICAL)
 
 

@@ -40,6 +40,7 @@ from hyperbatch.schemas.formats import (
     encode_errors,
 )
 from hyperbatch.schemas.records import Counters, ErrorCode, TaskKind
+from hyperbatch.schemas.vectors import VECTOR_WRITERS, VectorWriter
 
 log = logging.getLogger(__name__)
 NAMESPACE = "hyperbatch"
@@ -115,7 +116,10 @@ class ServeShard(beam.DoFn):
     def process(self, shard: shards.Shard, repeats: list) -> Iterator[ShardStats]:
         spec = self.ctx.spec
         fmt = FORMATS[spec.input_format]
-        outputs = self.ctx.folder.shard(shard.name, fmt.result_suffix)
+        writer = vector_writer(spec)
+        outputs = self.ctx.folder.shard(
+            shard.name, fmt.result_suffix, writer.suffix if writer else None
+        )
         done = shards.committed_stats(shard, outputs)
         if done is not None:
             c = done.counters
@@ -161,6 +165,8 @@ class ServeShard(beam.DoFn):
                 ))  # fmt: skip
                 continue
             item = fmt.parse(raw, location, task, defaults)
+            if isinstance(item, Parsed) and item.request.texts is not None:
+                item = job_dimensions(item, spec)
             if isinstance(item, RecordError):
                 errors.append(item)
             else:
@@ -176,6 +182,7 @@ class ServeShard(beam.DoFn):
                 results=int(result.ok),
                 errors=int(not result.ok),
                 completion_tokens=result.usage.completion_tokens,
+                prompt_tokens=result.usage.prompt_tokens if result.embeddings else 0,
             )
 
         served = None
@@ -204,10 +211,13 @@ class ServeShard(beam.DoFn):
             prompt_tokens=sum(r.usage.prompt_tokens for _, r in ok),
             completion_tokens=sum(r.usage.completion_tokens for _, r in ok),
             cached_tokens=sum(r.usage.cached_tokens for _, r in ok),
+            embeddings=sum(len(r.embeddings or ()) for _, r in ok),
             shards=1,
         )
         job = JobInfo(self.ctx.job_id, spec.model, int(started))
         results_bytes = fmt.encode_results(ok, job)
+        writer = vector_writer(spec)
+        vectors = (writer.encode(ok), writer.content_type) if writer else None
         # its share of the process's time while shards were in flight (the model load included)
         counters.accelerator_seconds = engine_adapter.LEDGER.stop(attempt)
         stats = ShardStats(
@@ -220,7 +230,7 @@ class ServeShard(beam.DoFn):
         )
         shards.commit(
             shard, outputs, results_bytes, encode_errors(errors), stats, fmt.result_content_type,
-            digest,
+            digest, vectors,
         )  # fmt: skip
         self.records.inc(records_in)
         self.errors.inc(len(errors))
@@ -236,8 +246,34 @@ def _count_codes(errors: list[RecordError]) -> dict[str, int]:
     return out
 
 
+def job_dimensions(item: Parsed, spec: JobSpec) -> Parsed | RecordError:
+    """An embedding record with the job's ``dimensions`` unless it asks for its own; with a
+    ``vector_output`` every vector goes to one index, so a record may not ask for another size."""
+    req = item.request
+    if req.dimensions is None:
+        if spec.dimensions is None:
+            return item
+        return dataclasses.replace(
+            item, request=dataclasses.replace(req, dimensions=spec.dimensions)
+        )
+    if spec.vector_output != "none" and req.dimensions != spec.dimensions:
+        size = f"{spec.dimensions}" if spec.dimensions else "the model's"
+        return RecordError(
+            req.record_id, item.location, ErrorCode.INVALID_DIMENSIONS,
+            f"dimensions {req.dimensions}: this job writes every vector to one {spec.vector_output} "
+            f"index, all of {size} dimensions; set dimensions in the job spec, not per record",
+        )  # fmt: skip
+    return item
+
+
+def vector_writer(spec: JobSpec) -> VectorWriter | None:
+    """The writer of an embedding job's vector files, if its spec asks for them."""
+    return VECTOR_WRITERS.get(spec.vector_output)
+
+
 def write_manifest(stats: list[ShardStats], ctx: JobContext) -> dict[str, Any]:
     suffix = FORMATS[ctx.spec.input_format].result_suffix
+    writer = vector_writer(ctx.spec)
     m = manifest.build(
         job_id=ctx.job_id,
         spec=ctx.spec,
@@ -245,6 +281,7 @@ def write_manifest(stats: list[ShardStats], ctx: JobContext) -> dict[str, Any]:
         wall_seconds=time.time() - ctx.started_at,
         results_glob=ctx.folder.results_glob(suffix),
         errors_glob=ctx.folder.errors_glob(),
+        vectors_glob=ctx.folder.vectors_glob(writer.suffix) if writer else None,
         attempts=lease.attempts(ctx.job_dir),
         attempt=ctx.attempt,
     )

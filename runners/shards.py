@@ -148,12 +148,20 @@ def commit(
     stats: ShardStats,
     result_content_type: str,
     digest: str,
+    vectors: tuple[bytes, str] | None = None,
 ) -> None:
-    """Publish the shard's files (each atomically), then its marker: the commit point."""
+    """Publish the shard's files (each atomically), then its marker: the commit point.
+    ``vectors`` is an embedding shard's vector file and its content type."""
     if results:
         storage.write_bytes(outputs.results, results, content_type=result_content_type)
     else:
         storage.delete(outputs.results)  # a stale file from an earlier uncommitted attempt
+    if outputs.vectors is not None:
+        data, content_type = vectors or (b"", "")
+        if data:
+            storage.write_bytes(outputs.vectors, data, content_type=content_type)
+        else:
+            storage.delete(outputs.vectors)
     if errors:
         storage.write_bytes(outputs.errors, errors, content_type="application/jsonl")
     else:

@@ -19,6 +19,8 @@ SCHEMA_NAMES = (
     "job_request",
     "job_event",
     "image_request",
+    "embedding_record",
+    "embedding_result",
 )
 
 

@@ -19,6 +19,7 @@ from typing import Any
 class TaskKind(enum.StrEnum):
     CHAT = "chat"
     COMPLETION = "completion"
+    EMBEDDING = "embedding"  # texts in, one vector per text out
 
 
 class FinishReason(enum.StrEnum):
@@ -41,6 +42,9 @@ class ErrorCode(enum.StrEnum):
     TEMPLATE_ERROR = "template_error"
     ENGINE_REJECTED = "engine_rejected"
     ENGINE_FAILED = "engine_failed"
+    EMPTY_INPUT = "empty_input"  # an embedding input that is an empty string
+    TOO_MANY_INPUTS = "too_many_inputs"  # more inputs in one request than the format allows
+    INVALID_DIMENSIONS = "invalid_dimensions"  # dimensions the model cannot give
 
 
 class RequestError(ValueError):
@@ -166,10 +170,11 @@ def sampling_from_dict(
 
 @dataclasses.dataclass(frozen=True)
 class Request:
-    """One prompt to serve. Exactly one of ``prompt`` (completion) or ``messages`` (chat).
+    """One record to serve. Exactly one of ``prompt`` (completion), ``messages`` (chat) or
+    ``texts`` (embedding: one vector per text; ``dimensions`` truncates and renormalises them).
 
     ``prompt_token_ids`` may be filled in by the caller from :meth:`Engine.prompt_tokens` so the
-    engine does not tokenize twice.
+    engine does not tokenize twice (for texts: all of them, one after the other).
     """
 
     record_id: str
@@ -177,9 +182,13 @@ class Request:
     prompt: str | None = None
     messages: tuple[Mapping[str, Any], ...] | None = None
     prompt_token_ids: tuple[int, ...] | None = None
+    texts: tuple[str, ...] | None = None
+    dimensions: int | None = None
 
     @property
     def kind(self) -> TaskKind:
+        if self.texts is not None:
+            return TaskKind.EMBEDDING
         return TaskKind.CHAT if self.messages is not None else TaskKind.COMPLETION
 
     def with_tokens(self, ids: Sequence[int]) -> Request:
@@ -191,6 +200,7 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0  # prompt tokens whose prefill was reused (prefix cache)
+    embeddings: int = 0  # vectors returned (an embedding request may ask for many)
 
     @property
     def total_tokens(self) -> int:
@@ -233,7 +243,9 @@ class Result:
     """The outcome of one request: text and finish reason, or an error code and message.
 
     ``logprobs`` is set (one entry per generated token) when the request asked for them;
-    ``charge`` is the request's share of the engine's work (``Charge``).
+    ``embeddings`` (one vector per text, and whether each text was cut to the model's length in
+    ``truncated``) for an embedding request; ``charge`` is the request's share of the engine's
+    work (``Charge``).
     """
 
     record_id: str
@@ -244,6 +256,9 @@ class Result:
     error_code: ErrorCode | None = None
     error_message: str | None = None
     logprobs: tuple[TokenLogprob, ...] | None = None
+    embeddings: tuple[tuple[float, ...], ...] | None = None
+    truncated: tuple[bool, ...] = ()
+    token_counts: tuple[int, ...] = ()  # per text of an embedding request (after truncation)
     charge: Charge = Charge()
 
     @property
@@ -268,6 +283,7 @@ class Counters:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0  # prompt tokens whose prefill was reused (prefix cache)
+    embeddings: int = 0  # vectors returned (an embedding request may ask for many)
     accelerator_seconds: float = 0.0  # held by a worker for this work, load and warmup included
     busy_seconds: float = 0.0  # inside the engine, serving requests
     prefill_seconds: float = 0.0  # the part of busy_seconds spent on prompts (prices input tokens)

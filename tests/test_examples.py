@@ -18,6 +18,7 @@ def test_there_are_examples():
     names = {os.path.relpath(p, ROOT) for p in SPECS}
     assert {
         "examples/quickstart/job.yaml",
+        "examples/embeddings/job.yaml",
         "examples/vllm/gpu.yaml",
         "examples/vllm/tpu.yaml",
     } <= names
@@ -35,3 +36,19 @@ def test_example_spec_is_valid(path):
     assert spec.job_id.startswith(spec.name)
     if spec.accelerator.startswith(("nvidia", "tpu")):
         assert spec.resolved_dtype == "bfloat16"
+
+
+def test_the_embeddings_corpus_is_all_valid_records():
+    from hyperbatch.schemas.formats import FORMATS, Location, Parsed
+    from hyperbatch.schemas.records import SamplingParams, TaskKind
+
+    path = os.path.join(ROOT, "examples", "embeddings", "corpus.jsonl")
+    with open(path, "rb") as f:
+        lines = f.read().splitlines()
+    parsed = [
+        FORMATS["jsonl"].parse(raw, Location(path, i + 1), TaskKind.EMBEDDING, SamplingParams())
+        for i, raw in enumerate(lines)
+    ]
+    assert len(parsed) >= 300
+    assert all(isinstance(p, Parsed) for p in parsed)
+    assert len({p.request.record_id for p in parsed}) == len(parsed)

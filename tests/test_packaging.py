@@ -60,6 +60,8 @@ def test_the_wheel_installs_one_namespace(tmp_path):
     assert {n.split("/")[0] for n in names} == {"hyperbatch", "hyperbatch-0.1.0.dist-info"}
     assert "hyperbatch/schemas/job_request.avsc" in names
     assert "hyperbatch/engines/jax_llm/cpu_attention.cc" in names
+    assert "hyperbatch/engines/jax_encoder/cpu_attention.cc" in names
+    assert "hyperbatch/schemas/embedding_result.avsc" in names
     assert {"hyperbatch/jobs/spec.py", "hyperbatch/cli/__init__.py"} <= set(names)
 
     env_dir = tmp_path / "venv"

@@ -95,8 +95,9 @@ def test_transient_errors_are_retried_by_the_declared_policy(gcs_bucket, monkeyp
         raise exceptions.Forbidden("no access")
 
     monkeypatch.setattr(blob_cls, "download_as_bytes", forbidden)
-    with pytest.raises(exceptions.Forbidden):
+    with pytest.raises(storage.StorageError, match="permission denied") as denied:
         storage.read_bytes(path)
+    assert isinstance(denied.value.__cause__, exceptions.Forbidden)
     assert len(calls) == 1  # a permanent error fails at once
 
 
@@ -139,3 +140,170 @@ def _umask() -> int:
     out = subprocess.run([sys.executable, "-c", "import os; m = os.umask(0); print(m)"],
                          capture_output=True, text=True, check=True)  # fmt: skip
     return int(out.stdout)
+
+
+# --------------------------------------------------------------------------- user errors (issue 19)
+
+
+def _google_error(kind: str) -> BaseException:
+    """What Google's clients raise, built as they build it."""
+    from google.api_core import exceptions as api
+    from google.auth import exceptions as auth
+
+    return {
+        "403": api.Forbidden("GET …: caller does not have storage.objects.get access"),
+        "404": api.NotFound("The specified bucket does not exist."),
+        "401": api.Unauthorized("Request had invalid authentication credentials."),
+        "expired": auth.RefreshError(
+            "invalid_grant: Token has been expired or revoked.", {"error": "invalid_grant"}
+        ),
+        "metadata": api.RetryError(
+            "Timeout of 120.0s exceeded",
+            auth.TransportError("Failed to retrieve http://metadata.google.internal/token"),
+        ),
+        "503": api.ServiceUnavailable("try again"),
+    }[kind]
+
+
+@pytest.mark.parametrize(
+    ("operation", "role"),
+    [("list", "roles/storage.objectViewer"), ("read", "roles/storage.objectViewer"),
+     ("write", "roles/storage.objectAdmin"), ("delete", "roles/storage.objectAdmin")],
+)  # fmt: skip
+def test_403_names_the_bucket_the_operation_and_the_role(operation, role):
+    error = storage.gcs_error(_google_error("403"), "gs://acme-data/in/a.jsonl", operation)
+    assert type(error) is storage.StorageError
+    message = str(error)
+    assert message.startswith(f"permission denied: cannot {operation} gs://acme-data/in/a.jsonl")
+    assert f"needs {role} on bucket acme-data" in message
+    assert f"add-iam-policy-binding gs://acme-data --member=PRINCIPAL --role={role}" in message
+
+
+def test_404_names_the_missing_bucket_or_object():
+    not_found = _google_error("404")
+    for operation in ("list", "write"):
+        message = str(storage.gcs_error(not_found, "gs://acme-jobs/out/x", operation))
+        assert message == (
+            f"cannot {operation} gs://acme-jobs/out/x: bucket acme-jobs does not exist; check the "
+            "name or create it (`gcloud storage buckets create gs://acme-jobs`)"
+        )
+    assert str(storage.gcs_error(not_found, "gs://acme-jobs/a", "read")) == (
+        "no such object: gs://acme-jobs/a"
+    )
+
+
+@pytest.mark.parametrize(
+    ("kind", "why"),
+    [("401", "Request had invalid authentication credentials"),
+     ("expired", "invalid_grant: Token has been expired or revoked"),
+     ("metadata", "Failed to retrieve http://metadata.google.internal/token")],
+)  # fmt: skip
+def test_unusable_credentials_at_first_use_are_a_credentials_error(kind, why):
+    error = storage.gcs_error(_google_error(kind), "gs://acme-data/in/a.jsonl", "read")
+    assert isinstance(error, storage.CredentialsError)
+    assert str(error) == (
+        f"cannot reach Cloud Storage (gs://acme-data/in/a.jsonl) without usable Google "
+        f"credentials and a project ({why}). {storage.CREDENTIALS_HELP}"
+    )
+    for fix in ("gcloud auth application-default login", "GOOGLE_APPLICATION_CREDENTIALS",
+                "GOOGLE_CLOUD_PROJECT", "--project"):  # fmt: skip
+        assert fix in str(error)
+
+
+def test_other_errors_are_not_translated(tmp_path):
+    assert storage.gcs_error(_google_error("503"), "gs://acme/a", "read") is None  # transient
+    assert storage.gcs_error(_google_error("403"), str(tmp_path / "a"), "read") is None  # local
+
+
+def test_gs_functions_raise_the_translated_errors(gcs_bucket, monkeypatch):
+    """fake-gcs-server answers 404 itself; 403 and an expired key are injected where the
+    client would raise them."""
+    from google.cloud.storage import Blob
+
+    missing = "gs://no-such-bucket-issue19"
+    with pytest.raises(storage.StorageError, match=f"bucket {missing[5:]} does not exist"):
+        storage.glob(f"{missing}/in/*.jsonl")
+    with pytest.raises(storage.StorageError, match=f"cannot write {missing}/out/a"):
+        storage.write_bytes(f"{missing}/out/a", b"x")
+
+    def refuse(error):
+        def raiser(self, *a, **kw):
+            raise error
+
+        return raiser
+
+    path = f"{gcs_bucket}/out/a.jsonl"
+    monkeypatch.setattr(Blob, "upload_from_file", refuse(_google_error("403")))
+    with pytest.raises(storage.StorageError, match=r"roles/storage\.objectAdmin on bucket"):
+        storage.write_bytes(path, b"x")
+    monkeypatch.setattr(Blob, "upload_from_filename", refuse(_google_error("403")))
+    with pytest.raises(storage.StorageError, match=f"cannot write {path}"):
+        storage.upload_file(__file__, path)
+    monkeypatch.setattr(Blob, "download_as_bytes", refuse(_google_error("expired")))
+    with pytest.raises(storage.CredentialsError, match="Token has been expired or revoked"):
+        storage.read_bytes(path)
+
+
+def test_a_bucket_we_may_not_look_at_exists(gcs_bucket, monkeypatch):
+    """403 on the bucket's metadata: it exists (a missing one is 404); writing is the write
+    probe's question, and a job's object roles do not grant reading bucket metadata."""
+    from google.cloud.storage import Client
+
+    assert storage.bucket_exists(gcs_bucket)
+    assert not storage.bucket_exists("gs://no-such-bucket-issue19")
+
+    def forbidden(self, *a, **kw):
+        raise _google_error("403")
+
+    monkeypatch.setattr(Client, "lookup_bucket", forbidden)
+    assert storage.bucket_exists(gcs_bucket)
+
+
+@pytest.fixture
+def no_emulator(monkeypatch, tmp_path):
+    """A process that never signed in to Google Cloud and runs no emulator."""
+    for name in ("STORAGE_EMULATOR_HOST", "GOOGLE_APPLICATION_CREDENTIALS", "CLOUDSDK_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "gcloud"))
+    monkeypatch.setenv("NO_GCE_CHECK", "true")
+    storage.gcs_client.cache_clear()
+    yield
+    storage.gcs_client.cache_clear()
+
+
+@pytest.mark.parametrize(
+    ("key", "why"),
+    [(None, "Your default credentials were not found"),
+     ("missing", "was not found"),
+     ('{"type": "service_account",', "is not a valid json file"),
+     ('{"type": "service_account", "private_key": "x", "client_email": "a@b.c", '
+      '"token_uri": "https://oauth2.googleapis.com/token"}',
+      "Failed to load service account credentials from"),
+     ("directory", "Is a directory")],
+)  # fmt: skip
+def test_no_usable_credentials_when_the_client_is_made(
+    no_emulator, tmp_path, monkeypatch, key, why
+):
+    if key is not None:
+        path = tmp_path / "key.json"
+        if key == "directory":
+            path.mkdir()
+        elif key != "missing":
+            path.write_text(key)
+        monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(path))
+    with pytest.raises(storage.CredentialsError) as raised:
+        storage.glob("gs://acme-data/in/*.jsonl")
+    assert str(raised.value).startswith("cannot reach Cloud Storage without usable Google")
+    assert why in str(raised.value)
+    assert str(raised.value).endswith(storage.CREDENTIALS_HELP)
+
+
+def test_no_project_is_a_credentials_error(no_emulator, tmp_path, monkeypatch):
+    key = tmp_path / "adc.json"
+    key.write_text('{"type": "authorized_user", "client_id": "a", "client_secret": "b", '
+                   '"refresh_token": "c"}')  # fmt: skip
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key))
+    monkeypatch.delenv("GOOGLE_CLOUD_PROJECT", raising=False)
+    with pytest.raises(storage.CredentialsError, match="Project was not passed"):
+        storage.read_bytes("gs://acme-data/a.json")

@@ -45,7 +45,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from hyperbatch.jobs.store import IllegalTransition, JobNotFound
     from hyperbatch.jobs.submit import LaunchError
     from hyperbatch.runners.shards import InputChanged
-    from hyperbatch.storage import StorageError
+    from hyperbatch.storage import CredentialsError, StorageError
 
     return (
         SpecError,
@@ -54,6 +54,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
         OptionsError,
         UnknownAccelerator,
         InputChanged,
+        CredentialsError,  # a StorageError too; named so a worker's one is rebuilt by name
         StorageError,
         JobNotFound,
         JobIdConflict,

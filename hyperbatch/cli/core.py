@@ -168,7 +168,8 @@ def _run_with_progress(spec: JobSpec, job_id: str, job_file: str, quiet: bool) -
                 total=s.records_planned or None,
                 completed=s.records,
                 errors=s.errors,
-                tps=s.completion_tokens / elapsed,
+                # tokens written (generation) or read (embedding)
+                tps=(s.completion_tokens or s.prompt_tokens) / elapsed,
             )
     done: job_process.Outcome = outcome["run"]
     if done.manifest is not None:
@@ -206,7 +207,13 @@ def engines(fmt: str) -> None:
             "installed": missing is None,
             "description": entry.description,
             "install": entry.install,
+            "tasks": sorted(entry.tasks),
             "options": registry.options_class(name).describe(),
+            # tasks served by another implementation read their own engine_options
+            "task_options": {
+                task: registry.options_class(name, task).describe()
+                for task in sorted(entry.task_targets)
+            },
         })  # fmt: skip
 
     emit(rows, fmt, render.engines_table)

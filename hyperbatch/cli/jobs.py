@@ -94,7 +94,14 @@ def submit(
     from hyperbatch.jobs.ids import check_job_id
 
     import_plugins(plugins)
-    spec = job_spec.load(job_file, overrides)
+    spec = job_spec.load(job_file, overrides, check_resources=not dry_run)
+    # A dry run shows its plan even where it cannot look at the cloud, and says what it did
+    # not check; a submission without credentials stops at the first look (CredentialsError).
+    unchecked: dict[str, storage.CredentialsError] = {}
+    if dry_run:
+        problems = job_spec.check_spec_resources(spec, unchecked)
+        if problems:
+            raise SpecError(problems, job_file)
     job_id = check_job_id(job_id) if job_id else spec.job_id
     store = open_store(root or spec.output, events_topic)
     if storage.is_gcs(store.root):
@@ -114,7 +121,16 @@ def submit(
             "launch": plan,
             "spec": spec.to_dict(),
         }
+        if unchecked:
+            data["not_checked"] = list(unchecked)
+            data["not_checked_because"] = str(next(iter(unchecked.values())))
         emit(data, fmt, render.plan_table)
+        if unchecked:
+            lines = "".join(f"\n  - {what}" for what in unchecked)
+            click.echo(
+                f"warning: this dry run did not check:{lines}\n{data['not_checked_because']}",
+                err=True,
+            )
         return
     spec_file = job_file if job_file.startswith("gs://") else os.path.abspath(job_file)
     request = submission.JobRequest(

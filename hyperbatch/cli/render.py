@@ -43,6 +43,17 @@ def manifest_table(m: dict[str, Any]) -> None:
         "efficiency": f"{m['padding_waste_percent']:.1f}% padding waste, "
         f"{m['engine_compilations']} compilations",
     }
+    if m.get("task") == "embedding":
+        wall = m.get("total_wall_seconds") or m["wall_seconds"]
+        rows["tokens"] = f"{m['prompt_tokens']} read → {m.get('embeddings', 0)} vectors"
+        rows["throughput"] = f"{m['total_tokens_per_second']:.1f} tok/s, " + (
+            f"{m.get('embeddings', 0) / wall:.1f} vectors/s" if wall else "-"
+        )
+        rows["cost"] = (
+            f"${m['cost_usd']:.6f} total · ${m.get('usd_per_1m_tokens', 0.0):.6f}/1M tokens"
+        )
+        if (m.get("outputs") or {}).get("vectors"):
+            rows["vectors"] = m["outputs"]["vectors"]
     console().print(kv_table(rows))
 
 
@@ -186,14 +197,19 @@ def engines_table(rows: list[dict[str, Any]]) -> None:
     from rich.table import Table
 
     t = Table(box=None, pad_edge=False)
-    for col in ("ENGINE", "INSTALLED", "WHAT", "INSTALL WITH"):
+    for col in ("ENGINE", "INSTALLED", "TASKS", "WHAT", "INSTALL WITH"):
         t.add_column(col)
     for r in rows:
         installed = "[green]yes[/green]" if r["installed"] else "[red]no[/red]"
-        t.add_row(r["engine"], installed, escape(r["description"]), escape(r["install"]))
+        tasks = ", ".join(r.get("tasks", []))
+        t.add_row(r["engine"], installed, tasks, escape(r["description"]), escape(r["install"]))
     out = console()
     out.print(t)
     for r in rows:
         if r["options"]:
             names = ", ".join(o["name"] for o in r["options"])
             out.print(f"[bold]{r['engine']}[/bold] engine_options: {names}")
+        for task, options in (r.get("task_options") or {}).items():
+            if options and options != r["options"]:
+                names = ", ".join(o["name"] for o in options)
+                out.print(f"[bold]{r['engine']}[/bold] engine_options for {task}: {names}")

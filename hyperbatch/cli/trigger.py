@@ -119,6 +119,7 @@ def trigger_listen(subscription: str, max_messages: int, threads: int, **kw: Any
     from hyperbatch.jobs.triggers.pull import PullListener, dead_letter_topic_of
 
     path = pubsub.subscription_path(subscription)
+    pubsub.subscriber()  # without usable credentials: say so now, not after "listening on"
     dead_letter = kw.pop("dead_letter_topic") or dead_letter_topic_of(path)
     handler = _handler(kw, dead_letter)
     listener = PullListener(path, handler, max_messages=max_messages, threads=threads)

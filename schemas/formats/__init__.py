@@ -1,4 +1,5 @@
-"""Input/output record formats: OpenAI Batch JSONL, our JSONL, and Avro prompt records.
+"""Input/output record formats: OpenAI Batch JSONL, our JSONL, Avro records, Vertex AI
+text-embedding lines.
 
 A format plug-in knows how to (1) cut a file into units with byte offsets so the planner can
 shard it without holding it, (2) read one record's id cheaply for the duplicate check,
@@ -6,7 +7,7 @@ shard it without holding it, (2) read one record's id cheaply for the duplicate 
 (4) encode results in the format users expect back (OpenAI Batch output lines for ``openai``,
 our result record for ``jsonl`` / ``avro``). Errors are always written as JSONL error records.
 
-Each format lives in its own module (``openai``, ``jsonl``, ``avro``); ``base`` holds what they
+Each format lives in its own module (``openai``, ``jsonl``, ``avro``, ``vertex``); ``base`` holds what they
 share. ``FORMATS`` maps a spec's ``input_format`` to its plug-in.
 """
 
@@ -25,8 +26,11 @@ from hyperbatch.schemas.formats.base import (
 )
 from hyperbatch.schemas.formats.jsonl import PromptJsonl
 from hyperbatch.schemas.formats.openai import OpenAIBatch
+from hyperbatch.schemas.formats.vertex import VertexEmbedding
 
-FORMATS: dict[str, InputFormat] = {f.name: f for f in (OpenAIBatch(), PromptJsonl(), PromptAvro())}
+FORMATS: dict[str, InputFormat] = {
+    f.name: f for f in (OpenAIBatch(), PromptJsonl(), PromptAvro(), VertexEmbedding())
+}
 
 __all__ = [
     "FORMATS",
@@ -39,6 +43,7 @@ __all__ = [
     "PromptJsonl",
     "RecordError",
     "Unit",
+    "VertexEmbedding",
     "encode_errors",
     "validate_messages",
 ]

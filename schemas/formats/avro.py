@@ -1,4 +1,5 @@
-"""Avro files of ``schemas/prompt_record.avsc``; results as Avro files of ``schemas/result.avsc``."""
+"""Avro files of ``schemas/prompt_record.avsc`` (``embedding_record.avsc`` for embedding jobs);
+results as Avro files of ``schemas/result.avsc`` (``embedding_result.avsc``)."""
 
 from __future__ import annotations
 
@@ -15,10 +16,11 @@ from hyperbatch.schemas.formats.base import (
     RecordError,
     Unit,
     build_request,
+    embedding_request,
     metadata_of,
     result_record,
 )
-from hyperbatch.schemas.records import ErrorCode, RequestError
+from hyperbatch.schemas.records import ErrorCode, RequestError, TaskKind
 
 
 class PromptAvro(InputFormat):
@@ -50,6 +52,14 @@ class PromptAvro(InputFormat):
         if rid is None:
             return RecordError(None, location, ErrorCode.MISSING_ID, "record_id is empty")
         try:
+            if task is TaskKind.EMBEDDING:
+                if not isinstance(raw.get("text"), str):
+                    raise RequestError(
+                        ErrorCode.INVALID_RECORD,
+                        "an embedding record needs text (schemas/embedding_record.avsc)",
+                    )
+                req = embedding_request(rid, raw["text"], what="text")
+                return Parsed(req, location, metadata_of(raw.get("metadata")))
             sampling = {k: v for k, v in (raw.get("sampling") or {}).items() if v is not None}
             if (raw.get("prompt") is None) == (raw.get("messages") is None):
                 raise RequestError(
@@ -65,4 +75,5 @@ class PromptAvro(InputFormat):
     def encode_results(self, items, job) -> bytes:
         if not items:
             return b""
-        return avro_io.to_avro_bytes("result", [result_record(p, r, job) for p, r in items])
+        name = "embedding_result" if items[0][1].embeddings is not None else "result"
+        return avro_io.to_avro_bytes(name, [result_record(p, r, job) for p, r in items])

@@ -52,11 +52,15 @@ class RecordError:
 
 @dataclasses.dataclass(frozen=True)
 class Parsed:
-    """A valid input record, ready for the engine."""
+    """A valid input record, ready for the engine. ``echo`` is what the output line repeats
+    of the input (a Vertex line's instance); ``encoding`` how vectors are written (OpenAI's
+    ``encoding_format``)."""
 
     request: Request
     location: Location
     metadata: Mapping[str, str] | None = None
+    echo: Mapping[str, Any] | None = None
+    encoding: str = "float"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -263,7 +267,63 @@ def result_logprobs(logprobs: Sequence[TokenLogprob] | None) -> list[dict[str, A
     ]  # fmt: skip
 
 
+#: OpenAI's limit on the inputs of one embeddings request
+MAX_EMBEDDING_INPUTS = 2048
+
+
+def embedding_request(
+    record_id: str, inputs: Any, dimensions: Any = None, what: str = "input"
+) -> Request:
+    """An embedding request for one text or a list of texts; RequestError says what is wrong."""
+    texts = [inputs] if isinstance(inputs, str) else inputs
+    if not isinstance(texts, list):
+        raise RequestError(
+            ErrorCode.INVALID_RECORD, f"{what} must be a string or a list of strings"
+        )
+    if not texts:
+        raise RequestError(ErrorCode.EMPTY_INPUT, f"{what} is an empty list: give it some text")
+    if len(texts) > MAX_EMBEDDING_INPUTS:
+        raise RequestError(
+            ErrorCode.TOO_MANY_INPUTS,
+            f"{what} has {len(texts)} texts; a request may hold at most {MAX_EMBEDDING_INPUTS}: "
+            "split it",
+        )
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise RequestError(
+                ErrorCode.INVALID_RECORD,
+                f"{what}[{i}] is not a string (a {type(t).__name__}): send text; token "
+                "arrays are not supported",
+            )
+        if not t.strip():
+            raise RequestError(ErrorCode.EMPTY_INPUT, f"{what}[{i}] is empty: give it some text")
+    if dimensions is not None and not (
+        isinstance(dimensions, int) and not isinstance(dimensions, bool) and dimensions >= 1
+    ):
+        raise RequestError(
+            ErrorCode.INVALID_DIMENSIONS,
+            f"dimensions must be a positive integer, got {dimensions!r}",
+        )
+    return Request(record_id=record_id, texts=tuple(texts), dimensions=dimensions)
+
+
+def embedding_record(parsed: Parsed, res: Result, job: JobInfo) -> dict[str, Any]:
+    """Our result record for an embedding (one text per record: ``jsonl``/``avro``)."""
+    assert res.embeddings is not None
+    return {
+        "id": parsed.request.record_id,
+        "embedding": list(res.embeddings[0]),
+        "usage": {"prompt_tokens": res.usage.prompt_tokens},
+        "truncated": bool(res.truncated[0]) if res.truncated else False,
+        "model": job.model,
+        "job_id": job.job_id,
+        "metadata": dict(parsed.metadata) if parsed.metadata else None,
+    }
+
+
 def result_record(parsed: Parsed, res: Result, job: JobInfo) -> dict[str, Any]:
+    if res.embeddings is not None:
+        return embedding_record(parsed, res, job)
     return {
         "id": parsed.request.record_id,
         "text": res.text or "",

@@ -10,20 +10,35 @@ from hyperbatch.schemas.formats.base import (
     JsonLinesFormat,
     Parsed,
     build_request,
+    embedding_request,
     metadata_of,
     result_record,
 )
-from hyperbatch.schemas.records import ErrorCode, RequestError
+from hyperbatch.schemas.records import ErrorCode, RequestError, TaskKind
 
 
 class PromptJsonl(JsonLinesFormat):
-    """Our JSONL: ``{"id", "prompt" | "messages", "sampling"?, "metadata"?}`` per line."""
+    """Our JSONL: ``{"id", "prompt" | "messages", "sampling"?, "metadata"?}`` per line; for
+    embedding jobs ``{"id", "text", "metadata"?}``."""
 
     name = "jsonl"
     id_key = "id"
     KEYS: ClassVar[frozenset[str]] = frozenset({"id", "prompt", "messages", "sampling", "metadata"})
+    EMBEDDING_KEYS: ClassVar[frozenset[str]] = frozenset({"id", "text", "metadata"})
 
     def _parse_obj(self, rid, obj, location, task, defaults) -> Parsed:
+        if task is TaskKind.EMBEDDING:
+            unknown = sorted(set(obj) - self.EMBEDDING_KEYS)
+            if unknown or "text" not in obj:
+                raise RequestError(
+                    ErrorCode.INVALID_RECORD,
+                    f"an embedding record is {{{', '.join(sorted(self.EMBEDDING_KEYS))}}}"
+                    + (f"; unknown field(s) {', '.join(unknown)}" if unknown else "; no text"),
+                )
+            if not isinstance(obj["text"], str):
+                raise RequestError(ErrorCode.INVALID_RECORD, "text must be a string")
+            req = embedding_request(rid, obj["text"], what="text")
+            return Parsed(req, location, metadata_of(obj.get("metadata")))
         unknown = sorted(set(obj) - self.KEYS)
         if unknown:
             raise RequestError(

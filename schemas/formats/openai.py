@@ -1,14 +1,24 @@
 """OpenAI Batch API files: ``{"custom_id", "method", "url", "body"}`` per line, and OpenAI batch
-output lines back (a ``chat.completion`` or ``text_completion`` body with choices and usage)."""
+output lines back (a ``chat.completion`` or ``text_completion`` body with choices and usage, or
+an embeddings ``list`` body for ``/v1/embeddings``)."""
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from hyperbatch.schemas.formats.base import JsonLinesFormat, Parsed, build_request, id_hash
-from hyperbatch.schemas.records import ErrorCode, RequestError, TaskKind, TokenLogprob
+import numpy as np
+
+from hyperbatch.schemas.formats.base import (
+    JsonLinesFormat,
+    Parsed,
+    build_request,
+    embedding_request,
+    id_hash,
+)
+from hyperbatch.schemas.records import ErrorCode, RequestError, Result, TaskKind, TokenLogprob
 
 
 class OpenAIBatch(JsonLinesFormat):
@@ -19,7 +29,12 @@ class OpenAIBatch(JsonLinesFormat):
     URLS: ClassVar[dict[str, TaskKind]] = {
         "/v1/chat/completions": TaskKind.CHAT,
         "/v1/completions": TaskKind.COMPLETION,
+        "/v1/embeddings": TaskKind.EMBEDDING,
     }
+    EMBEDDING_KEYS: ClassVar[frozenset[str]] = frozenset(
+        {"input", "model", "encoding_format", "dimensions", "user"}
+    )
+    ENCODINGS = ("float", "base64")
     # body fields that map onto our sampling parameters
     SAMPLING_KEYS: ClassVar[dict[str, str]] = {
         "max_tokens": "max_tokens",
@@ -57,6 +72,8 @@ class OpenAIBatch(JsonLinesFormat):
         body = obj.get("body")
         if not isinstance(body, dict):
             raise RequestError(ErrorCode.INVALID_RECORD, "body must be a JSON object")
+        if kind is TaskKind.EMBEDDING:
+            return self._embedding(rid, body, location)
         if body.get("n", 1) != 1:
             raise RequestError(ErrorCode.INVALID_RECORD, "only n=1 is supported")
         if body.get("stream", False):
@@ -85,6 +102,24 @@ class OpenAIBatch(JsonLinesFormat):
             req = build_request(rid, task, defaults, sampling, prompt=prompt)
         return Parsed(req, location)
 
+    def _embedding(self, rid: str, body: dict[str, Any], location) -> Parsed:
+        unknown = sorted(set(body) - self.EMBEDDING_KEYS)
+        if unknown:
+            raise RequestError(
+                ErrorCode.INVALID_RECORD,
+                f"body field(s) {', '.join(unknown)} are not supported for /v1/embeddings",
+            )
+        if "input" not in body:
+            raise RequestError(ErrorCode.EMPTY_INPUT, "body has no input")
+        encoding = body.get("encoding_format", "float")
+        if encoding not in self.ENCODINGS:
+            raise RequestError(
+                ErrorCode.INVALID_RECORD,
+                f"encoding_format must be float or base64, got {encoding!r}",
+            )
+        req = embedding_request(rid, body["input"], body.get("dimensions"))
+        return Parsed(req, location, encoding=encoding)
+
     @staticmethod
     def _logprobs(kind: TaskKind, body: dict[str, Any]) -> dict[str, Any]:
         """Chat asks with ``logprobs: true`` (+ ``top_logprobs: n``); completions with ``logprobs: n``."""
@@ -104,6 +139,19 @@ class OpenAIBatch(JsonLinesFormat):
         for parsed, res in items:
             rid = parsed.request.record_id
             h = id_hash(job.job_id, rid)
+            if res.embeddings is not None:
+                line = {
+                    "id": f"batch_req_{h}",
+                    "custom_id": rid,
+                    "response": {
+                        "status_code": 200,
+                        "request_id": f"req_{h}",
+                        "body": _embeddings_body(parsed, res, job.model),
+                    },
+                    "error": None,
+                }
+                lines.append(json.dumps(line, ensure_ascii=False))
+                continue
             usage = {
                 "prompt_tokens": res.usage.prompt_tokens,
                 "completion_tokens": res.usage.completion_tokens,
@@ -135,6 +183,28 @@ class OpenAIBatch(JsonLinesFormat):
             }
             lines.append(json.dumps(line, ensure_ascii=False))
         return ("\n".join(lines) + "\n").encode() if lines else b""
+
+
+def _embeddings_body(parsed: Parsed, res: Result, model: str) -> dict[str, Any]:
+    """OpenAI's embeddings response: base64 is the vector's little-endian float32 bytes."""
+    assert res.embeddings is not None
+
+    def encode(v: Sequence[float]) -> list[float] | str:
+        if parsed.encoding == "base64":
+            return base64.b64encode(np.asarray(v, dtype="<f4").tobytes()).decode()
+        return list(v)
+
+    data = [
+        {"object": "embedding", "index": i, "embedding": encode(v)}
+        for i, v in enumerate(res.embeddings)
+    ]
+    n = res.usage.prompt_tokens
+    return {
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": n, "total_tokens": n},
+    }
 
 
 def _chat_logprobs(logprobs: Sequence[TokenLogprob] | None) -> dict[str, Any] | None:

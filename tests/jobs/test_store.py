@@ -95,6 +95,7 @@ def test_states_follow_the_lifecycle(root, spec):
         "manifest": "m.json",
         "results_glob": "r/*",
         "errors_glob": "e/*",
+        "vectors_glob": None,
     }
     done = store.transition(
         "job-a", JobState.SUCCEEDED, manifest=ManifestSummary.from_json(summary)

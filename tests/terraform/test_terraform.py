@@ -28,9 +28,7 @@ from typing import Any
 import click
 import pytest
 
-from tests.optional import unavailable
-
-from tests.optional import require
+from tests.optional import require, unavailable
 
 REPO = Path(__file__).resolve().parents[2]
 TERRAFORM = REPO / "terraform"

@@ -43,6 +43,9 @@ class Backbone:
     flops_per_token: Callable[[int], int]  # matmul FLOPs per token of an L-token sequence
     attention: str = "xla"  # "xla" or "cpu" (the CPU kernel)
     attention_note: str = ""  # why the kernel is not used, when it is not
+    # (params, tokens, positions, segments, starts, lengths) -> [R, W, D] for sequences packed
+    # into rows (bert.hidden_states_packed); None where the family has no packed form
+    hidden_packed: Callable[..., jax.Array] | None = None
 
 
 def model_type(model_dir: str) -> tuple[str, dict[str, Any]]:
@@ -94,6 +97,7 @@ def load(model_dir: str, dtype: str, attention: str = "auto") -> Backbone:
             flops_per_token=cfg.flops_per_token,
             attention=impl,
             attention_note=note,
+            hidden_packed=functools.partial(bert.hidden_states_packed, cfg=cfg, attention=impl),
         )
     if arch in DECODER_ARCHITECTURES:
         if attention == "cpu":

@@ -1,4 +1,10 @@
-"""Static-shape batches: sequences sorted by length, cut into batches, each padded to the smallest
+"""Static-shape batches, two ways.
+
+Packed (``packed_batches``, the BERT family's default): sequences laid back to back into rows of
+one width (the model's max_seq_length), best fit longest first, a fixed number of rows per call:
+one compiled program whatever the lengths, and only the end of each row is padding.
+
+Bucketed (``batches``): sequences sorted by length, cut into batches, each padded to the smallest
 length bucket that holds its longest row and to that bucket's fixed number of rows.
 
 Sorting longest first makes batches tight (neighbours have near-equal lengths) and leaves the one
@@ -10,7 +16,8 @@ the data.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import bisect
+from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -64,3 +71,68 @@ def batches(
             tokens[j, :n] = ids[r]
             lens[j] = n
         yield Batch(rows, bucket, tokens, lens)
+
+
+class PackedBatch(NamedTuple):
+    seqs: np.ndarray  # indices into the input of the call's sequences, in slot order
+    tokens: np.ndarray  # [rows, width] int32, sequences back to back, pad_id after them
+    positions: np.ndarray  # [rows, width] int32: each token's position in its own sequence
+    segments: np.ndarray  # [rows, width] int32: each token's slot, -1 for padding
+    starts: np.ndarray  # [slots] int32: flat start of each slot's sequence (0 when unused)
+    lengths: np.ndarray  # [slots] int32 (0 when unused)
+
+
+def pack_rows(lengths: np.ndarray, width: int) -> list[list[int]]:
+    """Sequences (by index) per row of ``width`` tokens: best fit, longest first (each sequence
+    goes to the fullest row it still fits in), so rows end with little padding."""
+    rows: list[list[int]] = []
+    room: list[tuple[int, int]] = []  # (free tokens, row), sorted; full rows leave it
+    for i in np.argsort(-np.asarray(lengths), kind="stable"):
+        n = int(lengths[i])
+        if n > width:
+            raise ValueError(f"a sequence of {n} tokens does not fit a row of {width}")
+        j = bisect.bisect_left(room, (n, -1))
+        if j < len(room):
+            free, row = room.pop(j)
+        else:
+            free, row = width, len(rows)
+            rows.append([])
+        rows[row].append(int(i))
+        if free - n > 0:
+            bisect.insort(room, (free - n, row))
+    return rows
+
+
+def packed_batches(
+    ids: Sequence[np.ndarray], width: int, rows: int, slots: int, pad_id: int = 0
+) -> Iterator[PackedBatch]:
+    """The ``PackedBatch`` es of ``ids``: ``rows`` rows of ``width`` tokens and at most ``slots``
+    sequences per call."""
+    lengths = np.fromiter((len(x) for x in ids), np.int64, len(ids))
+    packed = pack_rows(lengths, width)
+    start = 0
+    while start < len(packed):
+        end, count = start, 0
+        while end < len(packed) and end - start < rows and count + len(packed[end]) <= slots:
+            count += len(packed[end])
+            end += 1
+        if end == start:
+            raise ValueError(f"a row of {len(packed[start])} sequences exceeds {slots} slots")
+        tokens = np.full((rows, width), pad_id, np.int32)
+        positions = np.zeros((rows, width), np.int32)
+        segments = np.full((rows, width), -1, np.int32)
+        starts = np.zeros(slots, np.int32)
+        lens = np.zeros(slots, np.int32)
+        seqs: list[int] = []
+        for r, row in enumerate(packed[start:end]):
+            at = 0
+            for i in row:
+                n, slot = int(lengths[i]), len(seqs)
+                tokens[r, at : at + n] = ids[i]
+                positions[r, at : at + n] = np.arange(n, dtype=np.int32)
+                segments[r, at : at + n] = slot
+                starts[slot], lens[slot] = r * width + at, n
+                seqs.append(i)
+                at += n
+        yield PackedBatch(np.asarray(seqs, np.int64), tokens, positions, segments, starts, lens)
+        start = end

@@ -1,4 +1,5 @@
-"""The BERT-family encoder in plain JAX: token ids [B, T] + lengths [B] -> hidden states [B, T, D].
+"""The BERT-family encoder in plain JAX: token ids [B, T] + lengths [B] -> hidden states [B, T, D]
+(``hidden_states``), or sequences packed back to back into rows (``hidden_states_packed``).
 
 Post-LayerNorm blocks with GELU, absolute positions, token type 0 (single sentences), as
 transformers' ``BertModel``/``RobertaModel`` compute ``last_hidden_state``. Rows are right-padded:
@@ -30,7 +31,7 @@ def layer_norm(x: jax.Array, norm: Norm, eps: float) -> jax.Array:
 
 
 def _attention(cfg: BertConfig, qkv: jax.Array, key_bias: jax.Array) -> jax.Array:
-    """qkv [B, T, 3D] (q pre-scaled) -> context [B, T, D]; key_bias [B, 1, 1, T].
+    """qkv [B, T, 3D] (q pre-scaled) -> context [B, T, D]; key_bias [B, 1, 1 or T, T].
 
     Heads are moved in front of positions before the two batched matmuls (XLA's CPU dot is
     several times slower on the [B, T, H, hd] layout), and the softmax is normalised after the
@@ -45,19 +46,19 @@ def _attention(cfg: BertConfig, qkv: jax.Array, key_bias: jax.Array) -> jax.Arra
     return jnp.transpose(ctx.astype(qkv.dtype), (0, 2, 1, 3)).reshape(b, t, h * hd)
 
 
-def _layer(cfg: BertConfig, lp: BertLayer, x, key_bias, lengths, attention: str) -> jax.Array:
-    b, t, d = x.shape
+def _layer(cfg: BertConfig, lp: BertLayer, x: jax.Array, attend) -> jax.Array:
     eps = cfg.layer_norm_eps
-    qkv = x @ lp.wqkv + lp.bqkv
-    if attention == "cpu":
-        qkv5 = qkv.reshape(b, t, 3, cfg.num_heads, cfg.head_dim)
-        ctx = cpu_attention.attention(qkv5, lengths).reshape(b, t, d).astype(x.dtype)
-    else:
-        ctx = _attention(cfg, qkv, key_bias)
-    attn = ctx @ lp.wo + lp.bo
-    x = layer_norm(x + attn, lp.attn_norm, eps)
+    ctx = attend(x @ lp.wqkv + lp.bqkv).astype(x.dtype)
+    x = layer_norm(x + (ctx @ lp.wo + lp.bo), lp.attn_norm, eps)
     inner = jax.nn.gelu(x @ lp.w_in + lp.b_in, approximate=cfg.gelu_approximate)
     return layer_norm(x + inner @ lp.w_out + lp.b_out, lp.mlp_norm, eps)
+
+
+def _encode(params: BertParams, x: jax.Array, cfg: BertConfig, attend) -> jax.Array:
+    x = layer_norm(x, params.embed_norm, cfg.layer_norm_eps)
+    for lp in params.layers:
+        x = _layer(cfg, lp, x, attend)
+    return x
 
 
 def hidden_states(
@@ -72,11 +73,47 @@ def hidden_states(
 
     ``attention``: "xla" (every platform) or "cpu" (the CPU kernel; ``cpu_attention.load()``
     must have run)."""
-    t = tokens.shape[1]
-    x = jnp.take(params.word, tokens, axis=0) + params.position[:t]
-    x = layer_norm(x, params.embed_norm, cfg.layer_norm_eps)
+    b, t = tokens.shape
+    h, hd = cfg.num_heads, cfg.head_dim
     visible = jnp.arange(t, dtype=jnp.int32)[None, :] < lengths[:, None]
     key_bias = jnp.where(visible, 0.0, MASKED).astype(jnp.float32)[:, None, None, :]
-    for lp in params.layers:
-        x = _layer(cfg, lp, x, key_bias, lengths, attention)
-    return x
+
+    def attend(qkv: jax.Array) -> jax.Array:
+        if attention == "cpu":
+            ctx = cpu_attention.attention(qkv.reshape(b, t, 3, h, hd), lengths)
+            return ctx.reshape(b, t, h * hd)
+        return _attention(cfg, qkv, key_bias)
+
+    x = jnp.take(params.word, tokens, axis=0) + params.position[:t]
+    return _encode(params, x, cfg, attend)
+
+
+def hidden_states_packed(
+    params: BertParams,
+    tokens: jax.Array,
+    positions: jax.Array,
+    segments: jax.Array,
+    starts: jax.Array,
+    lengths: jax.Array,
+    *,
+    cfg: BertConfig,
+    attention: str = "xla",
+) -> jax.Array:
+    """``last_hidden_state`` [R, W, D] of sequences packed back to back into rows: ``tokens``,
+    each token's ``positions`` (from 0 in its own sequence) and ``segments`` (its sequence's
+    index, -1 for padding) [R, W]; sequence s is the flat tokens ``starts[s] :
+    starts[s] + lengths[s]`` [S]. A token attends to its own sequence only, so each sequence's
+    states are what it would get alone."""
+    r, w = tokens.shape
+    h, hd = cfg.num_heads, cfg.head_dim
+    same = (segments[:, :, None] == segments[:, None, :]) & (segments >= 0)[:, None, :]
+    key_bias = jnp.where(same, 0.0, MASKED).astype(jnp.float32)[:, None, :, :]
+
+    def attend(qkv: jax.Array) -> jax.Array:
+        if attention == "cpu":
+            ctx = cpu_attention.attention_packed(qkv.reshape(r * w, 3, h, hd), starts, lengths)
+            return ctx.reshape(r, w, h * hd)
+        return _attention(cfg, qkv, key_bias)
+
+    x = jnp.take(params.word, tokens, axis=0) + jnp.take(params.position, positions, axis=0)
+    return _encode(params, x, cfg, attend)

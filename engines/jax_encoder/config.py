@@ -226,6 +226,10 @@ class EncoderOptions:
     pooling / normalize / max_seq_length: override the sentence-transformers head.
     attention: "auto" (the CPU kernel where it serves: CPU platform, float32, BERT family;
     else XLA's), "xla", or "cpu" (the kernel, or an error saying why it cannot be had).
+    packing: sequences packed back to back into rows of max_seq_length tokens (one compiled
+    program, padding only at the rows' ends) instead of length buckets; None: packed for the
+    BERT family unless ``buckets`` or ``batch_size`` choose the bucketed layout; decoders are
+    always bucketed.
     """
 
     dtype: str = "float32"
@@ -236,6 +240,7 @@ class EncoderOptions:
     normalize: bool | None = None
     max_seq_length: int | None = None
     attention: str = "auto"
+    packing: bool | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -266,6 +271,13 @@ class EncoderOptions:
             problems.append(f"max_seq_length must be an integer >= 2, got {self.max_seq_length!r}")
         if self.attention not in ATTENTION:
             problems.append(f"attention {self.attention!r} is not one of {', '.join(ATTENTION)}")
+        if self.packing not in (None, True, False):
+            problems.append(f"packing must be true or false, got {self.packing!r}")
+        elif self.packing and (self.buckets is not None or self.batch_size is not None):
+            problems.append(
+                "packing lays sequences into rows of max_seq_length: buckets and batch_size "
+                "choose the bucketed layout; give one or the other"
+            )
         if problems:
             raise EncoderConfigError("; ".join(problems))
 

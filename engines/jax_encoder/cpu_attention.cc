@@ -12,7 +12,9 @@
 // order, so a row's result does not depend on what else is in the batch.
 //
 // Layouts (float32, row-major): qkv [B, T, 3, H, hd] (the fused projection, q pre-scaled by
-// 1/sqrt(hd)); lengths [B] int32; out [B, T, H, hd]. hd must be a multiple of the vector width
+// 1/sqrt(hd)); lengths [B] int32; out [B, T, H, hd]. The packed variant takes sequences laid
+// back to back instead: qkv [N, 3, H, hd], each sequence's start and length [S] int32, and
+// computes the same for each sequence over its own tokens only. hd must be a multiple of the vector width
 // (8 floats, 16 with AVX-512). The softmax's exponential is a polynomial (ExpNonPositive,
 // relative error ~1e-7): libm's vector expf cost more than the score matmul here.
 //
@@ -155,20 +157,17 @@ void MixColumns(const float* p, int64_t lp, const float* v, int64_t hd, int64_t 
     for (int c = 0; c < C; ++c) Store(o[r] + c0 + c * kLanes, a[r][c]);
 }
 
-void AttendHead(const Problem& P, int64_t task, std::vector<float>& scratch) {
-  const int64_t b = task / P.h, h = task % P.h;
-  const int64_t T = P.t, HD = P.hd, D = P.h * HD, stride = 3 * D;
-  const int64_t L = std::clamp<int64_t>(P.lengths[b], 0, T);
-  float* out = P.out + b * T * D + h * HD;
-  for (int64_t i = L; i < T; ++i) std::memset(out + i * D, 0, HD * sizeof(float));
-  if (L == 0) return;
+// One head of one sequence: the L tokens at row (qkv, [L, 3, H, hd]) attend to each other;
+// out [L, H, hd] (head h's columns written).
+void AttendSpan(const float* row, float* out, int64_t L, int64_t h, int64_t H, int64_t HD,
+                std::vector<float>& scratch) {
+  const int64_t D = H * HD, stride = 3 * D;
   const int64_t lp = (L + kLanes - 1) / kLanes * kLanes;
   const size_t need = static_cast<size_t>(HD * lp + L * HD + kRows * lp);
   if (scratch.size() < need) scratch.resize(need);
   float* kt = scratch.data();  // [HD][lp], zero past L
   float* v = kt + HD * lp;     // [L][HD]
   float* s = v + L * HD;       // [kRows][lp]
-  const float* row = P.qkv + b * T * stride;
   for (int64_t j = 0; j < L; ++j) {
     const float* k = row + j * stride + D + h * HD;
     for (int64_t d = 0; d < HD; ++d) kt[d * lp + j] = k[d];
@@ -208,6 +207,16 @@ void AttendHead(const Problem& P, int64_t task, std::vector<float>& scratch) {
   }
 }
 
+void AttendHead(const Problem& P, int64_t task, std::vector<float>& scratch) {
+  const int64_t b = task / P.h, h = task % P.h;
+  const int64_t T = P.t, HD = P.hd, D = P.h * HD, stride = 3 * D;
+  const int64_t L = std::clamp<int64_t>(P.lengths[b], 0, T);
+  float* out = P.out + b * T * D + h * HD;
+  for (int64_t i = L; i < T; ++i) std::memset(out + i * D, 0, HD * sizeof(float));
+  if (L == 0) return;
+  AttendSpan(P.qkv + b * T * stride, out, L, h, P.h, HD, scratch);
+}
+
 // Runs fn(unit) for unit in [0, total) on the calling thread and pool helpers; returns when all
 // are done.
 template <typename Fn>
@@ -227,6 +236,39 @@ void ParallelFor(ffi::ThreadPool& pool, int64_t total, Fn fn) {
   for (int64_t k = 0; k < helpers; ++k) pool.Schedule(decltype(work)(work));  // late: no work
   work();
   while (state->done.load(std::memory_order_acquire) < total) std::this_thread::yield();
+}
+
+// Packed sequences: qkv [N, 3, H, hd] holds sequences back to back (and padding); sequence s
+// is the tokens [starts[s], starts[s] + lengths[s]) and attends within itself only. Positions
+// no sequence covers are zeros.
+ffi::Error EncoderAttentionPacked(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> qkv,
+                                  ffi::Buffer<ffi::S32> starts, ffi::Buffer<ffi::S32> lengths,
+                                  ffi::ResultBuffer<ffi::F32> out) {
+  const auto qd = qkv.dimensions();
+  if (qd.size() != 4 || qd[1] != 3)
+    return ffi::Error::InvalidArgument("packed encoder attention: qkv must be [N, 3, H, hd]");
+  const int64_t n = qd[0], h = qd[2], hd = qd[3], segments = lengths.element_count();
+  if (hd % kLanes || hd > 256)
+    return ffi::Error::InvalidArgument("encoder attention: hd must be a multiple of the vector "
+                                       "width (8 floats, 16 with AVX-512), <= 256");
+  if (starts.element_count() != segments || out->element_count() != n * h * hd)
+    return ffi::Error::InvalidArgument("packed encoder attention: shapes disagree");
+  const float* src = qkv.typed_data();
+  const int32_t* st = starts.typed_data();
+  const int32_t* len = lengths.typed_data();
+  float* dst = out->typed_data();
+  for (int64_t s = 0; s < segments; ++s)
+    if (len[s] < 0 || st[s] < 0 || st[s] + len[s] > n)
+      return ffi::Error::InvalidArgument("packed encoder attention: a sequence runs past N");
+  std::memset(dst, 0, n * h * hd * sizeof(float));
+  const int64_t D = h * hd;
+  ParallelFor(pool, segments * h, [=](int64_t task) {
+    thread_local std::vector<float> scratch;
+    const int64_t s = task / h, head = task % h;
+    if (len[s] == 0) return;
+    AttendSpan(src + st[s] * 3 * D, dst + st[s] * D + head * hd, len[s], head, h, hd, scratch);
+  });
+  return ffi::Error::Success();
 }
 
 ffi::Error EncoderAttention(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> qkv,
@@ -255,3 +297,11 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(HyperbatchEncoderAttention, EncoderAttention,
                                   .Arg<ffi::Buffer<ffi::F32>>()  // qkv [B, T, 3, H, hd]
                                   .Arg<ffi::Buffer<ffi::S32>>()  // lengths [B]
                                   .Ret<ffi::Buffer<ffi::F32>>());  // out [B, T, H, hd]
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(HyperbatchEncoderAttentionPacked, EncoderAttentionPacked,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // qkv [N, 3, H, hd]
+                                  .Arg<ffi::Buffer<ffi::S32>>()  // starts [S]
+                                  .Arg<ffi::Buffer<ffi::S32>>()  // lengths [S]
+                                  .Ret<ffi::Buffer<ffi::F32>>());  // out [N, H, hd]

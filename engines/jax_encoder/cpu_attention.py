@@ -26,6 +26,7 @@ import jax.numpy as jnp
 
 SOURCE = Path(__file__).with_name("cpu_attention.cc")
 TARGET = "hyperbatch_encoder_attention"
+TARGET_PACKED = "hyperbatch_encoder_attention_packed"
 # -ffast-math lets the exp loop vectorise; given when compiling only, never when linking, so the
 # library does not switch the whole process to flush-to-zero.
 COMPILE_FLAGS = ("-O3", "-std=c++17", "-fPIC", "-march=native", "-ffast-math", "-w")
@@ -112,9 +113,11 @@ def load() -> str:
             try:
                 lib = ctypes.cdll.LoadLibrary(path)
                 capsule = jax.ffi.pycapsule(lib.HyperbatchEncoderAttention)
+                packed = jax.ffi.pycapsule(lib.HyperbatchEncoderAttentionPacked)
             except (OSError, AttributeError) as e:
                 raise KernelUnavailable(f"loading {path} failed: {e}") from e
             jax.ffi.register_ffi_target(TARGET, capsule, platform="cpu")
+            jax.ffi.register_ffi_target(TARGET_PACKED, packed, platform="cpu")
             _loaded = path
         return _loaded
 
@@ -125,3 +128,14 @@ def attention(qkv: jax.Array, lengths: jax.Array) -> jax.Array:
     b, t, _, h, hd = qkv.shape
     out = jax.ShapeDtypeStruct((b, t, h, hd), jnp.float32)
     return jax.ffi.ffi_call(TARGET, out)(qkv.astype(jnp.float32), lengths.astype(jnp.int32))
+
+
+def attention_packed(qkv: jax.Array, starts: jax.Array, lengths: jax.Array) -> jax.Array:
+    """qkv [N, 3, H, hd] float32 (q pre-scaled) holding sequences back to back; sequence s is
+    tokens ``starts[s] : starts[s] + lengths[s]`` (length 0: unused) -> out [N, H, hd], each
+    sequence attending within itself, zeros where no sequence is. ``load()`` must have run."""
+    n, _, h, hd = qkv.shape
+    out = jax.ShapeDtypeStruct((n, h, hd), jnp.float32)
+    return jax.ffi.ffi_call(TARGET_PACKED, out)(
+        qkv.astype(jnp.float32), starts.astype(jnp.int32), lengths.astype(jnp.int32)
+    )

@@ -1,5 +1,6 @@
 """The host-side encoder: load a model directory, tokenize, and embed token-id lists in static-shape
-batches with one compiled program per length bucket.
+calls: sequences packed back to back into rows of max_seq_length tokens (one compiled program;
+the BERT family's default), or batches with one compiled program per length bucket.
 
 Invariants:
 - ``warmup()`` compiles every bucket's program; after it, ``encode`` never compiles (programs are
@@ -16,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, TypeAlias
 
 import jax
@@ -31,7 +32,7 @@ from hyperbatch.engines.jax_encoder.config import (
     default_buckets,
     sentence_head,
 )
-from hyperbatch.engines.jax_encoder.pooling import l2_normalize, pool
+from hyperbatch.engines.jax_encoder.pooling import l2_normalize, pool, pool_packed
 from hyperbatch.engines.jax_encoder.tokenizer import TextTokenizer, Tokenized
 
 TokenIds: TypeAlias = Sequence[int] | np.ndarray  # one sequence's ids, special tokens included
@@ -70,6 +71,14 @@ def _embed(params, tokens, lengths, *, hidden, pooling: str, normalize: bool):
     return l2_normalize(vectors) if normalize else vectors
 
 
+def _embed_packed(
+    params, tokens, positions, segments, starts, lengths, *, hidden, pooling: str, normalize: bool
+):
+    states = hidden(params, tokens, positions, segments, starts, lengths)
+    vectors = pool_packed(states, segments, starts, lengths, pooling)
+    return l2_normalize(vectors) if normalize else vectors
+
+
 class Encoder:
     """Embeds texts with a BERT-family or decoder model, as sentence-transformers would."""
 
@@ -85,13 +94,38 @@ class Encoder:
         self.tokenizer = tokenizer
         self.options = options
         top = head.max_seq_length
-        self.buckets = (*(b for b in (options.buckets or default_buckets(top)) if b < top), top)
+        bucketed = options.buckets is not None or options.batch_size is not None
+        self.packed = (
+            options.packing
+            if options.packing is not None
+            else backbone.hidden_packed is not None and not bucketed
+        )
+        if self.packed and backbone.hidden_packed is None:
+            raise EncoderConfigError(
+                f"packing serves the BERT family; {backbone.architecture} is bucketed "
+                "(leave packing unset)"
+            )
+        if self.packed:
+            self.buckets: tuple[int, ...] = (top,)  # one row width, one program
+        else:
+            self.buckets = (*(b for b in (options.buckets or default_buckets(top)) if b < top), top)
         self._programs: dict[int, Any] = {}
         self._stats = EncodeStats()
+        pooling, normalize = head.pooling, head.normalize
         self._embed = jax.jit(
-            functools.partial(
-                _embed, hidden=backbone.hidden, pooling=head.pooling, normalize=head.normalize
+            functools.partial(_embed, hidden=backbone.hidden, pooling=pooling, normalize=normalize)
+        )
+        self._embed_packed = (
+            jax.jit(
+                functools.partial(
+                    _embed_packed,
+                    hidden=backbone.hidden_packed,
+                    pooling=pooling,
+                    normalize=normalize,
+                )
             )
+            if self.packed
+            else None
         )
 
     @classmethod
@@ -133,6 +167,12 @@ class Encoder:
     def max_seq_length(self) -> int:
         return self.head.max_seq_length
 
+    @property
+    def slots(self) -> int:
+        """Packed: the most sequences one call holds (each at least 4 tokens fills it)."""
+        top = self.buckets[-1]
+        return max(1, self.rows_for(top) * top // 4)
+
     def rows_for(self, bucket: int) -> int:
         """The fixed number of rows of ``bucket``'s program."""
         if self.options.batch_size is not None:
@@ -164,14 +204,27 @@ class Encoder:
         batches = computed = useful = 0
         flops = 0.0
         pending: tuple[np.ndarray, jax.Array] | None = None
-        for batch in batching.batches(arrays, self.rows_for, self.buckets):
-            result = self._program(batch.bucket)(self.backbone.params, batch.tokens, batch.lengths)
-            if pending is not None:  # collect the previous batch while this one runs
+        params = self.backbone.params
+        calls: Iterator[tuple[np.ndarray, np.ndarray, jax.Array, int]]
+        if self.packed:
+            width = self.buckets[0]
+            program = self._program(width)
+            calls = (
+                (b.seqs, b.lengths[: len(b.seqs)], program(params, *b[1:]), b.tokens.size)
+                for b in batching.packed_batches(arrays, width, self.rows_for(width), self.slots)
+            )  # fmt: skip
+        else:
+            calls = (
+                (b.rows, b.lengths[: len(b.rows)],
+                 self._program(b.bucket)(params, b.tokens, b.lengths), b.tokens.size)
+                for b in batching.batches(arrays, self.rows_for, self.buckets)
+            )  # fmt: skip
+        for rows, real, result, size in calls:
+            if pending is not None:  # collect the previous call while this one runs
                 out[pending[0]] = np.asarray(pending[1])[: len(pending[0])]
-            pending = (batch.rows, result)
+            pending = (rows, result)
             batches += 1
-            computed += batch.tokens.size
-            real = batch.lengths[: len(batch.rows)]
+            computed += size
             useful += int(real.sum())
             flops += float(sum(int(n) * self.backbone.flops_per_token(int(n)) for n in real))
         if pending is not None:
@@ -208,11 +261,14 @@ class Encoder:
     def _program(self, bucket: int):
         program = self._programs.get(bucket)
         if program is None:
-            shapes = (
-                jax.ShapeDtypeStruct((self.rows_for(bucket), bucket), jnp.int32),
-                jax.ShapeDtypeStruct((self.rows_for(bucket),), jnp.int32),
-            )
-            program = self._embed.lower(self.backbone.params, *shapes).compile()
+            rows = jax.ShapeDtypeStruct((self.rows_for(bucket), bucket), jnp.int32)
+            if self._embed_packed is not None:
+                slots = jax.ShapeDtypeStruct((self.slots,), jnp.int32)
+                shapes: tuple[Any, ...] = (rows, rows, rows, slots, slots)
+                program = self._embed_packed.lower(self.backbone.params, *shapes).compile()
+            else:
+                shapes = (rows, jax.ShapeDtypeStruct((self.rows_for(bucket),), jnp.int32))
+                program = self._embed.lower(self.backbone.params, *shapes).compile()
             self._programs[bucket] = program
             self._stats += EncodeStats(compilations=1)
         return program

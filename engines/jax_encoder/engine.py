@@ -54,6 +54,7 @@ class JaxEncoderEngine(EmbeddingEngine):
                 normalize=opt.normalize,
                 max_seq_length=opt.max_seq_length,
                 attention=opt.attention,
+                packing=opt.packing,
             ),
         )
         self.dimensions = self.encoder.dimensions

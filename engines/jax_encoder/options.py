@@ -30,3 +30,9 @@ class EncoderEngineOptions(EngineOptions):
     attention: str = option(
         "auto", "auto | cpu (our C++ kernel) | xla", choices=("auto", "cpu", "xla")
     )
+    packing: bool | None = option(
+        None,
+        "pack texts back to back into rows of max_seq_length (BERT family; default unless "
+        "buckets are given) instead of length buckets",
+        kind=bool,
+    )

@@ -33,3 +33,26 @@ def pool(hidden: jax.Array, lengths: jax.Array, mode: str) -> jax.Array:
 def l2_normalize(v: jax.Array) -> jax.Array:
     norm = jnp.sqrt(jnp.sum(v * v, axis=-1, keepdims=True))
     return v / jnp.maximum(norm, NORM_EPS)
+
+
+def pool_packed(
+    hidden: jax.Array, segments: jax.Array, starts: jax.Array, lengths: jax.Array, mode: str
+) -> jax.Array:
+    """hidden [R, W, D] of packed sequences (``segments`` [R, W]: each token's sequence, -1 for
+    padding; sequence s is the flat tokens ``starts[s] : starts[s] + lengths[s]``) -> [S, D]
+    float32 (zeros for unused sequence slots, length 0)."""
+    r, w, d = hidden.shape
+    n = starts.shape[0]
+    flat = hidden.reshape(r * w, d).astype(jnp.float32)
+    seg = jnp.where(segments >= 0, segments, n).reshape(-1)  # padding: a dropped extra slot
+    if mode == "cls":
+        return flat[starts]
+    if mode == "lasttoken":
+        return flat[starts + jnp.maximum(lengths - 1, 0)]
+    if mode == "mean":
+        total = jax.ops.segment_sum(flat, seg, num_segments=n + 1)[:n]
+        return total / jnp.maximum(lengths.astype(jnp.float32), 1.0)[:, None]
+    if mode == "max":
+        best = jax.ops.segment_max(flat, seg, num_segments=n + 1)[:n]
+        return jnp.where((lengths > 0)[:, None], best, 0.0)
+    raise ValueError(f"unknown pooling mode {mode!r}")

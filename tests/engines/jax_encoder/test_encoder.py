@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from hyperbatch.engines.embedding import truncate_dimensions
-from hyperbatch.engines.jax_encoder.batching import plan
+from hyperbatch.engines.jax_encoder.batching import pack_rows, packed_batches, plan
 from hyperbatch.engines.jax_encoder.config import (
     EncoderConfigError,
     EncoderOptions,
@@ -192,3 +192,71 @@ def test_truncate_dimensions_renormalises():
     np.testing.assert_allclose(truncate_dimensions(v, 2, normalize=False), v[:, :2])
     with pytest.raises(ValueError, match="between 1 and 3"):
         truncate_dimensions(v, 4)
+
+
+def test_pack_rows_best_fit_longest_first():
+    # lengths 6, 5, 4, 3, 2 into rows of 8: 6 | 5 | 4, then 3 fills the 5's row, 2 the 6's
+    rows = pack_rows(np.array([5, 3, 4, 2, 6]), 8)
+    assert rows == [[4, 3], [0, 1], [2]]
+    with pytest.raises(ValueError, match="does not fit"):
+        pack_rows(np.array([9]), 8)
+
+
+def test_packed_batches_lay_sequences_back_to_back():
+    ids = [np.arange(10, 10 + n, dtype=np.int32) for n in (5, 3, 4, 2, 6)]
+    [first, second] = list(packed_batches(ids, width=8, rows=2, slots=8))
+    assert first.seqs.tolist() == [4, 3, 0, 1]
+    assert second.seqs.tolist() == [2]
+    assert first.tokens[0].tolist() == [*range(10, 16), 10, 11]
+    assert first.positions[0].tolist() == [0, 1, 2, 3, 4, 5, 0, 1]
+    assert first.segments[1].tolist() == [2] * 5 + [3] * 3
+    assert first.starts[:4].tolist() == [0, 6, 8, 13]
+    assert first.lengths.tolist() == [6, 2, 5, 3, 0, 0, 0, 0]
+    assert second.segments[0].tolist() == [0] * 4 + [-1] * 4
+    assert (second.segments[1] == -1).all()
+    # a slot budget cuts a call early
+    assert [b.seqs.tolist() for b in packed_batches(ids, width=8, rows=2, slots=3)] == [
+        [4, 3], [0, 1, 2]
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("attention", ["xla", "auto"])
+def test_packed_rows_give_each_sequence_its_own_vector(tiny_bert, attention):
+    """Packing is the BERT family's default: one program whatever the lengths, and each
+    sequence's vector is what it gets alone in a bucket of its own."""
+    packed = Encoder.load(tiny_bert, attention=attention, batch_tokens=80)
+    assert packed.packed
+    assert packed.buckets == (40,)
+    packed.warmup()
+    assert packed.stats.compilations == 1
+    alone = Encoder.load(tiny_bert, batch_size=1, buckets=(8, 16, 24, 32), attention=attention)
+    rng = np.random.default_rng(2)
+    ids = _random_ids(rng, 23, 1, 40, packed.backbone.vocab_size)
+    with backend_compiles() as compiles:
+        before = packed.stats
+        vectors = packed.encode(ids)
+        s = packed.stats - before
+    assert compiles == []
+    expected = np.stack([alone.encode([x])[0] for x in ids])
+    np.testing.assert_allclose(vectors, expected, atol=2e-6, rtol=0)
+    assert s.useful_tokens == sum(len(x) for x in ids)
+    assert s.computed_tokens == s.batches * 80
+    assert s.padding_waste < 0.5 * (1 - s.useful_tokens / (len(ids) * 40))
+
+
+@pytest.mark.parametrize("pooling", ["cls", "max", "mean"])
+def test_packed_pooling_modes(tiny_bert, pooling):
+    packed = Encoder.load(tiny_bert, pooling=pooling, normalize=False)
+    bucketed = Encoder.load(tiny_bert, pooling=pooling, normalize=False, buckets=(16,))
+    vectors, _ = packed.encode_texts(SENTENCES[:9])
+    expected, _ = bucketed.encode_texts(SENTENCES[:9])
+    np.testing.assert_allclose(vectors, expected, atol=2e-6, rtol=0)
+
+
+def test_packing_options(tiny_bert, tiny_qwen2):
+    assert not Encoder.load(tiny_qwen2).packed  # decoders: buckets
+    with pytest.raises(EncoderConfigError, match="packing serves the BERT family"):
+        Encoder.load(tiny_qwen2, packing=True)
+    with pytest.raises(EncoderConfigError, match="give one or the other"):
+        EncoderOptions(packing=True, buckets=(16,))
+    assert not Encoder.load(tiny_bert, packing=False).packed

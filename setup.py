@@ -16,6 +16,7 @@ CORE = [
     "jinja2>=3.1,<4",
     "numpy>=2.0",
     "pyarrow>=14",  # Parquet vector files (embedding jobs); Beam needs it too
+    "pillow>=10",  # writes generated images (PNG/JPEG/WebP with their parameters)
     "gunicorn>=23",  # serves the push trigger (`hyperbatch trigger serve`)
 ]
 
@@ -48,6 +49,7 @@ EXTRAS = {
         "types-requests",
         "python-hcl2>=8.1,<9",  # parses terraform/ in tests/terraform
         "sentence-transformers>=6.2,<7",  # the reference of the encoder's parity tests
+        "diffusers>=0.42.1,<0.43",  # the diffusion engine's reference; builds tiny checkpoints
     ],
 }
 
@@ -78,6 +80,7 @@ setup(
     packages=PACKAGES,
     package_data={
         "hyperbatch.schemas": ["*.avsc"],
+        "hyperbatch.engines": ["*.h"],  # what the CPU kernels share
         "hyperbatch.engines.jax_llm": ["*.cc"],  # the CPU attention kernel, compiled on first use
         "hyperbatch.engines.jax_encoder": ["*.cc"],  # the encoder's CPU attention kernel
     },

@@ -44,6 +44,8 @@ class ModelInfo:
     max_prompt_tokens: int  # longest prompt the engine accepts
     vocab_size: int
     eos_token_ids: tuple[int, ...] = ()
+    #: input images one request may show the model (0: a text model, image requests refused)
+    max_images: int = 0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,6 +13,14 @@
 * An embedding request's texts get one vector each: ``[words, characters, distinct words, 1]``
   of the text's first ``max_prompt_tokens`` words (``truncated`` if it had more); ``dimensions``
   keeps the first components (more than 4 is INVALID_DIMENSIONS); tokens are words.
+* An image request's ``n`` images are solid colours: red = the prompt's word count, green = the
+  image's seed, blue = its steps (each mod 256), at the requested size; image ``k`` of a seeded
+  request uses ``seed + k``, an unseeded one draws its seed. Sizes must be multiples of 8.
+* Input images (a chat message's image parts) are one word each, ``<image:WxH>`` in the
+  prompt; in the completion's source text the image is decoded and the word says its mean
+  colour too, ``<image:WxH:#rrggbb>`` (so a test sees which image arrived, upright). An image
+  that does not decode is INVALID_IMAGE; ``usage.image_tokens`` counts the image words; more
+  than ``max_images`` (option, default 8) per request are refused by the pipeline.
 * Static shapes are simulated: each request occupies a slot of ``max_prompt_tokens`` +
   ``max_tokens`` positions, so padding waste is computable too. Each request is its own "device
   call": its charge is its own time and slots.
@@ -21,9 +29,12 @@
 from __future__ import annotations
 
 import dataclasses
+import secrets
 import time
-from collections.abc import Sequence
-from typing import ClassVar
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
 
 from hyperbatch.engines.base import Engine, EngineConfig, ModelInfo, OnResult
 from hyperbatch.engines.options import EngineOptions, option
@@ -32,6 +43,7 @@ from hyperbatch.schemas.records import (
     Counters,
     ErrorCode,
     FinishReason,
+    GeneratedImage,
     Request,
     RequestError,
     Result,
@@ -45,6 +57,7 @@ class FakeOptions(EngineOptions):
 
     max_prompt_tokens: int = option(512, "longest prompt in words", minimum=1)
     reject_word: str | None = option(None, "refuse prompts with this word", kind=str)
+    max_images: int = option(8, "input images per request", minimum=0)
 
 
 class FakeEngine(Engine):
@@ -57,6 +70,7 @@ class FakeEngine(Engine):
         assert isinstance(options, FakeOptions)
         self._max_prompt = options.max_prompt_tokens
         self._reject_word = options.reject_word
+        self._max_images = options.max_images
         self._stats = Counters(load_seconds=0.0)
 
     @property
@@ -67,12 +81,15 @@ class FakeEngine(Engine):
             context_length=self._max_prompt * 2,
             max_prompt_tokens=self._max_prompt,
             vocab_size=0,
+            max_images=self._max_images,
         )
 
     @staticmethod
     def render(request: Request) -> str:
         if request.messages is not None:
-            return "\n".join(f"{m['role']}: {m['content']}" for m in request.messages)
+            return "\n".join(
+                f"{m['role']}: {_content(m['content'], request)}" for m in request.messages
+            )
         return request.prompt or ""
 
     def prompt_tokens(self, request: Request) -> list[int]:
@@ -113,16 +130,48 @@ class FakeEngine(Engine):
             ),
         )
 
+    def _draw(self, request: Request) -> Result:
+        p = request.image
+        assert p is not None
+        assert request.prompt is not None
+        width, height, steps = p.width or 64, p.height or 64, p.steps or 1
+        if width % 8 or height % 8:
+            raise RequestError(ErrorCode.INVALID_SIZE, f"size {width}x{height}: multiples of 8")
+        words = len(request.prompt.split())
+        images = []
+        for k in range(p.n):
+            seed = secrets.randbelow(2**63) if p.seed is None else p.seed + k
+            pixels = np.empty((height, width, 3), np.uint8)
+            pixels[...] = (words % 256, seed % 256, steps % 256)
+            images.append(
+                GeneratedImage(
+                    seed=seed, width=width, height=height, steps=steps,
+                    scheduler=p.scheduler or "euler",
+                    guidance_scale=7.5 if p.guidance_scale is None else p.guidance_scale,
+                    pixels=pixels,
+                )
+            )  # fmt: skip
+        return Result(
+            record_id=request.record_id,
+            images=tuple(images),
+            charge=Charge(computed_token_slots=steps * p.n, useful_token_slots=steps * p.n),
+        )
+
     def _serve(self, request: Request) -> Result:
         if request.texts is not None:
             return self._embed(request)
+        if request.image is not None:
+            return self._draw(request)
         ids = request.prompt_token_ids or tuple(self.prompt_tokens(request))
         if len(ids) > self._max_prompt:
             raise RequestError(
                 ErrorCode.PROMPT_TOO_LONG,
                 f"prompt has {len(ids)} tokens; this model accepts at most {self._max_prompt}",
             )
-        source = request.messages[-1]["content"] if request.messages else (request.prompt or "")
+        if request.messages:
+            source = _content(request.messages[-1]["content"], request, decode=True)
+        else:
+            source = request.prompt or ""
         if self._reject_word and self._reject_word in source.split():
             raise RequestError(ErrorCode.ENGINE_REJECTED, f"contains {self._reject_word!r}")
         sp = request.sampling
@@ -140,7 +189,11 @@ class FakeEngine(Engine):
             record_id=request.record_id,
             text=" ".join(out),
             finish_reason=finish,
-            usage=Usage(prompt_tokens=len(ids), completion_tokens=len(out)),
+            usage=Usage(
+                prompt_tokens=len(ids),
+                completion_tokens=len(out),
+                image_tokens=len(request.input_images),
+            ),
             token_ids=tuple(len(w) for w in out),
             charge=Charge(
                 computed_token_slots=self._max_prompt + sp.max_tokens,
@@ -169,6 +222,7 @@ class FakeEngine(Engine):
             self._stats.prompt_tokens += res.usage.prompt_tokens
             self._stats.completion_tokens += res.usage.completion_tokens
             self._stats.embeddings += len(res.embeddings or ())
+            self._stats.images += len(res.images or ())
             results.append(res)
             if on_result:
                 on_result(res)
@@ -176,3 +230,25 @@ class FakeEngine(Engine):
 
     def stats(self) -> Counters:
         return dataclasses.replace(self._stats)
+
+
+def _content(
+    content: str | Sequence[Mapping[str, Any]], request: Request, decode: bool = False
+) -> str:
+    """A message's content as words: text parts, and an image part as one word
+    (``<image:WxH>``, with ``:#rrggbb`` its mean colour when ``decode``)."""
+    if isinstance(content, str):
+        return content
+    words = []
+    for part in content:
+        if part["type"] == "text":
+            words.append(part["text"])
+            continue
+        image = request.input_images[part["image"]]
+        word = f"<image:{image.width}x{image.height}"
+        if decode:
+            pixels = image.pixels()  # RequestError(invalid_image) for a corrupt file
+            r, g, b = (round(float(c)) for c in pixels.reshape(-1, 3).mean(axis=0))
+            word += f":#{r:02x}{g:02x}{b:02x}"
+        words.append(word + ">")
+    return " ".join(words)

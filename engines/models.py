@@ -19,7 +19,8 @@ from typing import Literal
 
 from hyperbatch import storage
 
-ModelFormat = Literal["hf", "gguf"]
+ModelFormat = Literal["hf", "gguf", "diffusers"]
+DIFFUSERS_INDEX = "model_index.json"  # a diffusers pipeline folder (image generation)
 HF_REQUIRED = ("config.json",)
 HF_TOKENIZER = ("tokenizer.json",)
 
@@ -81,6 +82,8 @@ def _catalogue_path(name: str) -> str:
 def _local_format(path: str) -> ModelFormat:
     if os.path.isfile(path) and path.endswith(".gguf"):
         return "gguf"
+    if os.path.isdir(path) and os.path.isfile(os.path.join(path, DIFFUSERS_INDEX)):
+        return "diffusers"
     if os.path.isdir(path):
         missing = [
             f for f in HF_REQUIRED + HF_TOKENIZER if not os.path.isfile(os.path.join(path, f))
@@ -107,6 +110,11 @@ def check_files(path: str, fmt: ModelFormat) -> None:
     safetensors file's header parses and its data are all there. Raises ModelNotFound."""
     if fmt == "gguf":
         _check_gguf(path)
+    elif fmt == "diffusers":  # each component's weights in its own folder
+        for root, _, names in os.walk(path):
+            for name in sorted(names):
+                if name.endswith(".safetensors"):
+                    _check_safetensors(os.path.join(root, name))
     else:
         for name in sorted(os.listdir(path)):
             if name.endswith(".safetensors"):
@@ -173,6 +181,8 @@ def check_model(ref: str) -> ModelFormat:
                 raise ModelNotFound(f"no such object: {ref}")
             return "gguf"
         base = ref.rstrip("/")
+        if storage.exists(f"{base}/{DIFFUSERS_INDEX}"):
+            return "diffusers"
         for f in HF_REQUIRED + HF_TOKENIZER:
             if not storage.exists(f"{base}/{f}"):
                 raise ModelNotFound(f"{ref} is not a model directory: {base}/{f} does not exist")

@@ -19,7 +19,10 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Self
 
+from hyperbatch.schemas.records import parse_size
+
 INTS = "list of integers"  # a ``kind`` for lists of integers (prefill buckets and the like)
+SIZES = "list of WIDTHxHEIGHT"  # a ``kind`` for image sizes ("512x512"), multiples of 8
 
 
 class OptionsError(ValueError):
@@ -78,10 +81,16 @@ def _type_problem(spec: OptionSpec, value: Any) -> str | None:
     if kind == INTS:
         ok = isinstance(value, list | tuple) and len(value) > 0 and all(map(_is_int, value))
         return None if ok else "must be a non-empty list of integers"
+    if kind == SIZES:
+        ok = isinstance(value, list | tuple) and len(value) > 0
+        ok = ok and all(parse_size(v) is not None for v in value)
+        return None if ok else 'must be a non-empty list of sizes like "512x512" (multiples of 8)'
     raise TypeError(f"unknown option kind {kind!r}")
 
 
 def _value_problem(spec: OptionSpec, value: Any) -> str | None:
+    if spec.kind == SIZES:
+        return None
     values = value if spec.kind == INTS else [value]
     if spec.choices is not None and value not in spec.choices:
         return f"must be one of {', '.join(map(str, spec.choices))}"
@@ -141,7 +150,7 @@ class EngineOptions:
             raise OptionsError(problems)
         kinds = {name: spec.kind for name, (spec, _) in cls.specs().items()}
         typed = {
-            k: (tuple(v) if kinds[k] == INTS else float(v) if kinds[k] is float else v)
+            k: (tuple(v) if kinds[k] in (INTS, SIZES) else float(v) if kinds[k] is float else v)
             for k, v in values.items()
             if v is not None
         }

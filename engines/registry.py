@@ -49,16 +49,29 @@ _ENGINES: dict[str, EngineEntry] = {
         "hyperbatch.engines.jax_llm.engine:JaxLLMEngine",
         "hyperbatch.engines.jax_llm.options:JaxOptions",
         "pip install 'hyperbatch[jax]'  (TPU: 'hyperbatch[tpu]', GPU: 'hyperbatch[gpu]')",
-        "our JAX LLM engine (JetStream-style static batches) and text encoder (embeddings), for TPU, GPU and CPU",
+        "our JAX engines: LLM (JetStream-style static batches), text encoder (embeddings), diffusion (images); TPU, GPU and CPU",
         requires=("jax", "safetensors", "tokenizers", "gguf"),
-        unsupported_sampling=frozenset({"logprobs", "presence_penalty", "frequency_penalty"}),
-        tasks=frozenset({"chat", "completion", "embedding"}),
+        unsupported_sampling=frozenset({"presence_penalty", "frequency_penalty"}),
+        tasks=frozenset({"chat", "completion", "embedding", "image"}),
         task_targets={
             "embedding": (
                 "hyperbatch.engines.jax_encoder.engine:JaxEncoderEngine",
                 "hyperbatch.engines.jax_encoder.options:EncoderEngineOptions",
-            )
+            ),
+            "image": (
+                "hyperbatch.engines.jax_diffusion.engine:JaxDiffusionEngine",
+                "hyperbatch.engines.jax_diffusion.options:DiffusionEngineOptions",
+            ),
         },
+    ),
+    "jax-vlm": EngineEntry(
+        "hyperbatch.engines.jax_vlm.engine:JaxVLMEngine",
+        "hyperbatch.engines.jax_vlm.options:JaxVLMOptions",
+        "pip install 'hyperbatch[jax]'  (TPU: 'hyperbatch[tpu]', GPU: 'hyperbatch[gpu]')",
+        "our JAX vision-language engine (Idefics3 / SmolVLM on the JAX LLM engine): images in, text out",
+        requires=("jax", "safetensors", "tokenizers", "PIL"),
+        unsupported_sampling=frozenset({"presence_penalty", "frequency_penalty"}),
+        tasks=frozenset({"chat"}),
     ),
     "vllm": EngineEntry(
         "hyperbatch.engines.vllm.engine:VLLMEngine",
@@ -80,7 +93,7 @@ _ENGINES: dict[str, EngineEntry] = {
         "nothing: it is part of the core",
         "arithmetic you can check by hand, for testing the plumbing only",
         needs_model=False,
-        tasks=frozenset({"chat", "completion", "embedding"}),
+        tasks=frozenset({"chat", "completion", "embedding", "image"}),
     ),
 }
 
@@ -138,7 +151,8 @@ def task_problems(name: str, task: str) -> list[str]:
 
 def sampling_problems(name: str, sampling: Mapping[str, Any]) -> list[str]:
     """The job's default sampling values engine ``name`` cannot honour."""
-    defaults = {"logprobs": None, "presence_penalty": 0.0, "frequency_penalty": 0.0}
+    defaults = {"logprobs": None, "presence_penalty": 0.0, "frequency_penalty": 0.0, "n": 1,
+                "guided": None}  # fmt: skip
     out = []
     for key in sorted(entry(name).unsupported_sampling & set(sampling)):
         if sampling[key] != defaults.get(key):

@@ -47,7 +47,7 @@ def status_url(record: Record) -> str:
 def event_for(record: Record, previous: str | None) -> dict[str, Any]:
     doc = record.status
     state = doc.state.value
-    message = doc.error if state == "FAILED" else None
+    message = doc.error if state in ("FAILED", "STOPPED_BUDGET") else None
     if state == "CANCELLED":
         message = f"cancelled by {doc.history[-1].by}"
     summary = doc.manifest.to_json() if doc.manifest else None
@@ -64,7 +64,7 @@ def event_for(record: Record, previous: str | None) -> dict[str, Any]:
         "runner": doc.runner,
         "launch_handle": launch_handle(doc.launch),
         "message": message,
-        "manifest_summary": summary if state in ("SUCCEEDED", "FAILED") else None,
+        "manifest_summary": summary if state in ("SUCCEEDED", "FAILED", "STOPPED_BUDGET") else None,
     }
     fastavro.validation.validate(event, avro.schema("job_event"), raise_errors=True)
     return event

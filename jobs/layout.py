@@ -6,8 +6,11 @@
     <job_dir>/errors/<shard>.jsonl         a shard's error records (only if it had any)
     <job_dir>/vectors/<shard><suffix>      an embedding shard's vectors (vector_output: parquet
                                            or vertex_vector_search)
+    <job_dir>/images/<name>                an image job's images (names: schemas.image_outputs)
+    <job_dir>/images/_index/<shard>.jsonl  an image shard's index: record id -> images, seeds
     <job_dir>/_commits/<shard>.json        a shard's commit marker, with its statistics
     <job_dir>/_plan/ids/<bucket>/...       the planner's id hashes (removed when the job ends)
+    <job_dir>/_plan/images.jsonl           input_format images: the image files it matched
     <job_dir>/manifest.json, manifest.avro the cost manifest and its Avro twin
     <job_dir>/launch.log                   the local job process's log
     <job_dir>/_lease.json                  the running attempt's lease (one runner per job)
@@ -31,8 +34,11 @@ MANIFEST_AVRO = "manifest.avro"
 RESULTS = "results"
 ERRORS = "errors"
 VECTORS = "vectors"
+IMAGES = "images"
+IMAGE_INDEX = "images/_index"
 COMMITS = "_commits"
 PLAN_IDS = "_plan/ids"
+PLAN_IMAGES = "_plan/images.jsonl"
 LAUNCH_LOG = "launch.log"
 LEASE = "_lease.json"
 ATTEMPTS = "_attempts"
@@ -53,6 +59,7 @@ class ShardFiles:
     errors: str
     marker: str
     vectors: str | None = None  # embedding jobs with a vector_output
+    index: str | None = None  # image jobs: the shard's index of its images
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,13 +111,37 @@ class JobFolder:
     def plan_ids(self) -> str:
         return self._join(PLAN_IDS)
 
-    def shard(self, name: str, result_suffix: str, vector_suffix: str | None = None) -> ShardFiles:
+    @property
+    def image_listing(self) -> str:
+        """input_format images: the matched image files, listed (the planner's input)."""
+        return self._join(PLAN_IMAGES)
+
+    def shard(
+        self,
+        name: str,
+        result_suffix: str,
+        vector_suffix: str | None = None,
+        image_index: bool = False,
+    ) -> ShardFiles:
         return ShardFiles(
             results=self._join(RESULTS, f"{name}{result_suffix}"),
             errors=self._join(ERRORS, f"{name}{ERRORS_SUFFIX}"),
             marker=self._join(COMMITS, f"{name}.json"),
             vectors=self._join(VECTORS, f"{name}{vector_suffix}") if vector_suffix else None,
+            index=self._join(IMAGE_INDEX, f"{name}.jsonl") if image_index else None,
         )
+
+    def image(self, file_name: str) -> str:
+        """Where an image file goes (``file_name`` from ``schemas.image_outputs.file_name``)."""
+        if "/" in file_name or file_name.startswith("."):
+            raise ValueError(f"not a plain file name: {file_name!r}")
+        return self._join(IMAGES, file_name)
+
+    def images_glob(self) -> str:
+        return self._join(IMAGES, "*")
+
+    def image_index_glob(self) -> str:
+        return self._join(IMAGE_INDEX, "*.jsonl")
 
     def vectors_glob(self, vector_suffix: str) -> str:
         return self._join(VECTORS, f"*{vector_suffix}")

@@ -1,7 +1,8 @@
 """A run's last word in the job store: its end recorded from its manifest, or its death noticed.
 
-``finish`` moves a RUNNING job to SUCCEEDED or FAILED as its cost manifest says (the job process
-calls it locally; on Dataflow the pipeline's last step does). ``reconcile`` settles a job whose
+``finish`` moves a RUNNING job to SUCCEEDED, FAILED or STOPPED_BUDGET as its cost manifest says
+(the job process calls it locally; on Dataflow the pipeline's last step does); ``set_budget``
+changes a recorded job's cap (``jobs resume --max-cost-usd``). ``reconcile`` settles a job whose
 process or Dataflow job is gone without saying so: if that run wrote its manifest before dying,
 the job ends as the manifest says; otherwise it FAILED, with why. Which launcher can tell
 whether a run is alive is the caller's choice (the CLI picks it from the launch handle).
@@ -11,11 +12,12 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from hyperbatch import storage, timestamps
 from hyperbatch.jobs.layout import JobFolder
+from hyperbatch.jobs.spec import JobSpec, record_once, validate
 from hyperbatch.jobs.status import JobState, JobStatus, ManifestSummary
 from hyperbatch.jobs.store import IllegalTransition, JobStore, Record
 from hyperbatch.schemas.records import Counters
@@ -27,13 +29,26 @@ class Poller(Protocol):
         ...
 
 
+def budget_stop_message(manifest: Mapping[str, Any]) -> str:
+    """Why a STOPPED_BUDGET job stopped, what it served and left, and how to go on."""
+    return (
+        f"stopped by its budget: max_cost_usd ${manifest.get('max_cost_usd')} would have been "
+        f"passed; spent ${manifest['cost_usd']:.6f}, {manifest['records_in']} records served, "
+        f"{manifest.get('records_left', 0)} left. Its committed shards are kept: run it again "
+        "with a higher max_cost_usd to serve the rest"
+    )
+
+
 def finish(store: JobStore, job_id: str, manifest: Mapping[str, Any], by: str) -> Record:
-    """RUNNING -> SUCCEEDED or FAILED (too many record errors), with the manifest's summary."""
+    """RUNNING -> SUCCEEDED, FAILED (too many record errors) or STOPPED_BUDGET (its cap stopped
+    it), with the manifest's summary."""
     folder = JobFolder(store.get(job_id).status.job_dir)
     summary = ManifestSummary.of(manifest, folder.manifest_json)
-    ok = manifest["status"] == "SUCCEEDED"
+    state = JobState(manifest["status"])
     error = None
-    if not ok:
+    if state == JobState.STOPPED_BUDGET:
+        error = budget_stop_message(manifest)
+    elif state != JobState.SUCCEEDED:
         error = (
             f"{manifest['errors']} of {manifest['records_in']} records failed"
             + (", all of them" if manifest["results"] == 0 else ", more than max_error_rate allows")
@@ -45,13 +60,13 @@ def finish(store: JobStore, job_id: str, manifest: Mapping[str, Any], by: str) -
         errors=int(manifest["errors"]),
         prompt_tokens=int(manifest["prompt_tokens"]),
         completion_tokens=int(manifest["completion_tokens"]),
-        records_planned=int(manifest["records_in"]),
+        records_planned=int(manifest["records_in"]) + int(manifest.get("records_left", 0)),
         shards=len(manifest.get("shards", [])),
-        shards_planned=len(manifest.get("shards", [])),
+        shards_planned=len(manifest.get("shards", [])) + int(manifest.get("shards_left", 0)),
     )
     return store.transition(
         job_id,
-        JobState.SUCCEEDED if ok else JobState.FAILED,
+        state,
         by=by,
         expect=[JobState.RUNNING],
         manifest=summary,
@@ -61,14 +76,32 @@ def finish(store: JobStore, job_id: str, manifest: Mapping[str, Any], by: str) -
 
 
 def resume(store: JobStore, job_id: str, by: str | None = None) -> Record:
-    """Queue an ended job (SUCCEEDED, FAILED or CANCELLED) again under its own id: its next run
-    skips the shards committed so far. IllegalTransition for a job that is queued or running."""
+    """Queue an ended job (SUCCEEDED, FAILED, CANCELLED or STOPPED_BUDGET) again under its own
+    id: its next run skips the shards committed so far. IllegalTransition for a job that is
+    queued or running."""
     return store.transition(
         job_id,
         JobState.QUEUED,
         by=by,
-        expect=[JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED],
+        expect=[JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.STOPPED_BUDGET],
     )
+
+
+def set_budget(
+    store: JobStore,
+    job_id: str,
+    max_cost_usd: float,
+    check: Callable[[JobSpec], object] | None = None,
+) -> JobSpec:
+    """Record a new cap in the job's spec.json (the job id does not change: a budget is not part
+    of the spec's digest); its next run honours it. ``check`` sees the updated spec first (and
+    may refuse it by raising). Returns the updated spec."""
+    spec = store.spec(job_id)
+    updated = validate({**spec.to_dict(), "max_cost_usd": max_cost_usd}, check_resources=False)
+    if check is not None:
+        check(updated)
+    record_once(updated, job_id, store.job_folder(job_id))
+    return updated
 
 
 def reconcile(store: JobStore, record: Record, poller: Poller | None) -> Record:

@@ -21,14 +21,15 @@ import yaml
 
 from hyperbatch import accelerators, storage
 from hyperbatch.engines import registry
+from hyperbatch.schemas.formats.base import MODEL_MISMATCH_POLICIES
 from hyperbatch.schemas.records import SAMPLING_FIELDS, SamplingParams, TaskKind, sampling_problems
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,38}[a-z0-9]$")
 TASKS = tuple(t.value for t in TaskKind)
-INPUT_FORMATS = ("openai", "jsonl", "avro", "vertex")
+INPUT_FORMATS = ("openai", "jsonl", "avro", "vertex", "images")
 VECTOR_OUTPUTS = ("none", "parquet", "vertex_vector_search")
 DTYPES = ("auto", "float32", "bfloat16")
-PATH_FIELDS = ("input", "output", "model")
+PATH_FIELDS = ("input", "output", "model", "image_root")
 MAX_BATCH_SIZE = 4096
 
 
@@ -40,6 +41,60 @@ class SpecError(ValueError):
         self.source = source
         head = f"invalid job spec{f' {source}' if source else ''}:"
         super().__init__("\n".join([head, *(f"  - {p}" for p in self.problems)]))
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageDefaults:
+    """An image job's defaults (spec ``image``): size, denoising steps, scheduler, guidance,
+    negative prompt, and the format images are written in."""
+
+    size: str = "512x512"
+    steps: int = 30
+    scheduler: str = "euler"
+    guidance_scale: float = 7.5
+    negative_prompt: str | None = None
+    format: str = "png"
+
+    @property
+    def width(self) -> int:
+        return int(self.size.split("x")[0])
+
+    @property
+    def height(self) -> int:
+        return int(self.size.split("x")[1])
+
+
+IMAGE_SCHEDULERS = ("euler", "ddim", "dpmpp_2m")
+IMAGE_FILE_FORMATS = ("png", "jpeg", "webp")
+
+
+def image_problems(values: Mapping[str, Any]) -> list[str]:
+    """Problems with a spec's ``image`` mapping (types and ranges), all at once."""
+    from hyperbatch.schemas.records import MAX_GUIDANCE, MAX_IMAGE_STEPS, parse_size
+
+    known = [f.name for f in dataclasses.fields(ImageDefaults)]
+    out = []
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        out.append(f"image: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(known)}")
+    v = dict(values)
+    if "size" in v and parse_size(v["size"]) is None:
+        out.append(f'image.size: a size like "512x512" (multiples of 8), got {v["size"]!r}')
+    steps = v.get("steps", 1)
+    if not (isinstance(steps, int) and not isinstance(steps, bool)) or not (
+        1 <= steps <= MAX_IMAGE_STEPS
+    ):
+        out.append(f"image.steps: an integer from 1 to {MAX_IMAGE_STEPS}, got {steps!r}")
+    if v.get("scheduler", "euler") not in IMAGE_SCHEDULERS:
+        out.append(f"image.scheduler: one of {', '.join(IMAGE_SCHEDULERS)}, got {v['scheduler']!r}")
+    g = v.get("guidance_scale", 0.0)
+    if not isinstance(g, int | float) or isinstance(g, bool) or not 0 <= g <= MAX_GUIDANCE:
+        out.append(f"image.guidance_scale: a number from 0 to {MAX_GUIDANCE:g}, got {g!r}")
+    if not isinstance(v.get("negative_prompt", ""), str | None):
+        out.append("image.negative_prompt: must be a string")
+    if v.get("format", "png") not in IMAGE_FILE_FORMATS:
+        out.append(f"image.format: one of {', '.join(IMAGE_FILE_FORMATS)}, got {v['format']!r}")
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +119,13 @@ class JobSpec:
     max_error_rate: float = 0.5  # more than half the records failed: something is wrong
     vector_output: str = "none"  # embedding jobs: also write vectors as Parquet or Vector Search
     dimensions: int | None = None  # embedding jobs: every vector cut to this many (renormalised)
+    served_model_name: str | list[str] | None = None  # the name(s) outputs carry; see below
+    model_mismatch: str = "error"  # a record naming another model: "error" or "ignore" the field
+    max_cost_usd: float | None = None  # budget cap: refused above it, stopped before it (estimate)
+    image: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # image jobs' defaults
+    prompt: str | None = None  # input_format images: the instruction for every image
+    system: str | None = None  # input_format images: an optional system prompt
+    image_root: str | None = None  # local files (or a gs:// prefix) records may read images from
 
     REQUIRED = ("name", "task", "input", "input_format", "output", "model")
 
@@ -72,6 +134,24 @@ class JobSpec:
         from hyperbatch.schemas.records import sampling_from_dict
 
         return sampling_from_dict(self.sampling)
+
+    @property
+    def served_model_names(self) -> tuple[str, ...]:
+        """The model names this job answers to (the first is what outputs carry): the spec's
+        ``served_model_name``, else the catalogue name, else the model's folder or file name."""
+        if isinstance(self.served_model_name, str):
+            return (self.served_model_name,)
+        if self.served_model_name:
+            return tuple(self.served_model_name)
+        if self.model in models_catalogue():
+            return (self.model,)
+        base = self.model.rstrip("/").rsplit("/", 1)[-1]
+        return (base[: -len(".gguf")] if base.endswith(".gguf") else base,)
+
+    @property
+    def image_defaults(self) -> ImageDefaults:
+        """Image jobs: what a record that does not say gets (spec ``image``)."""
+        return ImageDefaults(**self.image)
 
     @property
     def resolved_dtype(self) -> str:
@@ -83,11 +163,15 @@ class JobSpec:
         d = dataclasses.asdict(self)
         d["engine_options"] = dict(self.engine_options)
         d["sampling"] = dict(self.sampling)
+        d["image"] = dict(self.image)
         return d
 
     @property
     def digest(self) -> str:
-        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        # A budget is not part of what the job computes: a rerun with a higher cap is the same
+        # job (same id) and resumes from its committed shards.
+        identity = {k: v for k, v in self.to_dict().items() if k not in BUDGET_FIELDS}
+        canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
     @property
@@ -100,6 +184,7 @@ class JobSpec:
 
 
 FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(JobSpec)}
+BUDGET_FIELDS = ("max_cost_usd",)  # not in the digest: changing them keeps the job id
 SPEC_FILE = "spec.json"
 
 
@@ -109,7 +194,8 @@ class JobIdConflict(ValueError):
 
 def record_once(spec: JobSpec, job_id: str, job_folder: str) -> None:
     """Write ``<job_folder>/spec.json`` if absent (compare-and-swap); the same job id with the
-    same spec is fine (a resume or a duplicate submission), with another spec it is refused."""
+    same spec is fine (a resume or a duplicate submission), with another spec it is refused.
+    A new budget (``max_cost_usd``, not part of the digest) replaces the recorded one."""
     path = storage.join(job_folder, SPEC_FILE)
     body = {"job_id": job_id, "spec_digest": spec.digest, "spec": spec.to_dict()}
     try:
@@ -120,12 +206,22 @@ def record_once(spec: JobSpec, job_id: str, job_folder: str) -> None:
             content_type="application/json",
         )
     except storage.PreconditionFailed:
-        existing = json.loads(storage.read_bytes(path))
+        data, generation = storage.read_versioned(path) or (b"{}", 0)
+        existing = json.loads(data)
         if existing.get("spec_digest") != spec.digest:
             raise JobIdConflict(
                 f"job id {job_id} is already used by another spec (in {job_folder}); "
                 "choose another job id (or name), or delete that job folder"
             ) from None
+        recorded, asked = existing.get("spec", {}), spec.to_dict()
+        if any(recorded.get(k) != asked[k] for k in BUDGET_FIELDS):
+            with contextlib.suppress(storage.PreconditionFailed):  # another writer won: theirs
+                storage.write_bytes(
+                    path,
+                    json.dumps(body, indent=2).encode(),
+                    if_generation_match=generation,
+                    content_type="application/json",
+                )
 
 
 # --------------------------------------------------------------------------- loading
@@ -223,7 +319,8 @@ def load(
 
 
 def _type_name(t: Any) -> str:
-    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+             (str, list): "a string or a list of strings"}  # fmt: skip
     return names.get(t, "a mapping" if t is dict else str(t))
 
 
@@ -301,6 +398,25 @@ _VALUE_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "dtype": (lambda v: v in DTYPES, f"must be one of {', '.join(DTYPES)}"),
     "max_error_rate": (lambda v: 0.0 <= v <= 1.0, "must be a fraction between 0 and 1"),
     "dimensions": (lambda v: v >= 1, "must be a positive number of dimensions"),
+    "served_model_name": (
+        lambda v: (
+            (isinstance(v, str) and bool(v.strip()))
+            or (
+                isinstance(v, list) and bool(v) and all(isinstance(n, str) and n.strip() for n in v)
+            )
+        ),
+        "must be a model name or a list of names (what a record's body.model may say)",
+    ),
+    "model_mismatch": (
+        lambda v: v in MODEL_MISMATCH_POLICIES,
+        f"must be {' or '.join(MODEL_MISMATCH_POLICIES)} (what to do with a record that names "
+        "a model this job does not serve)",
+    ),
+    "max_cost_usd": (
+        lambda v: v > 0,
+        "must be a positive number of US dollars (or omitted for no cap); "
+        "`hyperbatch estimate` prints what the job should cost",
+    ),
     "usd_per_accelerator_hour": (
         lambda v: v >= 0,
         "must be >= 0 (or omitted to use the price table)",
@@ -317,13 +433,49 @@ def _task_problems(typed: Mapping[str, Any]) -> list[str]:
         out.append("vector_output: only embedding jobs write vectors; remove it")
     if typed.get("dimensions") is not None and not embedding:
         out.append("dimensions: only embedding jobs have vectors to cut; remove it")
-    if fmt == "vertex" and task is not None and not embedding:
+    if fmt == "vertex" and task == TaskKind.COMPLETION:
         out.append(
-            "input_format: vertex lines are served for task embedding (Vertex AI text-embedding "
-            "batch lines); use openai or jsonl for chat and completion"
+            "input_format: vertex lines are Gemini chat requests (task chat) or text-embedding "
+            "lines (task embedding); use openai or jsonl for completion"
         )
+    out += _image_input_problems(typed)
     if embedding and typed.get("sampling"):
         out.append("sampling: an embedding job samples nothing; remove it")
+    image = task == TaskKind.IMAGE
+    if typed.get("image") and not image:
+        out.append("image: only image jobs (task image) draw images; remove it")
+    if image:
+        out += image_problems(typed.get("image") or {})
+        if typed.get("sampling"):
+            out.append("sampling: an image job samples no tokens; use image (steps, guidance)")
+        if fmt not in (None, "openai", "jsonl", "avro"):
+            out.append("input_format: image jobs read openai, jsonl or avro records")
+        sizes = (typed.get("engine_options") or {}).get("sizes")
+        size = (typed.get("image") or {}).get("size", ImageDefaults.size)
+        if isinstance(sizes, list | tuple) and size not in sizes:
+            out.append(
+                f"image.size: {size} is not among engine_options.sizes ({', '.join(map(str, sizes))})"
+                "; records that give no size get it, so the job must serve it"
+            )
+    return out
+
+
+def _image_input_problems(typed: Mapping[str, Any]) -> list[str]:
+    """``input_format: images`` (a glob of image files + the spec's prompt) and its fields."""
+    out = []
+    images = typed.get("input_format") == "images"
+    if images and typed.get("task") not in (None, TaskKind.CHAT):
+        out.append("input_format: images are captioned, classified or read by task chat")
+    if images and not (isinstance(typed.get("prompt"), str) and typed["prompt"].strip()):
+        out.append("prompt: input_format images needs the instruction for every image (prompt)")
+    for key in ("prompt", "system"):
+        if typed.get(key) is not None and not images:
+            out.append(f"{key}: only input_format images takes a job-wide {key}; remove it")
+    if images and typed.get("engine", "jax") == "jax":
+        out.append(
+            "engine: the jax engine serves text models; images need a vision-language model on "
+            "engine jax-vlm (or vllm)"
+        )
     return out
 
 
@@ -387,11 +539,20 @@ def check_spec_resources(
             not_checked(f"output: whether {spec.output} may be written", e)
     if registry.entry(spec.engine).needs_model:
         try:
-            models.check_model(spec.model)
+            fmt = models.check_model(spec.model)
         except storage.CredentialsError as e:
             not_checked(f"model: whether {spec.model} is a model", e)
         except (models.ModelNotFound, storage.StorageError) as e:
             problems.append(f"model: {e}")
+        else:
+            if (fmt == "diffusers") != (spec.task == TaskKind.IMAGE):
+                problems.append(
+                    f"model: {spec.model} is a diffusers pipeline: it serves task image"
+                    if fmt == "diffusers"
+                    else "model: task image needs a diffusers pipeline folder (model_index.json, "
+                    f"unet/, vae/, text_encoder/, tokenizer/, scheduler/); {spec.model} is a "
+                    f"{fmt} model"
+                )
         entry = models.CATALOGUE.get(spec.model)
         if entry is not None and spec.task not in entry.tasks:
             fits = [n for n, e in models.CATALOGUE.items() if spec.task in e.tasks]
@@ -458,12 +619,19 @@ _FIELD_TYPES: dict[str, Any] = {
     "max_seq_len": int,
     "dtype": str,
     "engine_options": dict,
+    "image": dict,
     "sampling": dict,
     "spot": bool,
     "usd_per_accelerator_hour": float,
     "max_error_rate": float,
     "vector_output": str,
     "dimensions": int,
+    "served_model_name": (str, list),
+    "model_mismatch": str,
+    "max_cost_usd": float,
+    "prompt": str,
+    "system": str,
+    "image_root": str,
 }
 
 _FIELD_HELP = {

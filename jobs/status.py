@@ -1,6 +1,8 @@
 """A job's status (``status.json``), typed: its state, how it came, how it runs, what it cost.
 
-States: QUEUED -> RUNNING -> SUCCEEDED | FAILED | CANCELLED; a QUEUED job may also be CANCELLED,
+States: QUEUED -> RUNNING -> SUCCEEDED | FAILED | CANCELLED | STOPPED_BUDGET (its budget cap,
+``max_cost_usd``, stopped it before the projected cost passed it: its committed shards are kept
+and the manifest says how many records are left); a QUEUED job may also be CANCELLED,
 or FAILED when it cannot be launched. A job that ended may be resumed: it is QUEUED again (under
 the same id, so its committed shards are skipped), and its history keeps every run. ``JobStatus`` is immutable: a change is a new value
 (``dataclasses.replace``) written by compare-and-swap (see ``jobs.store``).
@@ -29,20 +31,26 @@ class JobState(enum.StrEnum):
     SUCCEEDED = "SUCCEEDED"
     FAILED = "FAILED"
     CANCELLED = "CANCELLED"
+    STOPPED_BUDGET = "STOPPED_BUDGET"
 
     @property
     def terminal(self) -> bool:
         return self in TERMINAL
 
 
-TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+TERMINAL = frozenset(
+    {JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.STOPPED_BUDGET}
+)
 TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {
     JobState.QUEUED: frozenset({JobState.RUNNING, JobState.FAILED, JobState.CANCELLED}),
-    JobState.RUNNING: frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED}),
+    JobState.RUNNING: frozenset(
+        {JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.STOPPED_BUDGET}
+    ),
     # resuming (``jobs resume``, a rerun with ``hyperbatch run``): the same job, queued again
     JobState.SUCCEEDED: frozenset({JobState.QUEUED}),
     JobState.FAILED: frozenset({JobState.QUEUED}),
     JobState.CANCELLED: frozenset({JobState.QUEUED}),
+    JobState.STOPPED_BUDGET: frozenset({JobState.QUEUED}),
 }
 
 
@@ -105,6 +113,8 @@ class ManifestSummary:
     results_glob: str
     errors_glob: str
     vectors_glob: str | None = None
+    records_left: int = 0  # not served: a budget stop left them (STOPPED_BUDGET)
+    max_cost_usd: float | None = None
 
     @classmethod
     def of(cls, manifest: Mapping[str, Any], manifest_path: str) -> ManifestSummary:
@@ -123,6 +133,8 @@ class ManifestSummary:
             results_glob=manifest["outputs"]["results"],
             errors_glob=manifest["outputs"]["errors"],
             vectors_glob=manifest["outputs"].get("vectors"),
+            records_left=int(manifest.get("records_left", 0)),
+            max_cost_usd=manifest.get("max_cost_usd"),
         )
 
     def to_json(self) -> dict[str, Any]:

@@ -48,6 +48,9 @@ OnResult = Callable[[Result], None]
 
 
 def engine_config(spec: Any) -> EngineConfig:
+    options = dict(spec.engine_options)
+    if spec.task == "image" and spec.engine != "fake":
+        options.setdefault("sizes", [spec.image_defaults.size])  # the job's size is served
     return EngineConfig(
         model=spec.model,
         batch_size=spec.batch_size,
@@ -55,7 +58,7 @@ def engine_config(spec: Any) -> EngineConfig:
         dtype=spec.resolved_dtype,
         accelerator=spec.accelerator,
         accelerator_count=spec.accelerator_count,
-        options=dict(spec.engine_options),
+        options=options,
     )
 
 
@@ -227,7 +230,11 @@ def shared_loop(spec: Any) -> EngineLoop:
     """The process's engine loop for this configuration, loaded and warmed up on first use."""
     config = engine_config(spec)
     key = json.dumps(
-        [spec.engine, spec.task == "embedding", dataclasses.asdict(config)],
+        [
+            spec.engine,
+            spec.task in ("embedding", "image") and spec.task,
+            dataclasses.asdict(config),
+        ],
         sort_keys=True,
         default=str,
     )
@@ -271,6 +278,19 @@ def _order_key(parsed: Parsed, n_tokens: int) -> tuple[str, int]:
     return shared_context, n_tokens
 
 
+def _too_many(engine: Engine, shown: int) -> str:
+    most = engine.info.max_images
+    if most == 0:
+        return (
+            f"the record shows {shown} image(s) but {engine.info.name} on engine {engine.name} "
+            "reads text only; serve it with a vision-language model (engine jax-vlm or vllm)"
+        )
+    return (
+        f"the record shows {shown} images; this job takes at most {most} per request "
+        "(the engine's max_images option)"
+    )
+
+
 def serve(
     loop: EngineLoop,
     records: Sequence[Parsed],
@@ -284,11 +304,16 @@ def serve(
     requests = []
     for i, p in enumerate(records):
         rid = p.request.record_id
-        if p.request.texts is not None:
-            # embedding: texts are truncated, never refused; the engine tokenizes them in one
-            # batch and sorts them into its length buckets (characters order them meanwhile)
+        if p.request.texts is not None or p.request.image is not None:
+            # embedding and image requests are truncated to the model's window, never refused;
+            # the engine tokenizes a call's requests together and orders them itself
             requests.append(p.request)
-            runnable.append((("", sum(len(t) for t in p.request.texts)), i))
+            size = sum(len(t) for t in p.request.texts or (p.request.prompt or "",))
+            runnable.append((("", size), i))
+            continue
+        shown = len(p.request.input_images)
+        if shown > engine.info.max_images:
+            results[i] = Result.failed(rid, ErrorCode.TOO_MANY_IMAGES, _too_many(engine, shown))
             continue
         try:
             ids = engine.prompt_tokens(p.request)  # on this thread: beside the device

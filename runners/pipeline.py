@@ -28,17 +28,21 @@ from hyperbatch.jobs import spec as job_spec
 from hyperbatch.jobs.layout import JobFolder, ShardFiles
 from hyperbatch.jobs.manifest import ShardStats
 from hyperbatch.jobs.spec import JobSpec
-from hyperbatch.runners import dedup, engine_adapter, shards
+from hyperbatch.runners import budget, dedup, engine_adapter, shards
+from hyperbatch.runners import images as image_reading
 from hyperbatch.runners.options import local_options, local_runner, shards_in_flight
 from hyperbatch.runners.progress import PROGRESS
+from hyperbatch.schemas import image_outputs
 from hyperbatch.schemas.formats import (
     FORMATS,
     InputFormat,
     JobInfo,
     Parsed,
     RecordError,
-    encode_errors,
+    check_model,
 )
+from hyperbatch.schemas.formats.jsonl import PromptJsonl
+from hyperbatch.schemas.image_outputs import IMAGE_FORMATS
 from hyperbatch.schemas.records import Counters, ErrorCode, TaskKind
 from hyperbatch.schemas.vectors import VECTOR_WRITERS, VectorWriter
 
@@ -66,8 +70,12 @@ class JobContext:
 
 
 def match_inputs(ctx: JobContext) -> list[tuple[int, storage.FileInfo, int]]:
-    """(file index, file, id-bucket count) for every input file, in path order."""
-    files = storage.glob(ctx.spec.input)
+    """(file index, file, id-bucket count) for every input file, in path order. An image
+    glob's input is the listing of the files it matches (``runners.images``)."""
+    if ctx.spec.input_format == "images":
+        files = [image_reading.write_listing(ctx.spec.input, ctx.folder.image_listing)]
+    else:
+        files = storage.glob(ctx.spec.input)
     n_buckets = dedup.bucket_count(sum(f.size for f in files))
     return [(i, f, n_buckets) for i, f in enumerate(files)]
 
@@ -118,7 +126,10 @@ class ServeShard(beam.DoFn):
         fmt = FORMATS[spec.input_format]
         writer = vector_writer(spec)
         outputs = self.ctx.folder.shard(
-            shard.name, fmt.result_suffix, writer.suffix if writer else None
+            shard.name,
+            fmt.result_suffix,
+            writer.suffix if writer else None,
+            image_index=spec.task == TaskKind.IMAGE,
         )
         done = shards.committed_stats(shard, outputs)
         if done is not None:
@@ -127,6 +138,10 @@ class ServeShard(beam.DoFn):
                          shards_resumed=1)  # fmt: skip
             yield done
             return
+        cap = budget.for_job(self.ctx.spec, self.ctx.job_dir, self.ctx.attempt)  # max_cost_usd
+        if cap is not None and not cap.admit(shard.name, shard.records):
+            yield budget.left(shard.name, shard.records)  # not served: the manifest counts it
+            return
 
         attempt = object()  # this attempt's share of the process's accelerator time
         engine_adapter.LEDGER.start(attempt)
@@ -134,6 +149,8 @@ class ServeShard(beam.DoFn):
             stats = self._serve(shard, fmt, outputs, repeats, attempt)
         finally:
             engine_adapter.LEDGER.discard(attempt)  # a failed attempt's share: not committed
+            if cap is not None:
+                cap.release(shard.name)
         yield stats
 
     def _serve(
@@ -165,12 +182,20 @@ class ServeShard(beam.DoFn):
                 ))  # fmt: skip
                 continue
             item = fmt.parse(raw, location, task, defaults)
+            if isinstance(item, Parsed):  # the model the record names must be one served here
+                item = check_model(item, spec.served_model_names, spec.model_mismatch)
             if isinstance(item, Parsed) and item.request.texts is not None:
                 item = job_dimensions(item, spec)
+            if isinstance(item, Parsed) and item.request.image is not None:
+                item = job_image_defaults(item, spec)
             if isinstance(item, RecordError):
                 errors.append(item)
             else:
                 valid.append(item)
+        if spec.input_format == "images" or any(p.request.input_images for p in valid):
+            # images fetched and checked (not decoded); one that cannot be read: an error record
+            valid, unread = image_reading.read_images(valid, spec)
+            errors += unread
         records_in = len(valid) + len(errors)
         if records_in != shard.records:
             raise RuntimeError(f"{shard.name}: read {records_in} records, planned {shard.records}")
@@ -183,6 +208,7 @@ class ServeShard(beam.DoFn):
                 errors=int(not result.ok),
                 completion_tokens=result.usage.completion_tokens,
                 prompt_tokens=result.usage.prompt_tokens if result.embeddings else 0,
+                images=len(result.images or ()),
             )
 
         served = None
@@ -212,9 +238,17 @@ class ServeShard(beam.DoFn):
             completion_tokens=sum(r.usage.completion_tokens for _, r in ok),
             cached_tokens=sum(r.usage.cached_tokens for _, r in ok),
             embeddings=sum(len(r.embeddings or ()) for _, r in ok),
+            images=sum(len(r.images or ()) for _, r in ok),
+            input_images=sum(len(p.request.input_images) for p, _ in ok),
+            image_tokens=sum(r.usage.image_tokens for _, r in ok),
             shards=1,
         )
-        job = JobInfo(self.ctx.job_id, spec.model, int(started))
+        job = JobInfo(self.ctx.job_id, spec.served_model_names[0], int(started))
+        image_files: list[tuple[str, bytes, str]] = []
+        index = None
+        if task is TaskKind.IMAGE:
+            ok, image_files = place_images(ok, spec, self.ctx.folder, job)
+            index = PromptJsonl().encode_results(ok, job)  # our records: id -> images, seeds
         results_bytes = fmt.encode_results(ok, job)
         writer = vector_writer(spec)
         vectors = (writer.encode(ok), writer.content_type) if writer else None
@@ -227,10 +261,11 @@ class ServeShard(beam.DoFn):
             started_at=started,
             finished_at=time.time(),
             attempt=self.ctx.attempt,
+            lengths=manifest.Lengths.of(ok),  # what estimates calibrate on
         )
         shards.commit(
-            shard, outputs, results_bytes, encode_errors(errors), stats, fmt.result_content_type,
-            digest, vectors,
+            shard, outputs, results_bytes, fmt.encode_errors(errors, job), stats,
+            fmt.result_content_type, digest, vectors, image_files, index,
         )  # fmt: skip
         self.records.inc(records_in)
         self.errors.inc(len(errors))
@@ -244,6 +279,52 @@ def _count_codes(errors: list[RecordError]) -> dict[str, int]:
     for e in errors:
         out[str(e.code)] = out.get(str(e.code), 0) + 1
     return out
+
+
+def job_image_defaults(item: Parsed, spec: JobSpec) -> Parsed:
+    """An image record with the job's defaults (spec ``image``) where it says nothing."""
+    p, d = item.request.image, spec.image_defaults
+    assert p is not None
+    filled = dataclasses.replace(
+        p,
+        negative_prompt=d.negative_prompt if p.negative_prompt is None else p.negative_prompt,
+        width=d.width if p.width is None else p.width,
+        height=d.height if p.height is None else p.height,
+        steps=d.steps if p.steps is None else p.steps,
+        guidance_scale=d.guidance_scale if p.guidance_scale is None else p.guidance_scale,
+        scheduler=d.scheduler if p.scheduler is None else p.scheduler,
+    )
+    return dataclasses.replace(item, request=dataclasses.replace(item.request, image=filled))
+
+
+def place_images(
+    ok: list[tuple[Parsed, Any]], spec: JobSpec, folder: JobFolder, job: JobInfo
+) -> tuple[list[tuple[Parsed, Any]], list[tuple[str, bytes, str]]]:
+    """Encode every image (its generation parameters inside); those asked for as files get a
+    path in the job folder (written in the shard's commit), the others travel inline. Returns
+    the results with each image's ``uri`` or ``data`` in place of its pixels, and the files."""
+    fmt = IMAGE_FORMATS[spec.image_defaults.format]
+    files: list[tuple[str, bytes, str]] = []
+    out = []
+    for parsed, res in ok:
+        req, params = parsed.request, parsed.request.image
+        assert params is not None
+        placed = []
+        for k, img in enumerate(res.images or ()):
+            data = image_outputs.encode(img.pixels, fmt, {
+                "prompt": req.prompt, "negative_prompt": params.negative_prompt,
+                "seed": img.seed, "steps": img.steps, "scheduler": img.scheduler,
+                "guidance_scale": img.guidance_scale, "size": f"{img.width}x{img.height}",
+                "model": job.model, "job_id": job.job_id, "record_id": req.record_id,
+            })  # fmt: skip
+            if params.response_format == "b64_json":
+                placed.append(dataclasses.replace(img, pixels=None, data=data))
+                continue
+            path = folder.image(image_outputs.file_name(req.record_id, k, fmt))
+            files.append((path, data, fmt.content_type))
+            placed.append(dataclasses.replace(img, pixels=None, uri=path))
+        out.append((parsed, dataclasses.replace(res, images=tuple(placed))))
+    return out, files
 
 
 def job_dimensions(item: Parsed, spec: JobSpec) -> Parsed | RecordError:
@@ -282,6 +363,7 @@ def write_manifest(stats: list[ShardStats], ctx: JobContext) -> dict[str, Any]:
         results_glob=ctx.folder.results_glob(suffix),
         errors_glob=ctx.folder.errors_glob(),
         vectors_glob=ctx.folder.vectors_glob(writer.suffix) if writer else None,
+        images_glob=ctx.folder.images_glob() if ctx.spec.task == TaskKind.IMAGE else None,
         attempts=lease.attempts(ctx.job_dir),
         attempt=ctx.attempt,
     )

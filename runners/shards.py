@@ -14,7 +14,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from hyperbatch import storage
@@ -149,9 +150,21 @@ def commit(
     result_content_type: str,
     digest: str,
     vectors: tuple[bytes, str] | None = None,
+    images: Sequence[tuple[str, bytes, str]] = (),
+    index: bytes | None = None,
 ) -> None:
     """Publish the shard's files (each atomically), then its marker: the commit point.
-    ``vectors`` is an embedding shard's vector file and its content type."""
+    ``vectors`` is an embedding shard's vector file and its content type; ``images`` an image
+    shard's files (path, bytes, content type; written first, in parallel) and ``index`` their
+    index."""
+    if images:
+        with ThreadPoolExecutor(max_workers=min(8, len(images))) as pool:
+            list(pool.map(lambda f: storage.write_bytes(f[0], f[1], content_type=f[2]), images))
+    if outputs.index is not None:
+        if index:
+            storage.write_bytes(outputs.index, index, content_type="application/jsonl")
+        else:
+            storage.delete(outputs.index)
     if results:
         storage.write_bytes(outputs.results, results, content_type=result_content_type)
     else:

@@ -21,6 +21,7 @@ SCHEMA_NAMES = (
     "image_request",
     "embedding_record",
     "embedding_result",
+    "image_result",
 )
 
 

@@ -11,19 +11,25 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import json
 import math
+import re
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from hyperbatch.schemas.images import ImageInput
 
 
 class TaskKind(enum.StrEnum):
     CHAT = "chat"
     COMPLETION = "completion"
     EMBEDDING = "embedding"  # texts in, one vector per text out
+    IMAGE = "image"  # a prompt in, images out (text-to-image)
 
 
 class FinishReason(enum.StrEnum):
-    STOP = "stop"  # EOS, a stop token id or a stop string
+    STOP = "stop"  # EOS, a stop token id, a stop string, or the output's grammar is complete
     LENGTH = "length"  # max_tokens (or the KV cache) reached
 
 
@@ -45,6 +51,21 @@ class ErrorCode(enum.StrEnum):
     EMPTY_INPUT = "empty_input"  # an embedding input that is an empty string
     TOO_MANY_INPUTS = "too_many_inputs"  # more inputs in one request than the format allows
     INVALID_DIMENSIONS = "invalid_dimensions"  # dimensions the model cannot give
+    INVALID_SIZE = "invalid_size"  # an image size not a multiple of 8, or not served by the job
+    INVALID_STEPS = "invalid_steps"  # denoising steps out of range
+    INVALID_GUIDANCE = "invalid_guidance"  # a negative or absurd guidance scale
+    INVALID_N = "invalid_n"  # images per request out of range
+    MODEL_MISMATCH = "model_mismatch"  # the record names a model this job does not serve
+    INVALID_GUIDED = "invalid_guided"  # a malformed output constraint (guided, response_format)
+    UNSUPPORTED_GUIDED = "unsupported_guided"  # a constraint the grammar engine cannot enforce
+    UNSUPPORTED_TOOLS = "unsupported_tools"  # tools asked for in a way this service cannot serve
+    # input images (vision-language models)
+    IMAGE_NOT_FOUND = "image_not_found"  # no such object or file
+    INVALID_IMAGE = "invalid_image"  # not an image, corrupt or truncated, a bad data: URL
+    IMAGE_TOO_LARGE = "image_too_large"  # over the byte or pixel limit (decompression bombs)
+    UNSUPPORTED_IMAGE_TYPE = "unsupported_image_type"  # an image, but not JPEG, PNG or WebP
+    IMAGE_NOT_ALLOWED = "image_not_allowed"  # a source the job may not read (local path, http)
+    TOO_MANY_IMAGES = "too_many_images"  # more images than the model/engine takes per request
 
 
 class RequestError(ValueError):
@@ -56,12 +77,118 @@ class RequestError(ValueError):
         self.message = message
 
 
+class GuidedKind(enum.StrEnum):
+    """What an output constraint is (structured outputs)."""
+
+    JSON_SCHEMA = "json_schema"  # the output is JSON that validates against this schema
+    JSON_OBJECT = "json_object"  # the output is a JSON object (OpenAI's JSON mode)
+    REGEX = "regex"  # the output matches this regular expression
+    CHOICE = "choice"  # the output is exactly one of these strings
+    GRAMMAR = "grammar"  # the output follows this Lark grammar (llguidance's dialect)
+
+
+GUIDED_KINDS: tuple[str, ...] = tuple(k.value for k in GuidedKind)
+
+
+@dataclasses.dataclass(frozen=True)
+class Guided:
+    """A constraint on a request's output, enforced token by token by the engine.
+
+    ``value`` is text, so the constraint is hashable and a cache key: a JSON schema as JSON (its
+    key order kept: the output's properties come in the schema's order), a regex, the choices as
+    a JSON list, a grammar; ``{}`` for ``json_object``.
+    """
+
+    kind: GuidedKind
+    value: str
+
+    @property
+    def schema(self) -> dict[str, Any]:
+        """The JSON schema the output must validate against (json_schema, json_object)."""
+        if self.kind is GuidedKind.JSON_OBJECT:
+            return {"type": "object"}
+        if self.kind is not GuidedKind.JSON_SCHEMA:
+            raise ValueError(f"a {self.kind} constraint has no JSON schema")
+        schema: dict[str, Any] = json.loads(self.value)
+        return schema
+
+    @property
+    def choices(self) -> list[str]:
+        if self.kind is not GuidedKind.CHOICE:
+            raise ValueError(f"a {self.kind} constraint has no choices")
+        choices: list[str] = json.loads(self.value)
+        return choices
+
+    def to_dict(self) -> dict[str, Any]:
+        """The user-facing form (``{"json_schema": {...}}``, ``{"regex": "..."}``, ...)."""
+        if self.kind in (GuidedKind.JSON_SCHEMA, GuidedKind.CHOICE):
+            return {str(self.kind): json.loads(self.value)}
+        if self.kind is GuidedKind.JSON_OBJECT:
+            return {"json_object": True}
+        return {str(self.kind): self.value}
+
+    @classmethod
+    def json_schema(cls, schema: Mapping[str, Any]) -> Guided:
+        # not sorted: the output follows the order of the schema's properties
+        return cls(GuidedKind.JSON_SCHEMA, json.dumps(schema, ensure_ascii=False))
+
+
+def guided_problems(value: Any) -> list[str]:
+    """What is wrong with a ``guided`` value (``{"json_schema" | "json_object" | "regex" |
+    "choice" | "grammar": ...}``, one key); empty when it is valid. Whether the grammar engine
+    can enforce it is the engine's business (``unsupported_guided``)."""
+    if isinstance(value, Guided) or value is None:
+        return []
+    kinds = ", ".join(GUIDED_KINDS)
+    if not isinstance(value, Mapping) or len(value) != 1:
+        return [f"guided must be an object with exactly one of {kinds}, got {value!r}"[:300]]
+    ((kind, v),) = value.items()
+    if kind not in GUIDED_KINDS:
+        return [f"guided: unknown kind {kind!r}; use one of {kinds}"]
+    if kind == "json_schema" and not isinstance(v, Mapping | bool):
+        return ["guided.json_schema must be a JSON Schema (an object)"]
+    if kind == "json_object" and v is not True:
+        return ["guided.json_object must be true"]
+    if kind in ("regex", "grammar") and not (isinstance(v, str) and v.strip()):
+        return [f"guided.{kind} must be a non-empty string"]
+    if kind == "choice" and not (
+        isinstance(v, list | tuple) and v and all(isinstance(c, str) and c for c in v)
+    ):
+        return ["guided.choice must be a non-empty list of non-empty strings"]
+    return []
+
+
+def guided_from(value: Any) -> Guided | None:
+    """A Guided from its user-facing form (or a Guided, or None); raises RequestError."""
+    if value is None or isinstance(value, Guided):
+        return value
+    problems = guided_problems(value)
+    if problems:
+        raise RequestError(ErrorCode.INVALID_GUIDED, "; ".join(problems))
+    ((kind, v),) = value.items()
+    if kind == "json_schema":
+        if isinstance(v, bool):  # JSON Schema's `true`/`false`: anything / nothing
+            return Guided(GuidedKind.JSON_SCHEMA, json.dumps(v))
+        return Guided.json_schema(v)
+    if kind == "json_object":
+        return Guided(GuidedKind.JSON_OBJECT, "{}")
+    if kind == "choice":
+        return Guided(GuidedKind.CHOICE, json.dumps(list(v), ensure_ascii=False))
+    return Guided(GuidedKind(kind), v)
+
+
+MAX_CHOICES = 128  # OpenAI's limit on n
+
+
 @dataclasses.dataclass(frozen=True)
 class SamplingParams:
     """Per-request sampling. ``temperature == 0`` means greedy (deterministic).
 
     ``top_k == 0`` and ``top_p == 1`` disable those filters. ``seed`` makes a sampled request
-    reproducible independently of which batch or slot it lands in.
+    reproducible independently of which batch or slot it lands in. ``n`` choices are sampled
+    per request, each from its own stream (choice ``i`` of a seeded request is reproducible too).
+    ``guided`` constrains the output (structured outputs); ``logprobs`` asks for each generated
+    token's log-probability and that many alternatives.
     """
 
     max_tokens: int = 256
@@ -75,9 +202,11 @@ class SamplingParams:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     logprobs: int | None = None
+    n: int = 1
+    guided: Guided | None = None
 
     def __post_init__(self) -> None:
-        problems = sampling_problems(dataclasses.asdict(self))
+        problems = sampling_problems(_fields_of(self))
         if problems:
             raise RequestError(ErrorCode.INVALID_SAMPLING, "; ".join(problems))
 
@@ -91,6 +220,11 @@ class SamplingParams:
 
 
 SAMPLING_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(SamplingParams))
+
+
+def _fields_of(params: SamplingParams) -> dict[str, Any]:
+    """The fields as a shallow dict (``dataclasses.asdict`` would turn ``guided`` into a dict)."""
+    return {name: getattr(params, name) for name in SAMPLING_FIELDS}
 
 
 def _is_int(v: Any) -> bool:
@@ -142,6 +276,10 @@ def sampling_problems(values: Mapping[str, Any]) -> list[str]:
         and not (_is_int(v["logprobs"]) and 0 <= v["logprobs"] <= 20)
     ):
         p.append(f"logprobs must be an integer in [0, 20] or null, got {v['logprobs']!r}")
+    if "n" in v and not (_is_int(v["n"]) and 1 <= v["n"] <= MAX_CHOICES):
+        p.append(f"n must be an integer in [1, {MAX_CHOICES}], got {v['n']!r}")
+    if "guided" in v:
+        p += guided_problems(v["guided"])
     return p
 
 
@@ -156,10 +294,13 @@ def sampling_from_dict(
             f"unknown sampling parameter(s) {', '.join(unknown)}; "
             f"supported: {', '.join(SAMPLING_FIELDS)}",
         )
+    values = dict(values)
+    if "guided" in values:  # its own code: the constraint is wrong, not the sampling values
+        values["guided"] = guided_from(values["guided"])
     problems = sampling_problems(values)
     if problems:
         raise RequestError(ErrorCode.INVALID_SAMPLING, "; ".join(problems))
-    merged = dataclasses.asdict(base or SamplingParams())
+    merged = _fields_of(base or SamplingParams())
     merged.update(values)
     if isinstance(merged["stop"], str):
         merged["stop"] = (merged["stop"],)
@@ -168,13 +309,70 @@ def sampling_from_dict(
     return SamplingParams(**merged)
 
 
+_SIZE = re.compile(r"^([1-9][0-9]{0,4})x([1-9][0-9]{0,4})$")
+
+
+def parse_size(value: Any) -> tuple[int, int] | None:
+    """(width, height) of a size like ``"512x512"`` whose sides are multiples of 8, else None."""
+    m = _SIZE.match(value) if isinstance(value, str) else None
+    if m is None:
+        return None
+    w, h = int(m.group(1)), int(m.group(2))
+    return (w, h) if w % 8 == 0 and h % 8 == 0 else None
+
+
+#: the most images one image request may ask for (OpenAI's images API allows 10)
+MAX_IMAGES_PER_REQUEST = 10
+MAX_IMAGE_STEPS = 1000
+MAX_GUIDANCE = 100.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageParams:
+    """What a text-to-image request asks for; ``None`` means the job's default (spec ``image``).
+
+    ``n`` images per request: image ``k`` of a request with ``seed`` s uses seed ``s + k``
+    (reproducible in any batch); without a seed each image draws its own (reported).
+    ``response_format``: ``file`` (written into the job folder; results carry its URI) or
+    ``b64_json`` (the encoded image inline in the result, no file)."""
+
+    negative_prompt: str | None = None
+    width: int | None = None
+    height: int | None = None
+    steps: int | None = None
+    guidance_scale: float | None = None
+    scheduler: str | None = None
+    seed: int | None = None
+    n: int = 1
+    response_format: str = "file"
+
+
+@dataclasses.dataclass(frozen=True)
+class GeneratedImage:
+    """One generated image: its pixels (uint8 [H, W, 3]) from the engine; after the pipeline has
+    written it, ``data`` (the encoded file) and ``uri`` (where it is, or None when inline)."""
+
+    seed: int
+    width: int
+    height: int
+    steps: int
+    scheduler: str
+    guidance_scale: float
+    truncated: bool = False  # the prompt was cut to the text encoder's window
+    pixels: Any = None
+    data: bytes | None = None
+    uri: str | None = None
+
+
 @dataclasses.dataclass(frozen=True)
 class Request:
     """One record to serve. Exactly one of ``prompt`` (completion), ``messages`` (chat) or
-    ``texts`` (embedding: one vector per text; ``dimensions`` truncates and renormalises them).
+    ``texts`` (embedding: one vector per text; ``dimensions`` truncates and renormalises them);
+    an image request has a ``prompt`` and ``image`` (what to draw).
 
     ``prompt_token_ids`` may be filled in by the caller from :meth:`Engine.prompt_tokens` so the
-    engine does not tokenize twice (for texts: all of them, one after the other).
+    engine does not tokenize twice (for texts: all of them, one after the other). ``tools`` (chat)
+    are the function tools handed to the chat template, as OpenAI's request carries them.
     """
 
     record_id: str
@@ -184,11 +382,18 @@ class Request:
     prompt_token_ids: tuple[int, ...] | None = None
     texts: tuple[str, ...] | None = None
     dimensions: int | None = None
+    tools: tuple[Mapping[str, Any], ...] | None = None
+    image: ImageParams | None = None
+    #: images a chat request's messages show the model: a message content part
+    #: ``{"type": "image", "image": i}`` stands for ``input_images[i]`` (schemas.images)
+    input_images: tuple[ImageInput, ...] = ()
 
     @property
     def kind(self) -> TaskKind:
         if self.texts is not None:
             return TaskKind.EMBEDDING
+        if self.image is not None:
+            return TaskKind.IMAGE
         return TaskKind.CHAT if self.messages is not None else TaskKind.COMPLETION
 
     def with_tokens(self, ids: Sequence[int]) -> Request:
@@ -200,7 +405,7 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0  # prompt tokens whose prefill was reused (prefix cache)
-    embeddings: int = 0  # vectors returned (an embedding request may ask for many)
+    image_tokens: int = 0  # prompt tokens that stand for input images (part of prompt_tokens)
 
     @property
     def total_tokens(self) -> int:
@@ -209,11 +414,28 @@ class Usage:
 
 @dataclasses.dataclass(frozen=True)
 class TokenLogprob:
-    """One generated token's log-probability, and the most likely alternatives (best first)."""
+    """One generated token's log-probability, and the most likely alternatives (best first).
+
+    ``token_bytes`` (and ``top_bytes``, one per alternative) are the tokens' exact UTF-8 bytes
+    where the engine knows them (a token may hold part of a character); empty: the text's bytes.
+    """
 
     token: str
     logprob: float
     top: tuple[tuple[str, float], ...] = ()
+    token_bytes: bytes | None = None
+    top_bytes: tuple[bytes, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice:
+    """One of the ``n`` completions of a request."""
+
+    index: int
+    text: str
+    finish_reason: FinishReason
+    token_ids: tuple[int, ...] = ()
+    logprobs: tuple[TokenLogprob, ...] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,7 +467,9 @@ class Result:
     ``logprobs`` is set (one entry per generated token) when the request asked for them;
     ``embeddings`` (one vector per text, and whether each text was cut to the model's length in
     ``truncated``) for an embedding request; ``charge`` is the request's share of the engine's
-    work (``Charge``).
+    work (``Charge``). A request with ``n > 1`` has all its completions in ``choices`` (the first
+    is also in ``text``/``finish_reason``/``token_ids``/``logprobs``); ``usage`` counts the prompt
+    once and the tokens of every choice.
     """
 
     record_id: str
@@ -259,11 +483,20 @@ class Result:
     embeddings: tuple[tuple[float, ...], ...] | None = None
     truncated: tuple[bool, ...] = ()
     token_counts: tuple[int, ...] = ()  # per text of an embedding request (after truncation)
+    images: tuple[GeneratedImage, ...] | None = None  # an image request's images, in order
     charge: Charge = Charge()
+    choices: tuple[Choice, ...] = ()
 
     @property
     def ok(self) -> bool:
         return self.error_code is None
+
+    def all_choices(self) -> tuple[Choice, ...]:
+        """Every completion, in index order (one for a request with n = 1)."""
+        if self.choices:
+            return self.choices
+        reason = self.finish_reason or FinishReason.STOP
+        return (Choice(0, self.text or "", reason, self.token_ids, self.logprobs),)
 
     @classmethod
     def failed(cls, record_id: str, code: ErrorCode, message: str) -> Result:
@@ -284,6 +517,9 @@ class Counters:
     completion_tokens: int = 0
     cached_tokens: int = 0  # prompt tokens whose prefill was reused (prefix cache)
     embeddings: int = 0  # vectors returned (an embedding request may ask for many)
+    images: int = 0  # images generated
+    input_images: int = 0  # images read by vision-language models (requests' input images)
+    image_tokens: int = 0  # prompt tokens that stood for input images (part of prompt_tokens)
     accelerator_seconds: float = 0.0  # held by a worker for this work, load and warmup included
     busy_seconds: float = 0.0  # inside the engine, serving requests
     prefill_seconds: float = 0.0  # the part of busy_seconds spent on prompts (prices input tokens)

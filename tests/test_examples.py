@@ -19,6 +19,7 @@ def test_there_are_examples():
     assert {
         "examples/quickstart/job.yaml",
         "examples/embeddings/job.yaml",
+        "examples/images/job.yaml",
         "examples/vllm/gpu.yaml",
         "examples/vllm/tpu.yaml",
     } <= names
@@ -29,6 +30,13 @@ def test_example_spec_is_valid(path):
     with open(path) as f:
         text = f.read()
     cloud = "gs://" in text
+    if "model: tiny-sd" in text and not os.path.isdir(
+        os.path.join(os.path.dirname(path), "tiny-sd")
+    ):
+        require("diffusers", "the image example's tiny checkpoint is built with diffusers")
+        from hyperbatch.engines.jax_diffusion import tiny
+
+        tiny.build(os.path.join(os.path.dirname(path), "tiny-sd"), "tiny-sd")
     if "engine: vllm" in text and not cloud:
         require("vllm", "this example runs vLLM on this machine")
     # gs:// examples name buckets that don't exist here: check everything but their existence

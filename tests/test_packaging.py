@@ -61,6 +61,7 @@ def test_the_wheel_installs_one_namespace(tmp_path):
     assert "hyperbatch/schemas/job_request.avsc" in names
     assert "hyperbatch/engines/jax_llm/cpu_attention.cc" in names
     assert "hyperbatch/engines/jax_encoder/cpu_attention.cc" in names
+    assert "hyperbatch/engines/cpu_parallel.h" in names
     assert "hyperbatch/schemas/embedding_result.avsc" in names
     assert {"hyperbatch/jobs/spec.py", "hyperbatch/cli/__init__.py"} <= set(names)
 

@@ -36,6 +36,7 @@
 #endif
 
 #include "xla/ffi/api/ffi.h"
+#include "cpu_parallel.h"
 
 namespace ffi = xla::ffi;
 
@@ -217,26 +218,7 @@ void AttendHead(const Problem& P, int64_t task, std::vector<float>& scratch) {
   AttendSpan(P.qkv + b * T * stride, out, L, h, P.h, HD, scratch);
 }
 
-// Runs fn(unit) for unit in [0, total) on the calling thread and pool helpers; returns when all
-// are done.
-template <typename Fn>
-void ParallelFor(ffi::ThreadPool& pool, int64_t total, Fn fn) {
-  struct State {
-    std::atomic<int64_t> next{0};
-    std::atomic<int64_t> done{0};
-  };
-  auto state = std::make_shared<State>();
-  auto work = [state, total, fn] {
-    for (int64_t u; (u = state->next.fetch_add(1, std::memory_order_relaxed)) < total;) {
-      fn(u);
-      state->done.fetch_add(1, std::memory_order_release);
-    }
-  };
-  const int64_t helpers = std::min<int64_t>(pool.num_threads(), total) - 1;
-  for (int64_t k = 0; k < helpers; ++k) pool.Schedule(decltype(work)(work));  // late: no work
-  work();
-  while (state->done.load(std::memory_order_acquire) < total) std::this_thread::yield();
-}
+using hyperbatch::ParallelFor;
 
 // Packed sequences: qkv [N, 3, H, hd] holds sequences back to back (and padding); sequence s
 // is the tokens [starts[s], starts[s] + lengths[s]) and attends within itself only. Positions

@@ -39,6 +39,7 @@
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
+#include "cpu_parallel.h"
 
 namespace ffi = xla::ffi;
 
@@ -195,26 +196,7 @@ void AttendPair(const Layer& L, int64_t pair, std::vector<float>& scratch) {
     for (int64_t h = 0; h < HD; ++h) o[g * HD + h] *= inv[g];
 }
 
-// Runs fn(unit) for unit in [0, total) on the calling thread and pool helpers; returns when all
-// are done.
-template <typename Fn>
-void ParallelFor(ffi::ThreadPool& pool, int64_t total, Fn fn) {
-  struct State {
-    std::atomic<int64_t> next{0};
-    std::atomic<int64_t> done{0};
-  };
-  auto state = std::make_shared<State>();
-  auto work = [state, total, fn] {
-    for (int64_t u; (u = state->next.fetch_add(1, std::memory_order_relaxed)) < total;) {
-      fn(u);
-      state->done.fetch_add(1, std::memory_order_release);
-    }
-  };
-  const int64_t helpers = std::min<int64_t>(pool.num_threads(), total) - 1;
-  for (int64_t h = 0; h < helpers; ++h) pool.Schedule(decltype(work)(work));  // late: no work
-  work();
-  while (state->done.load(std::memory_order_acquire) < total) std::this_thread::yield();
-}
+using hyperbatch::ParallelFor;
 
 template <int G>
 void Attend(ffi::ThreadPool& pool, const Layer& L) {

@@ -23,6 +23,13 @@ How a ``generate()`` call runs (JetStream's prefill -> insert -> generate, with 
 * Sampling (temperature, top-k, top-p) runs on device; a request's draws come from its own seed
   and token counter, never from its slot. Stops (EOS, stop ids, stop strings, max_tokens, the end
   of the KV cache) are checked on the host after each decode call.
+* Structured outputs and log-probabilities: a request with a constraint (``guided``: JSON schema,
+  JSON object, regex, choice, grammar) gets an llguidance matcher per sequence (``grammar``); such
+  requests, and those that want log-probabilities, advance one token per call through a third
+  decode program that applies each slot's packed token bitmask on the device before sampling
+  and returns the log-probabilities -- requests with and without constraints share the batch,
+  and nothing is compiled per request (``scheduler``). ``n > 1`` choices are separate slots
+  sharing the prompt's prefill.
 
 The parts: ``options`` (typed engine_options), ``programs`` (weights, caches and the jitted
 programs on the devices), ``scheduler`` (slots, admission, stops), ``prefix_store`` (which prefix
@@ -56,6 +63,7 @@ from hyperbatch.engines.jax_llm.programs import DevicePrograms, Shapes
 from hyperbatch.engines.jax_llm.scheduler import (
     Finish,
     Generation,
+    Group,
     Key,
     SlotScheduler,
     WorkSource,
@@ -217,6 +225,7 @@ class JaxLLMEngine(Engine):
             packed=self.packed,
             refill_min=opt.refill_min_free or max(1, self.batch // 8),
         )
+        self._grammars: Any = None  # grammar.Grammars, built with the first constraint
         self._stats.load_seconds = time.perf_counter() - t0
 
     # -- setup -------------------------------------------------------------------------------
@@ -269,8 +278,32 @@ class JaxLLMEngine(Engine):
         if request.messages is not None:
             if not request.messages:
                 raise RequestError(ErrorCode.EMPTY_MESSAGES, "messages is empty")
-            return self.tokenizer.encode_chat(request.messages)
+            return self.tokenizer.encode_chat(request.messages, request.tools)
         return self.tokenizer.encode_prompt(request.prompt or "")
+
+    def grammars(self) -> Any:
+        """The constraint compiler (``grammar.Grammars``) for this model's tokenizer, built on
+        first use; RequestError when llguidance is not installed."""
+        if self._grammars is None:
+            try:
+                from hyperbatch.engines import grammar
+            except ImportError as e:
+                raise RequestError(
+                    ErrorCode.UNSUPPORTED_GUIDED,
+                    f"structured outputs need llguidance, which is not installed here ({e}); "
+                    "install hyperbatch[jax] (or pip install llguidance)",
+                ) from e
+            try:
+                self._grammars = grammar.Grammars(
+                    self.tokenizer.tokenizer.to_str(), self.cfg.vocab_size, self.eos_ids
+                )
+            except ValueError as e:
+                raise RequestError(
+                    ErrorCode.UNSUPPORTED_GUIDED,
+                    f"llguidance cannot read this model's tokenizer: {e}",
+                ) from e
+            self.scheduler.masks = self._grammars
+        return self._grammars
 
     def compilations(self) -> int:
         """Programs compiled by this engine so far (bounded by the shape buckets)."""
@@ -294,16 +327,13 @@ class JaxLLMEngine(Engine):
 
     # -- serving ------------------------------------------------------------------------------
 
-    def _prepare(self, key: Key, request: Request) -> Generation:
+    def _prepare(self, key: Key, request: Request) -> list[Generation]:
+        """The sequences of a request (one per choice), or RequestError."""
         sp = request.sampling
         if sp.presence_penalty or sp.frequency_penalty:
             raise RequestError(
                 ErrorCode.ENGINE_REJECTED,
                 "presence/frequency penalties are not supported by the jax engine; set them to 0",
-            )
-        if sp.logprobs is not None:
-            raise RequestError(
-                ErrorCode.ENGINE_REJECTED, "logprobs are not supported by the jax engine"
             )
         ids = list(request.prompt_token_ids or self.prompt_tokens(request))
         if not ids:
@@ -316,21 +346,43 @@ class JaxLLMEngine(Engine):
             )
         if max(ids) >= self.cfg.vocab_size or min(ids) < 0:
             raise RequestError(ErrorCode.ENGINE_REJECTED, "prompt token id outside the vocabulary")
-        prefix = 0
-        if self.store.rows and request.messages:
-            prefix = self.tokenizer.chat_prefix(request.messages, ids)
-            if not self.prefix_min <= prefix <= self.prefix_max:
-                prefix = 0
-        return Generation(
-            key=key,
-            request=request,
-            ids=ids,
-            prefix_len=prefix,
-            limit=min(sp.max_tokens, self.max_seq_len - len(ids)),
-            key_data=seed_key(sp.seed),
-            stop_ids=frozenset(sp.stop_token_ids)
-            | (frozenset() if sp.ignore_eos else self.eos_ids),
-        )
+        matchers = [None] * sp.n
+        if sp.guided is not None:
+            grammars = self.grammars()
+            matchers = [grammars.matcher(sp.guided) for _ in range(sp.n)]
+        stepwise = sp.guided is not None or sp.logprobs is not None
+        prefix = self._prefix(request, ids, len(ids) - 1 if stepwise else len(ids))
+        group = Group(key, request, sp.n) if sp.n > 1 else None
+        stop_ids = frozenset(sp.stop_token_ids) | (frozenset() if sp.ignore_eos else self.eos_ids)
+        return [
+            Generation(
+                key=key,
+                request=request,
+                ids=ids,
+                prefix_len=prefix,
+                limit=min(sp.max_tokens, self.max_seq_len - len(ids)),
+                key_data=seed_key(sp.seed, index),
+                stop_ids=stop_ids,
+                matcher=matchers[index],
+                group=group,
+                index=index,
+                logprobs=[] if sp.logprobs is not None else None,
+            )
+            for index in range(sp.n)
+        ]
+
+    def _prefix(self, request: Request, ids: list[int], prefill_end: int) -> int:
+        """Leading tokens to take from the prefix store: the whole prompt when several choices
+        share it (n > 1), else the chat's system prompt and history; 0 when none fits."""
+        if not self.store.rows:
+            return 0
+        if request.sampling.n > 1 and self.prefix_min <= prefill_end - 1 <= self.prefix_max:
+            return prefill_end - 1
+        if not request.messages:
+            return 0
+        prefix = self.tokenizer.chat_prefix(request.messages, ids, request.tools)
+        ok = self.prefix_min <= prefix <= self.prefix_max and prefix < prefill_end
+        return prefix if ok else 0
 
     def generate(
         self, requests: Sequence[Request], on_result: OnResult | None = None

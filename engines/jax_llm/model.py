@@ -30,7 +30,13 @@ from jax import lax
 
 from hyperbatch.engines.jax_llm import cpu_attention
 from hyperbatch.engines.jax_llm.config import ModelConfig
-from hyperbatch.engines.jax_llm.sampling import SamplingArrays, sample_rows
+from hyperbatch.engines.jax_llm.sampling import (
+    TOP_LOGPROBS,
+    SamplingArrays,
+    apply_bitmask,
+    sample_rows,
+    token_logprobs,
+)
 
 Params = dict[str, Any]  # the weights pytree described in the module docstring
 MASKED = -1e30  # finite, so a fully masked block keeps the online softmax free of NaNs
@@ -414,6 +420,45 @@ def _attend_full(cfg: ModelConfig, q, qpos, kc, vc):
     return out.reshape(n, 1, kvh * g * hd)
 
 
+def _decode_step(params: Params, ck, cv, tok, pos, *, cfg: ModelConfig, block: int,
+                 full_attention_max: int, attention: str):  # fmt: skip
+    """One decode step of every slot: token ``tok`` [B] at ``pos`` [B] (>= S: an idle slot,
+    its writes dropped) writes its K/V and yields the next-token logits. Returns (ck, cv,
+    logits [B, V]) with ``ck``/``cv`` the per-layer cache lists, updated."""
+    ck, cv = list(ck), list(cv)
+    b_rows, kvh, s_len, hd = cv[0].shape
+    rows = jnp.arange(b_rows)
+    live = pos < s_len
+    n_blocks = jnp.minimum(jnp.max(jnp.where(live, pos, 0)) // block + 1, s_len // block)
+    x = params["embed"][tok][:, None, :]
+    qpos = pos[:, None]
+    rope = rope_tables(cfg, pos) if attention == "cpu" else None
+
+    def layer(x, lp_i):
+        lp, i = lp_i
+        if attention == "cpu":
+            x, ck[i], cv[i] = _kernel_layer(cfg, lp, x, ck[i], cv[i], rope, rows, pos)
+            return x, None
+        q, k, v = _qkv(cfg, lp, x, qpos)
+        ck[i] = ck[i].at[rows, :, :, pos].set(k[:, 0].astype(ck[i].dtype), mode="drop")
+        cv[i] = cv[i].at[rows, :, pos].set(v[:, 0].astype(cv[i].dtype), mode="drop")
+        kc, vc = ck[i], cv[i]
+        if s_len <= full_attention_max:
+            attn = _attend_full(cfg, q, qpos, kc, vc)
+        else:
+
+            def get_block(j):
+                kb = lax.dynamic_slice(kc, (0, 0, 0, j * block), (b_rows, kvh, hd, block))
+                vb = lax.dynamic_slice(vc, (0, 0, j * block, 0), (b_rows, kvh, block, hd))
+                return kb.astype(x.dtype), vb.astype(x.dtype)
+
+            attn = _attend(cfg, q, qpos, get_block, n_blocks, block)
+        return _mlp_and_out(cfg, lp, x, attn), None
+
+    x = run_layers(params, layer, x)
+    return ck, cv, _logits(params, cfg, x[:, 0])
+
+
 def decode(
     params: Params,
     cache: KVCache,
@@ -430,41 +475,14 @@ def decode(
 
     Returns (cache, tokens [steps, B]) -- plus the last step's logits [B, V] if return_logits.
     """
-    b_rows, kvh, s_len, hd = cache.v[0].shape
-    rows = jnp.arange(b_rows)
+    step = functools.partial(
+        _decode_step, params, cfg=cfg, block=block, full_attention_max=full_attention_max,
+        attention=attention,
+    )  # fmt: skip
 
     def one_step(carry, _):
         ck, cv, tok, pos, cnt = carry
-        ck, cv = list(ck), list(cv)
-        live = pos < s_len
-        n_blocks = jnp.minimum(jnp.max(jnp.where(live, pos, 0)) // block + 1, s_len // block)
-        x = params["embed"][tok][:, None, :]
-        qpos = pos[:, None]
-        rope = rope_tables(cfg, pos) if attention == "cpu" else None
-
-        def layer(x, lp_i):
-            lp, i = lp_i
-            if attention == "cpu":
-                x, ck[i], cv[i] = _kernel_layer(cfg, lp, x, ck[i], cv[i], rope, rows, pos)
-                return x, None
-            q, k, v = _qkv(cfg, lp, x, qpos)
-            ck[i] = ck[i].at[rows, :, :, pos].set(k[:, 0].astype(ck[i].dtype), mode="drop")
-            cv[i] = cv[i].at[rows, :, pos].set(v[:, 0].astype(cv[i].dtype), mode="drop")
-            kc, vc = ck[i], cv[i]
-            if s_len <= full_attention_max:
-                attn = _attend_full(cfg, q, qpos, kc, vc)
-            else:
-
-                def get_block(j):
-                    kb = lax.dynamic_slice(kc, (0, 0, 0, j * block), (b_rows, kvh, hd, block))
-                    vb = lax.dynamic_slice(vc, (0, 0, j * block, 0), (b_rows, kvh, block, hd))
-                    return kb.astype(x.dtype), vb.astype(x.dtype)
-
-                attn = _attend(cfg, q, qpos, get_block, n_blocks, block)
-            return _mlp_and_out(cfg, lp, x, attn), None
-
-        x = run_layers(params, layer, x)
-        logits = _logits(params, cfg, x[:, 0])
+        ck, cv, logits = step(ck, cv, tok, pos)
         nxt = sample_rows(logits, state.sampling._replace(counters=cnt))
         return (ck, cv, nxt, pos + 1, cnt + 1), (nxt, logits if return_logits else None)
 
@@ -473,3 +491,45 @@ def decode(
     if return_logits:
         return KVCache(ck, cv), toks, logits[-1]
     return KVCache(ck, cv), toks
+
+
+class Guide(NamedTuple):
+    """Per-slot extras of a guided decode step (all [B, ...])."""
+
+    bitmask: jax.Array  # [B, W] int32: the tokens each slot may take (llguidance's packed rows)
+    logprobs: jax.Array  # [B] bool: does the slot's request want log-probabilities?
+
+
+class GuidedStep(NamedTuple):
+    """What a guided decode step returns per slot."""
+
+    tokens: jax.Array  # [B] int32: the sampled tokens (within each slot's bitmask)
+    logprob: jax.Array  # [B] float32: each sampled token's log-probability (the model's)
+    top_ids: jax.Array  # [B, K] int32: the K most likely tokens, best first
+    top_logprobs: jax.Array  # [B, K] float32: their log-probabilities
+
+
+def decode_guided(
+    params: Params,
+    cache: KVCache,
+    state: DecodeState,
+    guide: Guide,
+    *,
+    cfg: ModelConfig,
+    block: int,
+    top_k: int = TOP_LOGPROBS,
+    full_attention_max: int = FULL_ATTENTION_MAX,
+    attention: str = "xla",
+) -> tuple[KVCache, GuidedStep]:
+    """One decode step for every slot whose next token is constrained (structured outputs)
+    and/or whose log-probabilities are wanted: the host updates each slot's grammar between
+    steps, so this program takes one step per call. A slot's bitmask removes the tokens its
+    grammar forbids before sampling; log-probabilities are the model's own (before the mask and
+    the temperature, as vLLM reports them) and computed only if some slot wants them."""
+    ck, cv, logits = _decode_step(
+        params, cache.k, cache.v, state.tokens, state.positions, cfg=cfg, block=block,
+        full_attention_max=full_attention_max, attention=attention,
+    )  # fmt: skip
+    tok = sample_rows(apply_bitmask(logits, guide.bitmask), state.sampling)
+    logprob, top_ids, top_lp = token_logprobs(logits, tok, guide.logprobs, top_k)
+    return KVCache(ck, cv), GuidedStep(tok, logprob, top_ids, top_lp)

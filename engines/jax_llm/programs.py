@@ -1,8 +1,9 @@
 """The engine's device programs: weights and KV caches on the devices, and the jitted programs.
 
 ``DevicePrograms`` owns everything on the devices -- the weights, the decode cache (one row per
-slot) and the prefix store -- and the three jitted programs of ``model`` (bucketed prefill,
-packed prefill, decode), each with one static shape per bucket. It turns host-side rows into the
+slot) and the prefix store -- and the four jitted programs of ``model`` (bucketed prefill,
+packed prefill, decode, guided decode: one step with per-slot token bitmasks and
+log-probabilities), each with one static shape per bucket. It turns host-side rows into the
 typed batches those programs take and returns the sampled tokens as numpy arrays, with the token
 slots each call computed. It knows nothing of requests, slots' owners or stop conditions: that is
 the scheduler's job. ``device_seconds`` adds up the time from each call's dispatch to its
@@ -24,6 +25,8 @@ from hyperbatch.engines.jax_llm import model, sharding
 from hyperbatch.engines.jax_llm.config import ModelConfig
 from hyperbatch.engines.jax_llm.model import (
     DecodeState,
+    Guide,
+    GuidedStep,
     KVCache,
     PackedPrefillBatch,
     PrefillBatch,
@@ -114,6 +117,11 @@ class DevicePrograms:
             functools.partial(model.decode, cfg=cfg, block=block, steps=steps, attention=attention),
             donate_argnames=("cache",),
         )
+        self._decode_guided = jax.jit(
+            functools.partial(model.decode_guided, cfg=cfg, block=block, attention=attention),
+            donate_argnames=("cache",),
+        )
+        self.mask_words = (cfg.vocab_size + 31) // 32  # int32 words per bitmask row
 
     # -- buffers ------------------------------------------------------------------------------
 
@@ -142,6 +150,7 @@ class DevicePrograms:
             self._prefill._cache_size()
             + self._prefill_packed._cache_size()
             + self._decode._cache_size()
+            + self._decode_guided._cache_size()
         )
 
     def close(self) -> None:
@@ -210,20 +219,42 @@ class DevicePrograms:
         )
         return self._wait(t0, nxt), m
 
-    def decode(self, slots: dict[int, tuple[int, int, RowSampling]]) -> tuple[np.ndarray, int]:
-        """``steps`` decode steps for every slot; ``slots`` maps an active slot to (its last
-        token, that token's position, its sampling). Returns tokens [steps, B] and the token
-        slots computed."""
+    def _state(self, slots: dict[int, tuple[int, int, RowSampling]]) -> DecodeState:
         b = self.shapes.batch
         tokens = np.zeros(b, np.int32)
         positions = np.full(b, self.shapes.max_seq_len, np.int32)  # idle: writes dropped
         rows: list[RowSampling | None] = [None] * b
         for slot, (token, position, sampling) in slots.items():
             tokens[slot], positions[slot], rows[slot] = token, position, sampling
-        state = DecodeState(tokens, positions, _sampling(rows, b))
+        return DecodeState(tokens, positions, _sampling(rows, b))
+
+    def decode(self, slots: dict[int, tuple[int, int, RowSampling]]) -> tuple[np.ndarray, int]:
+        """``steps`` decode steps for every slot; ``slots`` maps an active slot to (its last
+        token, that token's position, its sampling). Returns tokens [steps, B] and the token
+        slots computed."""
+        state = self._state(slots)
         t0 = time.perf_counter()
         self.cache, toks = self._decode(self.params, self.cache, state)
-        return self._wait(t0, toks), b * self.shapes.steps
+        return self._wait(t0, toks), self.shapes.batch * self.shapes.steps
+
+    def decode_guided(
+        self,
+        slots: dict[int, tuple[int, int, RowSampling]],
+        bitmask: np.ndarray,
+        logprobs: np.ndarray,
+    ) -> tuple[GuidedStep, int]:
+        """One guided decode step for every slot (see ``model.decode_guided``): ``bitmask``
+        [B, mask_words] int32 holds each slot's allowed tokens (-1 words: all), ``logprobs``
+        [B] bool which slots want log-probabilities. Returns the step's outputs as numpy
+        arrays and the token slots computed."""
+        state = self._state(slots)
+        t0 = time.perf_counter()
+        self.cache, out = self._decode_guided(
+            self.params, self.cache, state, Guide(bitmask, logprobs)
+        )
+        host = GuidedStep(*(np.asarray(x) for x in out))  # waits for the device
+        self.device_seconds += time.perf_counter() - t0
+        return host, self.shapes.batch
 
     def warmup(self, buckets: Sequence[int], packed: bool) -> None:
         """Compile every program this engine will run (empty calls: nothing is counted)."""
@@ -233,5 +264,7 @@ class DevicePrograms:
             for t in buckets:
                 self.prefill(t, [])
         self.decode({})
+        b = self.shapes.batch
+        self.decode_guided({}, np.full((b, self.mask_words), -1, np.int32), np.zeros(b, bool))
         jax.block_until_ready(self.cache)
         self.device_seconds = 0.0

@@ -1,4 +1,5 @@
-"""Sampling on the device, per row: greedy, temperature, top-k and top-p, seeded per request.
+"""Sampling on the device, per row: greedy, temperature, top-k and top-p, seeded per request;
+token constraints (packed bitmasks) and log-probabilities for guided steps.
 
 A row's draw depends only on its own key and counter (never on its slot or its neighbours), so a
 seeded request samples the same tokens whatever batch it lands in.
@@ -131,3 +132,38 @@ def sample(logits, temperature, top_k, top_p, keys, counters):
 def sample_rows(logits: jax.Array, s: SamplingArrays) -> jax.Array:
     """``sample`` with a call's SamplingArrays."""
     return sample(logits, s.temperature, s.top_k, s.top_p, s.keys, s.counters)
+
+
+TOP_LOGPROBS = 20  # alternatives a guided step returns per slot (OpenAI's most: top_logprobs 20)
+
+
+def apply_bitmask(logits: jax.Array, bitmask: jax.Array) -> jax.Array:
+    """Logits [N, V] with the tokens each row's packed bitmask [N, ceil(V/32)] int32 forbids set
+    to -inf: bit j of word i allows token 32 * i + j (a row of -1 words allows everything)."""
+    n, v = logits.shape
+    shifts = jnp.arange(32, dtype=jnp.uint32)
+    words = lax.bitcast_convert_type(bitmask, jnp.uint32)
+    bits = (words[:, :, None] >> shifts) & jnp.uint32(1)  # [N, W, 32]
+    allowed = bits.reshape(n, -1)[:, :v].astype(bool)
+    return jnp.where(allowed, logits, -jnp.inf)
+
+
+def token_logprobs(
+    logits: jax.Array, tokens: jax.Array, wanted: jax.Array, k: int = TOP_LOGPROBS
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Each row's log-probability of ``tokens`` [N] under softmax(logits) and its ``k`` most
+    likely tokens with theirs (ids [N, k] best first, logprobs [N, k]); zeros when no row is
+    ``wanted`` (the log-softmax and top-k are skipped)."""
+    n = logits.shape[0]
+
+    def compute():
+        lp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+        chosen = jnp.take_along_axis(lp, tokens[:, None], axis=-1)[:, 0]
+        top_lp, top_ids = lax.top_k(lp, k)
+        return chosen, top_ids.astype(jnp.int32), top_lp
+
+    def skip():
+        zeros = jnp.zeros((n, k), jnp.float32)
+        return jnp.zeros((n,), jnp.float32), jnp.zeros((n, k), jnp.int32), zeros
+
+    return lax.cond(jnp.any(wanted), compute, skip)

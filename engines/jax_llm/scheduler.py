@@ -10,6 +10,16 @@ stop strings, max_tokens, the end of the KV cache) are checked on the host after
 (from any number of callers), so slots are refilled from whoever has work and only the source's
 last requests decode with idle slots. It blocks on the source only when it has nothing to do.
 
+Step-wise requests -- a constrained output (structured outputs: an llguidance matcher per
+sequence) or log-probabilities -- need the host between tokens. Their last prompt token is held
+back from prefill, so their first token, like every later one, comes out of the guided decode
+program: one step per call, each slot's allowed tokens as a packed bitmask row (every token for
+the others), the sampled token's log-probability and the top 20. While any step-wise request is
+active the batch advances with that program (one token per call for every slot); otherwise with
+the ``steps``-token decode program, untouched. A request with ``n > 1`` is ``n`` sequences (one
+slot each, choice ``i`` with its own sampling stream, the prompt prefilled once into the prefix
+store when it fits and loaded by the others); its result is written when all are done.
+
 Accounting: every iteration (an admission round or a decode call, with the host work around
 it) is timed; its wall time and its computed token slots are divided among the requests that
 took part, in proportion to their useful slots in it (tokens prefilled or generated), and added
@@ -21,10 +31,11 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import hashlib
 import secrets
 import time
 from collections.abc import Callable, Hashable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -33,11 +44,14 @@ from hyperbatch.engines.jax_llm.programs import DevicePrograms, PrefillRow, RowS
 from hyperbatch.engines.jax_llm.tokenizer import ChatTokenizer
 from hyperbatch.schemas.records import (
     Charge,
+    Choice,
     Counters,
+    ErrorCode,
     FinishReason,
     Request,
     RequestError,
     Result,
+    TokenLogprob,
     Usage,
 )
 
@@ -45,8 +59,18 @@ Key = Hashable  # the caller's handle for a request; results come back under it
 
 
 @dataclasses.dataclass(eq=False)
+class Group:
+    """The ``n`` sequences (choices) of one request: its result is written once all are done."""
+
+    key: Key
+    request: Request
+    n: int
+    done: dict[int, tuple[Generation, Result]] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(eq=False)
 class Generation:
-    """A request on its way through the engine."""
+    """One sequence on its way through the engine: a request, or one choice of it (n > 1)."""
 
     key: Key
     request: Request
@@ -55,15 +79,36 @@ class Generation:
     limit: int  # max new tokens (max_tokens bounded by the KV cache)
     key_data: np.ndarray  # [2] uint32 sampling key data
     stop_ids: frozenset[int]
+    matcher: Any = None  # the output constraint's llguidance matcher (None: unconstrained)
+    group: Group | None = None  # the request's choices, when it asked for n > 1
+    index: int = 0  # its choice index
     slot: int = -1
     cached: int = 0
     out: list[int] = dataclasses.field(default_factory=list)
+    logprobs: list[TokenLogprob] | None = None  # one per token when the request wants them
     charge: Charge = dataclasses.field(default_factory=Charge)
     useful: int = 0  # slots of the current iteration (scratch)
 
     @property
     def prefix(self) -> tuple[int, ...]:
         return tuple(self.ids[: self.prefix_len])
+
+    @property
+    def stepwise(self) -> bool:
+        """Does each token need the host first (a constraint) or after (log-probabilities)?"""
+        return self.matcher is not None or self.request.sampling.logprobs is not None
+
+    @property
+    def prefill_end(self) -> int:
+        """Tokens prefilled: all, or all but the last for a step-wise sequence (its first
+        token comes out of the guided decode program)."""
+        return len(self.ids) - 1 if self.stepwise else len(self.ids)
+
+    @property
+    def last(self) -> tuple[int, int]:
+        """The token the next decode step feeds, and its position."""
+        n = len(self.ids) + len(self.out)
+        return (self.out[-1] if self.out else self.ids[-1]), n - 1
 
     def sampling(self) -> RowSampling:
         sp = self.request.sampling
@@ -74,14 +119,25 @@ class WorkSource(Protocol):
     def take(self, max_n: int, wait: bool) -> list[tuple[Key, Request]] | None: ...
 
 
-Prepare = Callable[[Key, Request], Generation]
+class MaskFiller(Protocol):
+    """Writes matchers' allowed next tokens into rows of a packed bitmask (``grammar.Grammars``)."""
+
+    def fill(self, rows: Sequence[tuple[Any, int]], bitmask: np.ndarray) -> None: ...
+
+
+Prepare = Callable[[Key, Request], list[Generation]]
 Finish = Callable[[Key, Result], None]
 
 
-def seed_key(seed: int | None) -> np.ndarray:
-    """A request's sampling key data (a random one without a seed)."""
+def seed_key(seed: int | None, choice: int = 0) -> np.ndarray:
+    """The sampling key data of a request's choice ``choice`` (a random one without a seed):
+    choice 0 draws from the seed itself, choice i > 0 from a seed derived from (seed, i), so
+    every choice of a seeded request is reproducible and no two share a stream."""
     if seed is None:
         seed = secrets.randbits(63)
+    elif choice:
+        digest = hashlib.blake2b(f"{seed}:{choice}".encode(), digest_size=8).digest()
+        seed = int.from_bytes(digest, "little") >> 1
     return np.array([(seed >> 32) & 0xFFFFFFFF, seed & 0xFFFFFFFF], dtype=np.uint32)
 
 
@@ -112,6 +168,7 @@ class SlotScheduler:
         self.buckets, self.packed, self.refill_min = list(buckets), packed, refill_min
         sh = programs.shapes
         self.batch, self.steps, self.none = sh.batch, sh.steps, max(1, sh.store_rows)
+        self.masks: MaskFiller | None = None  # set by the engine with its first constraint
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -130,7 +187,7 @@ class SlotScheduler:
                         closed = True
                     for key, request in taken or ():
                         try:
-                            pending.append(prepare(key, request))
+                            pending.extend(prepare(key, request))
                         except RequestError as e:
                             finish(key, Result.failed(request.record_id, e.code, e.message))
             if not active and not pending:
@@ -154,21 +211,21 @@ class SlotScheduler:
         chosen, computed = self.admit(pending, free)
         done = []
         for g in chosen:
-            reason = self.check_finish(g)
+            reason = self.check_finish(g) if g.out else None  # step-wise: no token yet
             if reason:
                 done.append((g, reason))
             else:
                 active[g.slot] = g
         self._charge(chosen, time.perf_counter() - t0, computed, prefill=True)
         for g, reason in done:
-            finish(g.key, self.result(g, *reason))
+            self._done(g, self.result(g, *reason), finish)
 
     def _decode_round(self, active: dict[int, Generation], finish: Finish) -> None:
+        if any(g.stepwise for g in active.values()):
+            self._guided_round(active, finish)
+            return
         t0 = time.perf_counter()
-        slots = {
-            slot: (g.out[-1], len(g.ids) + len(g.out) - 1, g.sampling())
-            for slot, g in active.items()
-        }
+        slots = {slot: (*g.last, g.sampling()) for slot, g in active.items()}
         toks, computed = self.programs.decode(slots)
         members = list(active.values())
         done = []
@@ -183,7 +240,68 @@ class SlotScheduler:
                     break
         self._charge(members, time.perf_counter() - t0, computed, prefill=False)
         for g, reason in done:
-            finish(g.key, self.result(g, *reason))
+            self._done(g, self.result(g, *reason), finish)
+
+    def _guided_round(self, active: dict[int, Generation], finish: Finish) -> None:
+        """One step of every slot with the guided program: constrained slots sample within
+        their grammar's bitmask, which the host updates with the token before the next step."""
+        t0 = time.perf_counter()
+        bitmask = np.full((self.batch, self.programs.mask_words), -1, np.int32)
+        wanted = np.zeros(self.batch, bool)
+        rows = [(g.matcher, slot) for slot, g in active.items() if g.matcher is not None]
+        if rows:
+            assert self.masks is not None, "a constrained sequence without a mask filler"
+            self.masks.fill(rows, bitmask)
+        for slot, g in active.items():
+            wanted[slot] = g.logprobs is not None
+        slots = {slot: (*g.last, g.sampling()) for slot, g in active.items()}
+        step, computed = self.programs.decode_guided(slots, bitmask, wanted)
+        members = list(active.values())
+        done: list[tuple[Generation, Result]] = []
+        for slot, g in list(active.items()):
+            tok = int(step.tokens[slot])
+            g.out.append(tok)
+            g.useful += 1
+            if g.logprobs is not None:
+                g.logprobs.append(self._logprob(g, tok, step, slot))
+            if g.matcher is not None and not g.matcher.consume_token(tok):
+                del active[slot]
+                done.append((g, Result.failed(
+                    g.request.record_id, ErrorCode.ENGINE_FAILED,
+                    f"the grammar engine refused token {tok} it had allowed: "
+                    f"{g.matcher.get_error() or 'no reason given'}",
+                )))  # fmt: skip
+                continue
+            reason = self.check_finish(g)
+            if reason:
+                del active[slot]
+                done.append((g, self.result(g, *reason)))
+        self._charge(members, time.perf_counter() - t0, computed, prefill=False)
+        for g, res in done:
+            self._done(g, res, finish)
+
+    def _logprob(self, g: Generation, tok: int, step: Any, slot: int) -> TokenLogprob:
+        k = g.request.sampling.logprobs or 0
+        top = [int(i) for i in step.top_ids[slot, :k]]
+        top_lps = [float(lp) for lp in step.top_logprobs[slot, :k]]
+        text, raw = self.tokenizer.token_text, self.tokenizer.token_bytes
+        return TokenLogprob(
+            token=text(tok),
+            logprob=float(step.logprob[slot]),
+            top=tuple((text(i), lp) for i, lp in zip(top, top_lps, strict=True)),
+            token_bytes=raw(tok),
+            top_bytes=tuple(raw(i) for i in top),
+        )
+
+    def _done(self, g: Generation, res: Result, finish: Finish) -> None:
+        """A sequence is over: its request's result, or (n > 1) one more of its choices."""
+        group = g.group
+        if group is None:
+            finish(g.key, res)
+            return
+        group.done[g.index] = (g, res)
+        if len(group.done) == group.n:
+            finish(group.key, combine(group))
 
     def _charge(
         self, members: Sequence[Generation], seconds: float, computed: int, prefill: bool
@@ -241,12 +359,13 @@ class SlotScheduler:
         parts = []
         for g in chosen:
             if g.prefix_len:
-                parts.append((g, (g.prefix_len, len(g.ids), pinned[g.prefix], self.none)))
-            else:
-                parts.append((g, (0, len(g.ids), self.none, self.none)))
+                parts.append((g, (g.prefix_len, g.prefill_end, pinned[g.prefix], self.none)))
+            elif g.prefill_end:  # (a one-token step-wise prompt has nothing to prefill)
+                parts.append((g, (0, g.prefill_end, self.none, self.none)))
         firsts, computed_b = self._prefill(parts)
         for g, tok in firsts:
-            g.out.append(int(tok))
+            if not g.stepwise:  # a step-wise sequence's first token comes from decode
+                g.out.append(int(tok))
         return chosen, computed_a + computed_b
 
     def _row(self, g: Generation, part: Part) -> PrefillRow:
@@ -315,6 +434,8 @@ class SlotScheduler:
         last = g.out[-1]
         if last in g.stop_ids:
             return FinishReason.STOP, self.tokenizer.decode(g.out[:-1])
+        if g.matcher is not None and g.matcher.is_stopped():  # the grammar is complete
+            return FinishReason.STOP, self.tokenizer.decode(g.out)
         if sp.stop:
             text = self.tokenizer.decode(g.out)
             cuts = [i for i in (text.find(x) for x in sp.stop) if i >= 0]
@@ -334,5 +455,32 @@ class SlotScheduler:
                 prompt_tokens=len(g.ids), completion_tokens=len(g.out), cached_tokens=g.cached
             ),
             token_ids=tuple(g.out),
+            logprobs=tuple(g.logprobs) if g.logprobs is not None else None,
             charge=g.charge,
         )
+
+
+def combine(group: Group) -> Result:
+    """One result for the ``n`` choices of a request: every choice (the first also as the
+    result's own text), the prompt counted once, the choices' tokens and charges summed. A choice
+    that failed fails the request (with the charges of all)."""
+    parts = [group.done[i] for i in range(group.n)]
+    charge = sum((r.charge for _, r in parts), Charge())
+    failed = next((r for _, r in parts if not r.ok), None)
+    if failed is not None:
+        return dataclasses.replace(failed, charge=charge)
+    choices = tuple(
+        Choice(i, r.text or "", r.finish_reason or FinishReason.STOP, r.token_ids, r.logprobs)
+        for i, (_, r) in enumerate(parts)
+    )
+    first = parts[0][1]
+    return dataclasses.replace(
+        first,
+        usage=Usage(
+            prompt_tokens=first.usage.prompt_tokens,
+            completion_tokens=sum(r.usage.completion_tokens for _, r in parts),
+            cached_tokens=min(r.usage.cached_tokens for _, r in parts),
+        ),
+        choices=choices,
+        charge=charge,
+    )

@@ -9,8 +9,10 @@ tokens (the template writes them). Plain prompts get the tokenizer's own special
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -143,7 +145,13 @@ class ChatTokenizer:
     def vocab_size(self) -> int:
         return self.tokenizer.get_vocab_size()
 
-    def render(self, messages: Sequence[Mapping[str, Any]]) -> str:
+    def render(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        tools: Sequence[Mapping[str, Any]] | None = None,
+    ) -> str:
+        """The chat as the model reads it; ``tools`` (OpenAI's function tools) are handed to the
+        template, which shows them to the model if it knows how."""
         if self.template is None:
             raise RequestError(
                 ErrorCode.TEMPLATE_ERROR,
@@ -153,7 +161,7 @@ class ChatTokenizer:
             return self.template.render(
                 messages=[dict(m) for m in messages],
                 add_generation_prompt=True,
-                tools=None,
+                tools=[dict(t) for t in tools] if tools else None,
                 documents=None,
                 **self.special_tokens,
             )
@@ -162,8 +170,12 @@ class ChatTokenizer:
                 ErrorCode.TEMPLATE_ERROR, f"the chat template refused these messages: {e}"
             ) from e
 
-    def encode_chat(self, messages: Sequence[Mapping[str, Any]]) -> list[int]:
-        return self.tokenizer.encode(self.render(messages), add_special_tokens=False).ids
+    def encode_chat(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        tools: Sequence[Mapping[str, Any]] | None = None,
+    ) -> list[int]:
+        return self.tokenizer.encode(self.render(messages, tools), add_special_tokens=False).ids
 
     def encode_prompt(self, text: str) -> list[int]:
         ids = self.tokenizer.encode(text, add_special_tokens=True).ids
@@ -171,7 +183,12 @@ class ChatTokenizer:
             ids = [self.bos_id, *ids]
         return ids
 
-    def chat_prefix(self, messages: Sequence[Mapping[str, Any]], ids: Sequence[int]) -> int:
+    def chat_prefix(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        ids: Sequence[int],
+        tools: Sequence[Mapping[str, Any]] | None = None,
+    ) -> int:
         """How many leading tokens of ``ids`` (the rendered chat) do not depend on the last
         message's content: the system prompt, history and the last message's header. 0 when the
         template gives no such clean boundary. Shared prefixes are reused from this length."""
@@ -180,7 +197,7 @@ class ChatTokenizer:
             return 0
         probe = [*messages[:-1], {**last, "content": _SENTINEL}]
         try:
-            text = self.render(probe)
+            text = self.render(probe, tools)
         except RequestError:
             return 0
         cut = text.find(_SENTINEL)
@@ -195,6 +212,59 @@ class ChatTokenizer:
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The exact bytes one token stands for (a byte-level token may hold part of a UTF-8
+        character); special tokens are their text."""
+        return self._token_bytes(int(token_id))
+
+    def token_text(self, token_id: int) -> str:
+        """One token as text (bytes that are not whole characters become U+FFFD)."""
+        return self._token_bytes(int(token_id)).decode("utf-8", errors="replace")
+
+    @functools.cached_property
+    def _byte_level(self) -> bool:
+        decoder = json.loads(self.tokenizer.to_str()).get("decoder") or {}
+        kinds = [d.get("type") for d in decoder.get("decoders", [decoder])]
+        return "ByteLevel" in kinds
+
+    @functools.cached_property
+    def _added(self) -> dict[int, str]:
+        return {i: t.content for i, t in self.tokenizer.get_added_tokens_decoder().items()}
+
+    @functools.lru_cache(maxsize=1 << 16)  # noqa: B019 - one tokenizer per engine, kept for its life
+    def _token_bytes(self, token_id: int) -> bytes:
+        if token_id in self._added:
+            return self._added[token_id].encode()
+        piece = self.tokenizer.id_to_token(token_id)
+        if piece is None:
+            return b""
+        if self._byte_level:
+            table = _unicode_to_byte()
+            if all(c in table for c in piece):
+                return bytes(table[c] for c in piece)
+            return piece.encode()
+        byte = _BYTE_PIECE.fullmatch(piece)  # SentencePiece byte fallback: <0x0A>
+        if byte:
+            return bytes([int(byte.group(1), 16)])
+        return piece.replace("\u2581", " ").encode()
+
+
+_BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+
+
+@functools.cache
+def _unicode_to_byte() -> dict[str, int]:
+    """GPT-2's byte-level alphabet, reversed: the character a byte-level BPE writes -> the byte."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    chars = list(printable)
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return {chr(c): b for b, c in zip(printable, chars, strict=True)}
 
 
 _LLAMA3_SPLIT = (

@@ -11,7 +11,7 @@ from typing import Any
 from hyperbatch import accelerators
 from hyperbatch.engines.base import EngineConfig
 from hyperbatch.engines.vllm.options import VLLMOptions
-from hyperbatch.schemas.records import SamplingParams
+from hyperbatch.schemas.records import Guided, GuidedKind, SamplingParams
 
 
 def engine_args(config: EngineConfig, model_path: str) -> dict[str, Any]:
@@ -40,7 +40,14 @@ def engine_args(config: EngineConfig, model_path: str) -> dict[str, Any]:
             tensor_parallel_size=config.accelerator_count,
             enable_chunked_prefill=True,
         )
-    args.update(VLLMOptions.parse(config.options).llm_overrides())
+    options = VLLMOptions.parse(config.options)
+    # guided requests: llguidance with compact JSON by default, as our JAX engine, so the same
+    # constraint means the same thing (and is refused for the same reasons) on both engines
+    args["structured_outputs_config"] = {
+        "backend": options.structured_outputs_backend,
+        "disable_any_whitespace": not options.json_whitespace,
+    }
+    args.update(options.llm_overrides())
     return args
 
 
@@ -67,7 +74,7 @@ def engine_env(config: EngineConfig) -> dict[str, str]:
 def sampling_kwargs(params: SamplingParams) -> dict[str, Any]:
     """``vllm.SamplingParams`` keyword arguments for one request."""
     kw: dict[str, Any] = {
-        "n": 1,
+        "n": params.n,
         "max_tokens": params.max_tokens,
         "temperature": params.temperature,
         "top_p": params.top_p,
@@ -81,4 +88,19 @@ def sampling_kwargs(params: SamplingParams) -> dict[str, Any]:
         "logprobs": params.logprobs,
         "include_stop_str_in_output": False,
     }
+    if params.guided is not None:
+        kw["structured_outputs"] = structured_outputs(params.guided)
     return kw
+
+
+def structured_outputs(guided: Guided) -> dict[str, Any]:
+    """``vllm.sampling_params.StructuredOutputsParams`` keyword arguments for a constraint."""
+    if guided.kind is GuidedKind.JSON_SCHEMA:
+        return {"json": guided.schema}
+    if guided.kind is GuidedKind.JSON_OBJECT:
+        return {"json_object": True}
+    if guided.kind is GuidedKind.CHOICE:
+        return {"choice": guided.choices}
+    if guided.kind is GuidedKind.REGEX:
+        return {"regex": guided.value}
+    return {"grammar": guided.value}

@@ -5,7 +5,10 @@ requests are rendered with the model's chat template and completions tokenized a
 prompts, both through vLLM's own tokenizer; every request is added to vLLM's engine on its own,
 so one that vLLM rejects becomes an error result for that record only; the engine is then
 stepped until all are done, reporting each result as it finishes; results come back in input
-order with usage (prompt, completion, prefix-cached tokens) and finish reason.
+order with usage (prompt, completion, prefix-cached tokens) and finish reason. A request's
+constraint (``guided``) becomes vLLM's structured outputs (llguidance by default, as our JAX
+engine: a constraint it cannot enforce is an ``unsupported_guided`` error for that record);
+``n > 1`` and log-probabilities are vLLM's own.
 """
 
 from __future__ import annotations
@@ -29,9 +32,11 @@ from hyperbatch.engines.base import (
 from hyperbatch.engines.models import resolve_model
 from hyperbatch.engines.options import EngineOptions
 from hyperbatch.engines.vllm import args as vargs
+from hyperbatch.engines.vllm import vision
 from hyperbatch.engines.vllm.options import VLLMOptions
 from hyperbatch.schemas.records import (
     Charge,
+    Choice,
     Counters,
     ErrorCode,
     FinishReason,
@@ -81,6 +86,7 @@ class VLLMEngine(Engine):
             max_prompt_tokens=self._max_len - 1,
             vocab_size=len(self._tokenizer),
             eos_token_ids=(eos,) if eos is not None else (),
+            max_images=vision.max_images(self.llm),  # 0 for a text model
         )
         self._stats = Counters(load_seconds=time.perf_counter() - t0)
         self._next_id = 0
@@ -103,7 +109,8 @@ class VLLMEngine(Engine):
             return list(self._tokenizer.encode(request.prompt or ""))
         try:
             ids = self._tokenizer.apply_chat_template(
-                [dict(m) for m in request.messages],
+                vision.template_messages(request, self._info.max_images > 0),
+                tools=[dict(t) for t in request.tools] if request.tools else None,
                 add_generation_prompt=True,
                 tokenize=True,
                 return_dict=False,
@@ -113,9 +120,12 @@ class VLLMEngine(Engine):
         return list(ids)
 
     def _sampling(self, request: Request) -> Any:
+        kwargs = vargs.sampling_kwargs(request.sampling)
+        if "structured_outputs" in kwargs:
+            params = self._vllm.sampling_params.StructuredOutputsParams
+            kwargs["structured_outputs"] = params(**kwargs["structured_outputs"])
         return self._vllm.SamplingParams(
-            **vargs.sampling_kwargs(request.sampling),
-            output_kind=self._vllm.sampling_params.RequestOutputKind.FINAL_ONLY,
+            **kwargs, output_kind=self._vllm.sampling_params.RequestOutputKind.FINAL_ONLY
         )
 
     def generate(
@@ -183,39 +193,57 @@ class VLLMEngine(Engine):
                 )
             self._next_id += 1
             rid = f"hb-{self._next_id}"  # outputs carry this id (vLLM adds a suffix inside)
-            self._engine.add_request(rid, {"prompt_token_ids": list(ids)}, self._sampling(req))
+            prompt = vision.engine_prompt(req, list(ids))  # + the decoded images, if any
+            self._engine.add_request(rid, prompt, self._sampling(req))
         except RequestError as e:
             return Result.failed(req.record_id, e.code, e.message)
         except self._rejections as e:  # vLLM's own validation of this request
+            if req.sampling.guided is not None and _about_the_constraint(e):
+                return Result.failed(req.record_id, ErrorCode.UNSUPPORTED_GUIDED, str(e))
             return Result.failed(req.record_id, ErrorCode.ENGINE_REJECTED, str(e))
         pending[rid], spent[rid] = req, 0.0
         return None
 
     def _result(self, request: Request, out: Any, seconds: float) -> Result:
-        completion = out.outputs[0]
-        reason = completion.finish_reason
-        if reason not in ("stop", "length"):
-            failed = Result.failed(
-                request.record_id, ErrorCode.ENGINE_FAILED, f"vLLM finished with {reason!r}"
+        completions = sorted(out.outputs, key=lambda c: c.index)
+        for completion in completions:
+            reason = completion.finish_reason
+            if reason not in ("stop", "length"):
+                failed = Result.failed(
+                    request.record_id, ErrorCode.ENGINE_FAILED, f"vLLM finished with {reason!r}"
+                )
+                return dataclasses.replace(failed, charge=Charge(busy_seconds=seconds))
+        choices = tuple(
+            Choice(
+                index=i,
+                text=c.text,
+                finish_reason=FinishReason(c.finish_reason),
+                token_ids=tuple(c.token_ids),
+                logprobs=self._logprobs(request, c),
             )
-            return dataclasses.replace(failed, charge=Charge(busy_seconds=seconds))
+            for i, c in enumerate(completions)
+        )
+        first = choices[0]
+        generated = sum(len(c.token_ids) for c in choices)
         # paged attention computes no padding: every position computed is a real token
         cached = int(out.num_cached_tokens or 0)
-        useful = len(out.prompt_token_ids) - cached + len(completion.token_ids)
+        useful = len(out.prompt_token_ids) - cached + generated
         return Result(
             record_id=request.record_id,
-            text=completion.text,
-            finish_reason=FinishReason(reason),
+            text=first.text,
+            finish_reason=first.finish_reason,
             usage=Usage(
                 prompt_tokens=len(out.prompt_token_ids),
-                completion_tokens=len(completion.token_ids),
+                completion_tokens=generated,
                 cached_tokens=cached,
+                image_tokens=vision.image_tokens(self.llm, out.prompt_token_ids),
             ),
-            token_ids=tuple(completion.token_ids),
-            logprobs=self._logprobs(request, completion),
+            token_ids=first.token_ids,
+            logprobs=first.logprobs,
             charge=Charge(
                 busy_seconds=seconds, computed_token_slots=useful, useful_token_slots=useful
             ),
+            choices=choices if len(choices) > 1 else (),
         )
 
     def _logprobs(self, request: Request, completion: Any) -> tuple[TokenLogprob, ...] | None:
@@ -247,6 +275,14 @@ class VLLMEngine(Engine):
 
     def stats(self) -> Counters:
         return dataclasses.replace(self._stats)
+
+
+def _about_the_constraint(error: Exception) -> bool:
+    """Is vLLM's refusal of a guided request about its constraint (a grammar it cannot build)?"""
+    text = str(error).lower()
+    return any(
+        w in text for w in ("structured", "grammar", "schema", "regex", "choice", "json", "lark")
+    )
 
     def close(self) -> None:
         llm = getattr(self, "llm", None)

@@ -1,7 +1,9 @@
 """The vLLM engine's ``engine_options``: typed, validated, importable without vllm.
 
-Every option but ``cpu_kvcache_space_gib`` (ours: the CPU KV cache in GiB) is a ``vllm.LLM``
-argument, passed as given when set; unset ones take the per-accelerator defaults of ``args``.
+Every option but ours -- ``cpu_kvcache_space_gib`` (the CPU KV cache in GiB),
+``structured_outputs_backend`` and ``json_whitespace`` (vLLM's structured-outputs config) -- is a
+``vllm.LLM`` argument, passed as given when set; unset ones take the per-accelerator defaults of
+``args``.
 """
 
 from __future__ import annotations
@@ -59,8 +61,24 @@ class VLLMOptions(EngineOptions):
     trust_remote_code: bool | None = option(None, "run the model repository's own code", kind=bool)
     block_size: int | None = option(None, "KV cache block size in tokens", kind=int, minimum=1)
     cpu_kvcache_space_gib: float = option(2.0, "CPU only: KV cache in GiB", minimum=0.1)
+    structured_outputs_backend: str = option(
+        "guidance",
+        "grammar engine of guided requests (guidance: llguidance, as the jax engine)",
+        choices=("guidance", "xgrammar", "outlines", "lm-format-enforcer", "auto"),
+    )
+    json_whitespace: bool = option(
+        False, "let guided JSON hold free whitespace (default: compact, as the jax engine)"
+    )
+    max_images: int | None = option(
+        None, "vision-language models: images per request (vLLM's limit_mm_per_prompt)",
+        kind=int, minimum=0,
+    )  # fmt: skip
 
     def llm_overrides(self) -> dict[str, Any]:
         """The ``vllm.LLM`` arguments this job sets explicitly."""
-        own = {"cpu_kvcache_space_gib"}
-        return {k: v for k, v in self.set_values().items() if k not in own}
+        own = {"cpu_kvcache_space_gib", "structured_outputs_backend", "json_whitespace",
+               "max_images"}  # fmt: skip
+        out = {k: v for k, v in self.set_values().items() if k not in own}
+        if self.max_images is not None:
+            out["limit_mm_per_prompt"] = {"image": self.max_images}
+        return out

@@ -2,20 +2,21 @@
 
 The composition root: the one place that wires the job store, launchers, triggers and engines
 together (every other layer imports only the layers below it). Commands live in ``core``
-(validate, run, manifest, engines), ``jobs`` (submit, jobs ...) and ``trigger``; what they share
-in ``common``; tables in ``render``. Data goes to stdout, progress and logs to stderr; exit codes
-0 (the job succeeded), 1 (it failed), 2 (a user error, without a traceback).
+(validate, run, manifest, engines), ``estimate``, ``jobs`` (submit, jobs ...) and ``trigger``;
+what they share in ``common``; tables in ``render``. Data goes to stdout, progress and logs to
+stderr; exit codes 0 (the job succeeded), 1 (it failed), 2 (a user error, without a traceback),
+4 (its budget, ``max_cost_usd``, stopped it: STOPPED_BUDGET).
 """
 
 from __future__ import annotations
 
 import click
 
-from hyperbatch.cli import common, core, jobs, trigger
-from hyperbatch.cli.common import EXIT_JOB_FAILED, EXIT_OK, EXIT_USER_ERROR
+from hyperbatch.cli import common, core, estimate, jobs, trigger
+from hyperbatch.cli.common import EXIT_JOB_FAILED, EXIT_OK, EXIT_STOPPED_BUDGET, EXIT_USER_ERROR
 from hyperbatch.runners.options import quiet_logging
 
-__all__ = ["EXIT_JOB_FAILED", "EXIT_OK", "EXIT_USER_ERROR", "main"]
+__all__ = ["EXIT_JOB_FAILED", "EXIT_OK", "EXIT_STOPPED_BUDGET", "EXIT_USER_ERROR", "main"]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -30,6 +31,7 @@ def main(verbose: int, debug: bool) -> None:
 
 for command in (
     core.validate,
+    estimate.estimate,
     core.run,
     core.show_manifest,
     core.engines,

@@ -2,7 +2,8 @@
 
 Data goes to stdout (``--format json|yaml`` for machines), progress and logs to stderr. Exit
 codes: 0 the job succeeded (per-record errors included), 1 the job failed (or was cancelled), 2 a
-user error (bad spec, missing file, bad flag, unknown job) reported without a traceback.
+user error (bad spec, missing file, bad flag, unknown job, a budget below the job's low
+estimate) reported without a traceback, 4 the job's budget stopped it (STOPPED_BUDGET).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from hyperbatch.runners.dataflow import DataflowConfig
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_USER_ERROR = 0, 1, 2
+EXIT_STOPPED_BUDGET = 4  # (3 is the job process's "not run")
 
 
 class OutputFormat(enum.StrEnum):
@@ -187,6 +189,7 @@ EXIT_CODES_BY_STATE = {
     "SUCCEEDED": EXIT_OK,
     "FAILED": EXIT_JOB_FAILED,
     "CANCELLED": EXIT_JOB_FAILED,
+    "STOPPED_BUDGET": EXIT_STOPPED_BUDGET,
 }
 
 

@@ -16,8 +16,8 @@ import click
 
 from hyperbatch.cli import common, render
 from hyperbatch.cli.common import (
+    EXIT_CODES_BY_STATE,
     EXIT_JOB_FAILED,
-    EXIT_OK,
     beam_user_error,
     emit,
     format_option,
@@ -28,6 +28,7 @@ from hyperbatch.cli.common import (
     set_option,
     user_errors,
 )
+from hyperbatch.cli.estimate import gate
 from hyperbatch.jobs.status import JobState
 from hyperbatch.runners.options import worker_tracebacks_to_log
 
@@ -83,14 +84,19 @@ def run(
     import_plugins(plugins)
     spec = job_spec.load(job_file, overrides)
     job_id = check_job_id(job_id) if job_id is not None else spec.job_id
+    gate(spec, source=job_file, quiet=quiet)  # max_cost_usd: refused if surely over it
     manifest = _run_with_progress(spec, job_id, job_file, quiet)
     emit(manifest, fmt, render.manifest_table)
-    if manifest["records_in"] == 0:
+    if manifest["records_in"] == 0 and not manifest.get("records_left"):
         click.echo(f"warning: {spec.input} holds no records: nothing was served", err=True)
     click.echo(f"results:  {manifest['outputs']['results']}", err=True)
     click.echo(f"errors:   {manifest['outputs']['errors']}", err=True)
     click.echo(f"manifest: {spec.job_dir(manifest['job_id'])}/manifest.json", err=True)
-    sys.exit(EXIT_OK if manifest["status"] == "SUCCEEDED" else EXIT_JOB_FAILED)
+    if manifest["status"] == JobState.STOPPED_BUDGET:
+        from hyperbatch.jobs.lifecycle import budget_stop_message
+
+        click.echo(f"STOPPED_BUDGET: {budget_stop_message(manifest)}", err=True)
+    sys.exit(EXIT_CODES_BY_STATE.get(manifest["status"], EXIT_JOB_FAILED))
 
 
 def _record_foreground(spec: JobSpec, job_id: str, job_file: str) -> JobStore:
@@ -153,7 +159,10 @@ def _run_with_progress(spec: JobSpec, job_id: str, job_file: str, quiet: bool) -
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("records · {task.fields[errors]} errors · {task.fields[tps]:.1f} tok/s"),
+        TextColumn(
+            "records · {task.fields[errors]} errors · {task.fields[tps]:.1f} "
+            + ("images/s" if spec.task == "image" else "tok/s")
+        ),
         TimeElapsedColumn(),
     )
     with Progress(*columns, console=render.console(stderr=True), disable=quiet) as bar:
@@ -168,8 +177,8 @@ def _run_with_progress(spec: JobSpec, job_id: str, job_file: str, quiet: bool) -
                 total=s.records_planned or None,
                 completed=s.records,
                 errors=s.errors,
-                # tokens written (generation) or read (embedding)
-                tps=(s.completion_tokens or s.prompt_tokens) / elapsed,
+                # tokens written (generation) or read (embedding), or images drawn
+                tps=(s.completion_tokens or s.prompt_tokens or s.images) / elapsed,
             )
     done: job_process.Outcome = outcome["run"]
     if done.manifest is not None:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from hyperbatch import storage
+from hyperbatch.cli import estimate as estimate_cli
 from hyperbatch.cli import render
 from hyperbatch.cli.common import (
     EXIT_CODES_BY_STATE,
@@ -121,17 +122,27 @@ def submit(
             "launch": plan,
             "spec": spec.to_dict(),
         }
+        costs, est = estimate_cli.for_plan(spec, store.root)  # what it would cost
+        data["estimate"] = costs
         if unchecked:
             data["not_checked"] = list(unchecked)
             data["not_checked_because"] = str(next(iter(unchecked.values())))
         emit(data, fmt, render.plan_table)
+        if fmt == "table":
+            if est is not None:
+                estimate_cli.print_estimate(est)
+            else:
+                click.echo(f"estimate: not available ({costs['unavailable']})")
         if unchecked:
             lines = "".join(f"\n  - {what}" for what in unchecked)
             click.echo(
                 f"warning: this dry run did not check:{lines}\n{data['not_checked_because']}",
                 err=True,
             )
+        if est is not None and est.within_budget is False:  # submit would refuse it
+            estimate_cli.gate(spec, root=store.root, source=job_file)
         return
+    estimate_cli.gate(spec, root=store.root, workers=workers, source=job_file)  # max_cost_usd
     spec_file = job_file if job_file.startswith("gs://") else os.path.abspath(job_file)
     request = submission.JobRequest(
         job_id=job_id,
@@ -194,7 +205,8 @@ def _ctx_store(ctx: click.Context) -> Any:
     "states",
     multiple=True,
     type=click.Choice(
-        ["QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"], case_sensitive=False
+        ["QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED", "STOPPED_BUDGET"],
+        case_sensitive=False,
     ),
     help="Only jobs in this state; repeatable.",
 )
@@ -257,6 +269,8 @@ def jobs_cancel(ctx: click.Context, job_id: str, fmt: str) -> None:
 @click.option("--wait", is_flag=True, help="Watch the job until it ends; exit with its outcome.")
 @click.option("--workers", type=int, default=1, show_default=True,
               help="local: Beam worker processes (1 = in the job process).")  # fmt: skip
+@click.option("--max-cost-usd", type=click.FloatRange(min=0, min_open=True),
+              help="A new budget cap for the job (e.g. higher, to finish a STOPPED_BUDGET job).")  # fmt: skip
 @plugin_option
 @dataflow_options
 @format_option
@@ -268,14 +282,15 @@ def jobs_resume(
     runner: str,
     wait: bool,
     workers: int,
+    max_cost_usd: float | None,
     plugins: tuple[str, ...],
     fmt: str,
     **dataflow: Any,
 ) -> None:
-    """Run a job that ended (cancelled, failed or succeeded) again under its id: the shards it
-    committed are skipped, the rest are served."""
+    """Run a job that ended (cancelled, failed, succeeded or stopped by its budget) again under
+    its id: the shards it committed are skipped, the rest are served."""
     from hyperbatch.engines.registry import import_plugins
-    from hyperbatch.jobs.lifecycle import resume
+    from hyperbatch.jobs.lifecycle import resume, set_budget
     from hyperbatch.jobs.store import actor
     from hyperbatch.jobs.submit import ensure_launched, owner_id
 
@@ -283,6 +298,9 @@ def jobs_resume(
     store = _ctx_store(ctx)
     launcher = make_launcher(runner, dataflow, ctx.obj["events_topic"], workers, plugins)
     assert launcher is not None  # --runner is local or dataflow
+    if max_cost_usd is not None:
+        set_budget(store, job_id, max_cost_usd,
+                   check=lambda s: estimate_cli.gate(s, root=store.root, workers=workers))  # fmt: skip
     resume(store, job_id, by=actor())
     record, _ = ensure_launched(store, job_id, launcher, owner=owner_id())
     if wait:

@@ -24,7 +24,7 @@ def kv_table(data: dict[str, Any]) -> Any:
 
 
 def manifest_table(m: dict[str, Any]) -> None:
-    status_style = "green" if m["status"] == "SUCCEEDED" else "red"
+    status_style = {"SUCCEEDED": "green", "STOPPED_BUDGET": "yellow"}.get(m["status"], "red")
     rows = {
         "job": f"{m['job_id']} ([{status_style}]{m['status']}[/{status_style}])",
         "model / engine": f"{m['model']} / {m['engine']}",
@@ -43,6 +43,10 @@ def manifest_table(m: dict[str, Any]) -> None:
         "efficiency": f"{m['padding_waste_percent']:.1f}% padding waste, "
         f"{m['engine_compilations']} compilations",
     }
+    if m.get("max_cost_usd") is not None:
+        rows["budget"] = f"max_cost_usd ${m['max_cost_usd']}" + (
+            f": stopped, {m['records_left']} records left" if m.get("records_left") else ""
+        )
     if m.get("task") == "embedding":
         wall = m.get("total_wall_seconds") or m["wall_seconds"]
         rows["tokens"] = f"{m['prompt_tokens']} read → {m.get('embeddings', 0)} vectors"
@@ -54,6 +58,21 @@ def manifest_table(m: dict[str, Any]) -> None:
         )
         if (m.get("outputs") or {}).get("vectors"):
             rows["vectors"] = m["outputs"]["vectors"]
+    if m.get("task") == "image":
+        rows["tokens"] = f"{m.get('images', 0)} images"
+        rows["throughput"] = (
+            f"{m.get('images_per_second', 0.0):.3f} images/s, "
+            f"{m.get('seconds_per_image', 0.0):.2f} accelerator s/image"
+        )
+        rows["cost"] = (
+            f"${m['cost_usd']:.6f} total · ${m.get('usd_per_1k_images', 0.0):.4f}/1k images"
+        )
+        rows["efficiency"] = (
+            f"{m['padding_waste_percent']:.1f}% idle image-steps, "
+            f"{m['engine_compilations']} compilations"
+        )
+        if (m.get("outputs") or {}).get("images"):
+            rows["images"] = m["outputs"]["images"]
     console().print(kv_table(rows))
 
 
@@ -63,6 +82,7 @@ _STATE_STYLE = {
     "SUCCEEDED": "green",
     "FAILED": "red",
     "CANCELLED": "magenta",
+    "STOPPED_BUDGET": "yellow",
 }
 
 

@@ -47,6 +47,9 @@ def trigger_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                      help="local: most jobs running at once; later ones wait, their messages "
                      "held unacked."),
         click.option("--claim-ttl-s", type=float, default=300.0, hidden=True),
+        click.option("--default-max-cost-usd", type=click.FloatRange(min=0, min_open=True),
+                     envvar="HYPERBATCH_DEFAULT_MAX_COST_USD", show_envvar=True,
+                     help="Budget cap (US dollars) of jobs whose spec sets no max_cost_usd."),
         allow_option,
         plugin_option,
         dataflow_options,
@@ -81,6 +84,7 @@ def _handler(kw: dict[str, Any], dead_letter_topic: str | None) -> Any:
         dead_letter_topic=dead_letter_topic,
         claim_ttl_s=kw.pop("claim_ttl_s"),
         allow=allow,
+        default_max_cost_usd=kw.pop("default_max_cost_usd"),
     )
 
 

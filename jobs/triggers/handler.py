@@ -6,6 +6,11 @@ live launcher), or once a message that can never succeed is recorded under
 ``<root>/_rejected/`` and forwarded to the dead-letter topic with its reason. Any other failure
 (a transient error that outlived its retries, a bug) raises: the caller nacks, Pub/Sub delivers
 again, and the subscription's own dead-letter policy bounds the attempts.
+
+Budgets: a job without ``max_cost_usd`` gets the trigger's default cap, if it has one (the job id
+does not change: a budget is not part of the spec's digest). A new job with a cap whose low
+estimate is above it is rejected like an invalid spec, the estimate in the reason; one that
+cannot be estimated here is recorded, and its run stops before it passes the cap.
 """
 
 from __future__ import annotations
@@ -16,11 +21,11 @@ import threading
 from collections import Counter
 from collections.abc import Sequence
 
-from hyperbatch.jobs import pubsub
+from hyperbatch.jobs import estimate, pubsub
 from hyperbatch.jobs.policy import AccessPolicy
 from hyperbatch.jobs.spec import JobIdConflict
 from hyperbatch.jobs.store import JobStore
-from hyperbatch.jobs.submit import DEFAULT_CLAIM_TTL_S, Launcher, submit
+from hyperbatch.jobs.submit import DEFAULT_CLAIM_TTL_S, JobRequest, Launcher, submit
 from hyperbatch.jobs.triggers.messages import Delivery, Ignored, Rejected, interpret
 
 log = logging.getLogger(__name__)
@@ -56,6 +61,7 @@ class TriggerHandler:
         dead_letter_topic: str | None = None,
         claim_ttl_s: float = DEFAULT_CLAIM_TTL_S,
         allow: Sequence[str] = (),
+        default_max_cost_usd: float | None = None,
     ):
         self.store = store
         self.launcher = launcher
@@ -64,6 +70,7 @@ class TriggerHandler:
         self.policy = AccessPolicy.for_store(store.root, allow)
         self.dead_letter_topic = pubsub.topic_path(dead_letter_topic) if dead_letter_topic else None
         self.claim_ttl_s = claim_ttl_s
+        self.default_max_cost_usd = default_max_cost_usd
         self.counts: Counter[str] = Counter()
         self._lock = threading.Lock()
 
@@ -85,6 +92,11 @@ class TriggerHandler:
         if isinstance(found, Ignored):
             log.info("message %s ignored: %s", delivery.message_id, found.reason)
             return self._count(Outcome(True, "ignored", None, found.reason))
+        found = self.with_budget(found)
+        try:
+            self.check_budget(found)
+        except estimate.BudgetExceeded as e:
+            return self._count(self.reject(delivery, str(e), job_id=found.job_id))
         try:
             done = submit(self.store, found, self.launcher, claim_ttl_s=self.claim_ttl_s)
         except JobIdConflict as e:
@@ -98,6 +110,28 @@ class TriggerHandler:
             done.record.state.value,
         )
         return self._count(Outcome(True, kind, found.job_id, done.record.state.value))
+
+    def with_budget(self, request: JobRequest) -> JobRequest:
+        """The request with the trigger's default cap when its spec sets none."""
+        if request.spec.max_cost_usd is not None or self.default_max_cost_usd is None:
+            return request
+        spec = dataclasses.replace(request.spec, max_cost_usd=self.default_max_cost_usd)
+        return dataclasses.replace(request, spec=spec)
+
+    def check_budget(self, request: JobRequest) -> None:
+        """BudgetExceeded for a new job whose low estimate is above its cap (a job already
+        recorded is a duplicate delivery: it was checked then)."""
+        if request.spec.max_cost_usd is None or self.store.find(request.job_id) is not None:
+            return
+        try:
+            estimate.check_budget(request.spec, root=self.store.root)
+        except estimate.EstimateUnavailable as e:
+            log.warning(
+                "job %s: its max_cost_usd could not be checked before launch (%s); its run "
+                "stops before passing it",
+                request.job_id,
+                e,
+            )
 
     def reject(self, delivery: Delivery, reason: str, job_id: str | None = None) -> Outcome:
         """Record why the message can never succeed, forward it to the dead-letter topic, ack."""

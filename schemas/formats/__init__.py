@@ -1,5 +1,5 @@
 """Input/output record formats: OpenAI Batch JSONL, our JSONL, Avro records, Vertex AI
-text-embedding lines.
+Gemini and text-embedding lines, and image globs.
 
 A format plug-in knows how to (1) cut a file into units with byte offsets so the planner can
 shard it without holding it, (2) read one record's id cheaply for the duplicate check,
@@ -15,25 +15,30 @@ from __future__ import annotations
 
 from hyperbatch.schemas.formats.avro import PromptAvro
 from hyperbatch.schemas.formats.base import (
+    ForcedToolCall,
     InputFormat,
     JobInfo,
     Location,
     Parsed,
     RecordError,
     Unit,
+    check_model,
     encode_errors,
     validate_messages,
 )
+from hyperbatch.schemas.formats.images import ImageListing
 from hyperbatch.schemas.formats.jsonl import PromptJsonl
 from hyperbatch.schemas.formats.openai import OpenAIBatch
-from hyperbatch.schemas.formats.vertex import VertexEmbedding
+from hyperbatch.schemas.formats.vertex import VertexBatch, VertexEmbedding
 
 FORMATS: dict[str, InputFormat] = {
-    f.name: f for f in (OpenAIBatch(), PromptJsonl(), PromptAvro(), VertexEmbedding())
+    f.name: f for f in (OpenAIBatch(), PromptJsonl(), PromptAvro(), VertexBatch(), ImageListing())
 }
 
 __all__ = [
     "FORMATS",
+    "ForcedToolCall",
+    "ImageListing",
     "InputFormat",
     "JobInfo",
     "Location",
@@ -43,7 +48,9 @@ __all__ = [
     "PromptJsonl",
     "RecordError",
     "Unit",
+    "VertexBatch",
     "VertexEmbedding",
+    "check_model",
     "encode_errors",
     "validate_messages",
 ]

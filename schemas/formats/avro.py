@@ -1,5 +1,6 @@
-"""Avro files of ``schemas/prompt_record.avsc`` (``embedding_record.avsc`` for embedding jobs);
-results as Avro files of ``schemas/result.avsc`` (``embedding_result.avsc``)."""
+"""Avro files of ``schemas/prompt_record.avsc`` (``embedding_record.avsc`` for embedding jobs,
+``image_request.avsc`` for image jobs); results as Avro files of ``schemas/result.avsc``
+(``embedding_result.avsc``, ``image_result.avsc``)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,14 @@ import fastavro
 
 from hyperbatch.schemas import avro as avro_io
 from hyperbatch.schemas.formats.base import (
+    IMAGE_FIELDS,
     InputFormat,
     Parsed,
     RecordError,
     Unit,
     build_request,
     embedding_request,
+    image_request,
     metadata_of,
     result_record,
 )
@@ -52,6 +55,10 @@ class PromptAvro(InputFormat):
         if rid is None:
             return RecordError(None, location, ErrorCode.MISSING_ID, "record_id is empty")
         try:
+            if task is TaskKind.IMAGE:
+                fields = {k: raw.get(k) for k in IMAGE_FIELDS}
+                req = image_request(rid, raw.get("prompt"), fields)
+                return Parsed(req, location, metadata_of(raw.get("metadata")))
             if task is TaskKind.EMBEDDING:
                 if not isinstance(raw.get("text"), str):
                     raise RequestError(
@@ -75,5 +82,12 @@ class PromptAvro(InputFormat):
     def encode_results(self, items, job) -> bytes:
         if not items:
             return b""
-        name = "embedding_result" if items[0][1].embeddings is not None else "result"
+        first = items[0][1]
+        name = (
+            "embedding_result"
+            if first.embeddings is not None
+            else "image_result"
+            if first.images is not None
+            else "result"
+        )
         return avro_io.to_avro_bytes(name, [result_record(p, r, job) for p, r in items])

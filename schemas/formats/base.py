@@ -5,6 +5,7 @@ JSON-lines cutting, chat-message validation, and our own result record (``schema
 from __future__ import annotations
 
 import abc
+import base64
 import dataclasses
 import hashlib
 import io
@@ -12,8 +13,13 @@ import json
 from collections.abc import Iterator, Mapping, Sequence
 from typing import IO, Any, ClassVar
 
+from hyperbatch.schemas.images import ImageInput, content_is_empty, content_parts
 from hyperbatch.schemas.records import (
+    MAX_GUIDANCE,
+    MAX_IMAGE_STEPS,
+    MAX_IMAGES_PER_REQUEST,
     ErrorCode,
+    ImageParams,
     Request,
     RequestError,
     Result,
@@ -51,16 +57,30 @@ class RecordError:
 
 
 @dataclasses.dataclass(frozen=True)
+class ForcedToolCall:
+    """A chat request whose answer must be a call of one of its tools (OpenAI's ``tool_choice``
+    ``required`` or a named function): the engine is constrained to the call's JSON, and the
+    output line carries it as ``tool_calls``. ``name`` is the function a named choice forces (the
+    output is its arguments); None: any of the tools (the output is ``{"name", "arguments"}``)."""
+
+    name: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class Parsed:
     """A valid input record, ready for the engine. ``echo`` is what the output line repeats
     of the input (a Vertex line's instance); ``encoding`` how vectors are written (OpenAI's
-    ``encoding_format``)."""
+    ``encoding_format``); ``model`` the model the record names (OpenAI's ``body.model``; after
+    :func:`check_model`, the served name its output carries); ``tool_call`` how a forced tool
+    call is written back."""
 
     request: Request
     location: Location
     metadata: Mapping[str, str] | None = None
     echo: Mapping[str, Any] | None = None
     encoding: str = "float"
+    model: str | None = None
+    tool_call: ForcedToolCall | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,19 +95,48 @@ class Unit:
 
 @dataclasses.dataclass(frozen=True)
 class JobInfo:
-    """What result encoding needs to know about the job."""
+    """What result encoding needs to know about the job. ``model`` is the name its outputs
+    carry (the first served name) unless a record named another served one."""
 
     job_id: str
     model: str
     created: int  # unix seconds
 
 
+MODEL_MISMATCH_POLICIES = ("error", "ignore")
+
+
+def check_model(
+    item: Parsed, served: Sequence[str], mismatch: str = "error"
+) -> Parsed | RecordError:
+    """A record that names a model (``body.model``) must name one this job serves: another name
+    is a ``model_mismatch`` error -- never a silent substitution -- unless ``mismatch`` is
+    ``ignore``. The record keeps the served name its output will carry (None: the job's first)."""
+    asked = item.model
+    if asked is None:
+        return item
+    if asked in served:
+        return item
+    if mismatch == "ignore":
+        return dataclasses.replace(item, model=None)
+    names = ", ".join(repr(n) for n in served)
+    return RecordError(
+        item.request.record_id, item.location, ErrorCode.MODEL_MISMATCH,
+        f"the record asks for model {asked!r} but this job serves {names}; name a served model, "
+        "add it to the job's served_model_name, or set model_mismatch: ignore",
+    )  # fmt: skip
+
+
 def id_hash(*parts: str, n: int = 24) -> str:
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:n]
 
 
-def validate_messages(messages: Any) -> tuple[dict[str, str], ...]:
-    """Chat messages as (role, content) dicts; raises RequestError with what is wrong."""
+def validate_messages(
+    messages: Any, images: list[ImageInput] | None = None
+) -> tuple[dict[str, Any], ...]:
+    """Chat messages as (role, content) dicts; raises RequestError with what is wrong. Given
+    ``images``, ``image_url`` content parts are served: each is appended to it and the content
+    becomes parts (``schemas.images.content_parts``); a text-only content is a string."""
     if not isinstance(messages, list):
         raise RequestError(ErrorCode.INVALID_RECORD, "messages must be a list of {role, content}")
     if not messages:
@@ -102,7 +151,9 @@ def validate_messages(messages: Any) -> tuple[dict[str, str], ...]:
                 ErrorCode.INVALID_RECORD,
                 f"messages[{i}].role must be system, user, assistant or developer; got {role!r}",
             )
-        if isinstance(content, list):  # content parts: only text parts can be served here
+        if isinstance(content, list) and images is not None:
+            content = content_parts(content, i, images)
+        elif isinstance(content, list):  # content parts: only text parts can be served here
             texts = []
             for part in content:
                 if not (isinstance(part, Mapping) and part.get("type") == "text"):
@@ -112,10 +163,10 @@ def validate_messages(messages: Any) -> tuple[dict[str, str], ...]:
                     )
                 texts.append(str(part.get("text", "")))
             content = "".join(texts)
-        if not isinstance(content, str):
+        if not isinstance(content, str | tuple):
             raise RequestError(ErrorCode.INVALID_RECORD, f"messages[{i}].content must be a string")
         out.append({"role": "system" if role == "developer" else role, "content": content})
-    if not any(m["content"].strip() for m in out):
+    if all(content_is_empty(m["content"]) for m in out):
         raise RequestError(ErrorCode.EMPTY_MESSAGES, "every message is empty")
     return tuple(out)
 
@@ -127,6 +178,7 @@ def build_request(
     sampling: Mapping[str, Any],
     prompt: Any = None,
     messages: Any = None,
+    tools: Sequence[Mapping[str, Any]] | None = None,
 ) -> Request:
     params = sampling_from_dict(sampling, base=defaults)
     if messages is not None:
@@ -135,7 +187,14 @@ def build_request(
                 ErrorCode.INVALID_RECORD,
                 "record has messages but the job's task is completion; give a prompt instead",
             )
-        return Request(record_id=record_id, messages=validate_messages(messages), sampling=params)
+        images: list[ImageInput] = []
+        return Request(
+            record_id=record_id,
+            messages=validate_messages(messages, images),
+            sampling=params,
+            tools=tuple(tools) if tools else None,
+            input_images=tuple(images),
+        )
     if not isinstance(prompt, str):
         raise RequestError(ErrorCode.INVALID_RECORD, "prompt must be a string")
     if not prompt.strip():
@@ -177,6 +236,10 @@ class InputFormat(abc.ABC):
 
     @abc.abstractmethod
     def encode_results(self, items: Sequence[tuple[Parsed, Result]], job: JobInfo) -> bytes: ...
+
+    def encode_errors(self, errors: Sequence[RecordError], job: JobInfo) -> bytes:
+        """The shard's error file: our error records (``schemas/error.avsc``) as JSON lines."""
+        return encode_errors(errors)
 
 
 class JsonLinesFormat(InputFormat):
@@ -257,6 +320,17 @@ class JsonLinesFormat(InputFormat):
     ) -> Parsed: ...
 
 
+def result_choices(res: Result) -> list[dict[str, Any]] | None:
+    """Every completion of a request with n > 1 (None for one completion: it is the record)."""
+    if not res.choices:
+        return None
+    return [
+        {"index": c.index, "text": c.text, "finish_reason": str(c.finish_reason),
+         "logprobs": result_logprobs(c.logprobs)}
+        for c in res.choices
+    ]  # fmt: skip
+
+
 def result_logprobs(logprobs: Sequence[TokenLogprob] | None) -> list[dict[str, Any]] | None:
     if logprobs is None:
         return None
@@ -321,9 +395,114 @@ def embedding_record(parsed: Parsed, res: Result, job: JobInfo) -> dict[str, Any
     }
 
 
+#: what an image record may say, beyond its id, prompt and metadata
+IMAGE_FIELDS = ("negative_prompt", "width", "height", "steps", "guidance_scale", "seed", "n",
+                "scheduler")  # fmt: skip
+IMAGE_SCHEDULERS = ("euler", "ddim", "dpmpp_2m")
+MAX_IMAGE_SIDE = 4096
+
+
+def _int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def image_request(
+    record_id: str, prompt: Any, fields: Mapping[str, Any], response_format: str = "file"
+) -> Request:
+    """A text-to-image request; RequestError (with its stable code) says what is wrong. What a
+    record does not say is left None: the job's defaults fill it in."""
+    if not isinstance(prompt, str):
+        raise RequestError(ErrorCode.INVALID_RECORD, "prompt must be a string")
+    if not prompt.strip():
+        raise RequestError(ErrorCode.EMPTY_INPUT, "prompt is empty: say what to draw")
+    f = {k: v for k, v in fields.items() if v is not None}
+    neg = f.get("negative_prompt")
+    if neg is not None and not isinstance(neg, str):
+        raise RequestError(ErrorCode.INVALID_RECORD, "negative_prompt must be a string")
+    width, height = f.get("width"), f.get("height")
+    if (width is None) != (height is None):
+        raise RequestError(ErrorCode.INVALID_SIZE, "give both width and height, or neither")
+    for side in (width, height):
+        if side is not None and not (_int(side) and 8 <= side <= MAX_IMAGE_SIDE and side % 8 == 0):
+            raise RequestError(
+                ErrorCode.INVALID_SIZE,
+                f"size {width}x{height}: width and height must be multiples of 8 from 8 to "
+                f"{MAX_IMAGE_SIDE}",
+            )
+    steps = f.get("steps")
+    if steps is not None and not (_int(steps) and 1 <= steps <= MAX_IMAGE_STEPS):
+        raise RequestError(
+            ErrorCode.INVALID_STEPS, f"steps must be an integer from 1 to {MAX_IMAGE_STEPS}, got "
+            f"{steps!r}"
+        )  # fmt: skip
+    g = f.get("guidance_scale")
+    if g is not None and not (
+        isinstance(g, int | float) and not isinstance(g, bool) and 0 <= g <= MAX_GUIDANCE
+    ):
+        raise RequestError(
+            ErrorCode.INVALID_GUIDANCE,
+            f"guidance_scale must be a number from 0 to {MAX_GUIDANCE:g}, got {g!r}",
+        )
+    seed = f.get("seed")
+    if seed is not None and not (_int(seed) and 0 <= seed < 2**64):
+        raise RequestError(ErrorCode.INVALID_RECORD, f"seed must be an integer >= 0, got {seed!r}")
+    n = f.get("n", 1)
+    if not (_int(n) and 1 <= n <= MAX_IMAGES_PER_REQUEST):
+        raise RequestError(
+            ErrorCode.INVALID_N,
+            f"n must be an integer from 1 to {MAX_IMAGES_PER_REQUEST}, got {n!r}",
+        )
+    scheduler = f.get("scheduler")
+    if scheduler is not None and scheduler not in IMAGE_SCHEDULERS:
+        raise RequestError(
+            ErrorCode.INVALID_RECORD,
+            f"scheduler {scheduler!r} is not one of {', '.join(IMAGE_SCHEDULERS)}",
+        )
+    params = ImageParams(
+        negative_prompt=neg, width=width, height=height, steps=steps,
+        guidance_scale=None if g is None else float(g), scheduler=scheduler, seed=seed, n=n,
+        response_format=response_format,
+    )  # fmt: skip
+    return Request(record_id=record_id, prompt=prompt, image=params)
+
+
+def image_entries(res: Result) -> list[dict[str, Any]]:
+    """Each image of a result: where it is (``uri``) or the file inline (``b64_json``), and how
+    it was made."""
+    out = []
+    for img in res.images or ():
+        where = (
+            {"uri": img.uri}
+            if img.uri is not None
+            else {"b64_json": base64.b64encode(img.data or b"").decode()}
+        )
+        out.append({
+            **where, "seed": img.seed, "width": img.width, "height": img.height,
+            "steps": img.steps, "scheduler": img.scheduler,
+            "guidance_scale": img.guidance_scale, "truncated": img.truncated,
+        })  # fmt: skip
+    return out
+
+
+def image_record(parsed: Parsed, res: Result, job: JobInfo) -> dict[str, Any]:
+    """Our result record for an image request (``jsonl``/``avro``, and every image job's
+    index): the images and how each was made, the device seconds it was charged."""
+    return {
+        "id": parsed.request.record_id,
+        "prompt": parsed.request.prompt or "",
+        "images": image_entries(res),
+        "seconds": round(res.charge.busy_seconds, 6),
+        "model": job.model,
+        "job_id": job.job_id,
+        "metadata": dict(parsed.metadata) if parsed.metadata else None,
+    }
+
+
 def result_record(parsed: Parsed, res: Result, job: JobInfo) -> dict[str, Any]:
     if res.embeddings is not None:
         return embedding_record(parsed, res, job)
+    if res.images is not None:
+        return image_record(parsed, res, job)
     return {
         "id": parsed.request.record_id,
         "text": res.text or "",
@@ -333,10 +512,11 @@ def result_record(parsed: Parsed, res: Result, job: JobInfo) -> dict[str, Any]:
             "completion_tokens": res.usage.completion_tokens,
             "cached_tokens": res.usage.cached_tokens,
         },
-        "model": job.model,
+        "model": parsed.model or job.model,
         "job_id": job.job_id,
         "metadata": dict(parsed.metadata) if parsed.metadata else None,
         "logprobs": result_logprobs(res.logprobs),
+        "choices": result_choices(res),
     }
 
 

@@ -140,7 +140,7 @@ def test_submit_wait_then_inspect(tmp_path):
     lines = run("jobs", "results", job_id, "--stream", env=env).stdout.splitlines()
     assert sorted(json.loads(x)["custom_id"] for x in lines) == ["c0", "c1", "c2", "c3"]
     errors = run("jobs", "results", job_id, "--stream", "--errors", env=env).stdout.splitlines()
-    assert [json.loads(x)["code"] for x in errors] == ["invalid_json"]
+    assert [json.loads(x)["error"]["code"] for x in errors] == ["invalid_json"]  # OpenAI's shape
 
 
 def test_a_failed_job_exits_1(tmp_path):

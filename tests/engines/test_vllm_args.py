@@ -15,11 +15,27 @@ def cfg(accelerator: str, count: int = 1, **kw) -> EngineConfig:
     return EngineConfig(model="m", accelerator=accelerator, accelerator_count=count, **kw)
 
 
+# guided requests: llguidance with compact JSON, as the jax engine
+GUIDANCE = {"backend": "guidance", "disable_any_whitespace": True}
+
+
+def test_structured_outputs_options_are_ours_not_llm_arguments():
+    c = cfg("cpu", options={"structured_outputs_backend": "xgrammar", "json_whitespace": True})
+    got = args.engine_args(c, "/m")
+    assert got["structured_outputs_config"] == {
+        "backend": "xgrammar",
+        "disable_any_whitespace": False,
+    }
+    assert "structured_outputs_backend" not in got
+    assert "json_whitespace" not in got
+
+
 def test_cpu_args_and_env():
     c = cfg("cpu", batch_size=16, max_seq_len=2048, options={"cpu_kvcache_space_gib": 4})
     assert args.engine_args(c, "/models/smol") == {
         "model": "/models/smol", "max_num_seqs": 16, "enable_prefix_caching": True, "seed": 0,
         "max_model_len": 2048, "dtype": "float32", "enforce_eager": True,
+        "structured_outputs_config": GUIDANCE,
     }  # fmt: skip
     env = args.engine_env(c)
     assert env["VLLM_CPU_KVCACHE_SPACE"] == "4"
@@ -48,6 +64,7 @@ def test_accelerator_args(accelerator, count, expected):
         "max_num_seqs": 256,
         "enable_prefix_caching": True,
         "seed": 0,
+        "structured_outputs_config": GUIDANCE,
     }
     assert args.engine_args(c, "gs-cache/llama") == {**base, **expected}
     assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in args.engine_env(c)  # workers per chip/GPU

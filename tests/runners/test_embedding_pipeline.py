@@ -18,6 +18,7 @@ from hyperbatch.jobs import spec as job_spec
 from hyperbatch.jobs.layout import JobFolder
 from hyperbatch.runners import pipeline
 from hyperbatch.runners.options import local_options
+from tests.helpers.faults import crash_on_call, heal
 from tests.optional import require
 from tests.records import jsonl, read_jsonl
 
@@ -88,21 +89,12 @@ def test_vectors_are_part_of_the_commit_resume_writes_each_once(tmp_path, monkey
     spec = make_spec(
         str(tmp_path / "in.jsonl"), str(tmp_path / "out"), vector_output="vertex_vector_search"
     )
-    real_generate = FakeEngine.generate
-    calls = {"n": 0}
-
-    def crashing_generate(self, requests, on_result=None):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise RuntimeError("accelerator fell over")
-        return real_generate(self, requests, on_result)
-
-    monkeypatch.setattr(FakeEngine, "generate", crashing_generate)
+    crash_on_call(monkeypatch, FakeEngine, "generate", 3, "accelerator fell over")
     with pytest.raises(Exception, match="accelerator fell over"):
         pipeline.run(spec, options=local_options())  # one bundle at a time: two shards commit
     job_dir = spec.job_dir()
     assert len(files(job_dir, "vectors", ".json")) == 2
-    monkeypatch.setattr(FakeEngine, "generate", real_generate)
+    heal(monkeypatch, FakeEngine, "generate")
     m = pipeline.run(spec)
     lines = [
         json.loads(x) for data in files(job_dir, "vectors", ".json") for x in data.splitlines()
@@ -119,8 +111,8 @@ def test_vectors_are_part_of_the_commit_resume_writes_each_once(tmp_path, monkey
          "only embedding jobs write vectors"),
         ({"vector_output": "csv"}, "vector_output"),
         ({"sampling": {"temperature": 0.5}}, "an embedding job samples nothing"),
-        ({"input_format": "vertex", "task": "chat", "vector_output": "none"},
-         "vertex lines are served for task embedding"),
+        ({"input_format": "vertex", "task": "completion", "vector_output": "none"},
+         "vertex lines are Gemini chat requests"),
     ],
 )  # fmt: skip
 def test_specs_that_mix_tasks_up_are_refused_before_launch(tmp_path, fields, message):
@@ -186,7 +178,7 @@ def test_all_minilm_job_vectors_equal_sentence_transformers(tmp_path):
     packed = np.frombuffer(base64.b64decode(out["dims"]["data"][0]["embedding"]), "<f4")
     np.testing.assert_allclose(packed, cut[4], atol=1e-5)
     [error] = [e for data in files(job_dir, "errors", ".jsonl") for e in read_jsonl(data)]
-    assert (error["record_id"], error["code"]) == ("other", "invalid_dimensions")
+    assert (error["custom_id"], error["error"]["code"]) == ("other", "invalid_dimensions")
 
     rows = {(r["id"], r["index"]): r for r in parquet_rows(job_dir)}
     assert rows[("long", 0)]["truncated"] is True

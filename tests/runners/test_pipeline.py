@@ -18,6 +18,7 @@ from hyperbatch.runners import pipeline
 from hyperbatch.runners.options import local_options
 from hyperbatch.runners.progress import PROGRESS
 from hyperbatch.schemas import avro
+from tests.helpers.faults import crash_on_call, heal
 from tests.records import jsonl, openai_chat, read_jsonl
 
 
@@ -36,6 +37,14 @@ def outputs(job_dir: str, suffix: str = ".jsonl") -> tuple[list[dict], list[dict
     for f in storage.glob(storage.join(job_dir, "errors", "*.jsonl")):
         errors += read_jsonl(storage.read_bytes(f.path))
     return results, errors
+
+
+def error_places(errors: list[dict]) -> list[tuple[str, str]]:
+    """(custom_id -- or, for a line without one, where it is, which its message starts with --,
+    code) of OpenAI batch error lines, sorted."""
+    return sorted(
+        (e["custom_id"] or e["error"]["message"].split(": ")[0], e["error"]["code"]) for e in errors
+    )
 
 
 BAD_LINES = [
@@ -75,14 +84,15 @@ def test_every_record_ends_as_one_result_or_one_error(tmp_path):
     assert by_id["ok-3"]["response"]["body"]["choices"][0]["message"]["content"] == "beta alpha"
     assert by_id["ok-b"]["response"]["body"]["choices"][0]["message"]["content"] == "one last"
 
-    expected_errors = {(str(tmp_path / "a.jsonl"), 5): "invalid_json"}
-    for i, (_, code) in enumerate(BAD_LINES[1:], start=1):
-        expected_errors[(str(tmp_path / "b.jsonl"), i)] = code
-    assert {(e["source_file"], e["source_line"]): e["code"] for e in errors} == expected_errors
-    assert all(e["message"] for e in errors)
-    dup = next(e for e in errors if e["code"] == "duplicate_id")
-    assert dup["record_id"] == "ok-1"
-    assert f"{tmp_path / 'a.jsonl'}:1" in dup["message"]
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    expected = {f"{a}:5": "invalid_json", f"{b}:1": "invalid_record", f"{b}:2": "missing_id"}
+    for raw, code in BAD_LINES[3:]:
+        expected[json.loads(raw)["custom_id"]] = code
+    assert error_places(errors) == sorted(expected.items())
+    assert all(e["error"]["message"] for e in errors)
+    dup = next(e for e in errors if e["error"]["code"] == "duplicate_id")
+    assert dup["custom_id"] == "ok-1"
+    assert f"{a}:1" in dup["error"]["message"]
 
     n_records = len([ln for ln in lines_a + lines_b if ln.strip()])
     assert m["records_in"] == n_records == len(results) + len(errors)
@@ -100,16 +110,7 @@ def test_resume_after_a_crash_skips_committed_shards_and_duplicates_nothing(tmp_
     records = [openai_chat(f"r{i:02d}", f"a b c {i}") for i in range(12)]
     (tmp_path / "in.jsonl").write_bytes(jsonl(records))
     spec = make_spec(str(tmp_path / "in.jsonl"), str(tmp_path / "out"))
-    real_generate = FakeEngine.generate
-    calls = {"n": 0}
-
-    def crashing_generate(self, requests, on_result=None):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise RuntimeError("accelerator fell over")
-        return real_generate(self, requests, on_result)
-
-    monkeypatch.setattr(FakeEngine, "generate", crashing_generate)
+    crash_on_call(monkeypatch, FakeEngine, "generate", 3, "accelerator fell over")
     one_at_a_time = local_options()  # one bundle thread: exactly two shards commit first
     with pytest.raises(Exception, match="accelerator fell over"):
         pipeline.run(spec, options=one_at_a_time)
@@ -117,7 +118,7 @@ def test_resume_after_a_crash_skips_committed_shards_and_duplicates_nothing(tmp_
     assert len(markers) == 2  # two shards committed before the crash
     before = {f.path: f.generation for f in markers}
 
-    monkeypatch.setattr(FakeEngine, "generate", real_generate)
+    heal(monkeypatch, FakeEngine, "generate")
     m = pipeline.run(spec)  # several shards in flight, as by default
     results, errors = outputs(spec.job_dir())
     assert sorted(r["custom_id"] for r in results) == [f"r{i:02d}" for i in range(12)]
@@ -177,7 +178,7 @@ def test_gcs_input_and_output_through_the_emulator(gcs_bucket):
     m = pipeline.run(spec)
     results, errors = outputs(spec.job_dir())
     assert sorted(r["custom_id"] for r in results) == ["g0", "g1", "g2", "g3", "g9"]
-    assert [(e["source_file"], e["code"]) for e in errors] == [(f"{gcs_bucket}/in/part-2.jsonl", "invalid_json")]  # fmt: skip
+    assert error_places(errors) == [(f"{gcs_bucket}/in/part-2.jsonl:1", "invalid_json")]
     assert m["records_in"] == 6
     assert (
         json.loads(storage.read_bytes(f"{spec.job_dir()}/manifest.json"))["job_id"] == m["job_id"]
@@ -236,10 +237,10 @@ def test_multi_process_beam_gives_the_same_results(tmp_path):
         runs[workers] = (
             sorted((r["custom_id"], r["response"]["body"]["choices"][0]["message"]["content"])
                    for r in results),
-            sorted((e["source_line"], e["code"]) for e in errors),
+            error_places(errors),
             (m["records_in"], m["results"], m["errors"], m["completion_tokens"]),
             len(m["shards"]),
         )  # fmt: skip
     assert runs[2] == runs[1]
     assert runs[1][2] == (12, 10, 2, 30)
-    assert runs[1][1] == [(11, "invalid_json"), (12, "duplicate_id")]
+    assert runs[1][1] == [(f"{tmp_path / 'in.jsonl'}:11", "invalid_json"), ("m-2", "duplicate_id")]

@@ -909,6 +909,7 @@ def test_scheduled_pipeline_publishes_a_job_request(tmp_path: Path) -> None:
         "name": "nightly",
         "spec": "name: nightly\ntask: chat\n",
         "max_cost_usd": 12.5,
+        "default_max_cost_usd": None,
         "spec_bucket": "jobs-bucket",
         "spec_prefix": "pipelines",
         "watch_prefix": None,
@@ -947,6 +948,23 @@ def test_scheduled_pipeline_publishes_a_job_request(tmp_path: Path) -> None:
         tmp_path / "watch",
     )
     assert url == "gs://jobs-bucket/specs/nightly.json"
+
+
+def test_pipeline_budget_cap_default_spec_and_override(tmp_path: Path) -> None:
+    request = MODULES / "pipeline" / "request.tf"
+    base = {"name": "nightly", "spec_bucket": "jobs-bucket", "spec_prefix": "pipelines",
+            "watch_prefix": None, "submitted_by": None, "request_encoding": None}  # fmt: skip
+    cases = [  # (spec, default_max_cost_usd, max_cost_usd) -> the published cap
+        ("name: n\n", 5, None, 5),  # the default, where the spec has none
+        ("name: n\nmax_cost_usd: 2\n", 5, None, 2),  # the spec's own wins over the default
+        ("name: n\nmax_cost_usd: 2\n", 5, 9, 9),  # max_cost_usd wins over both
+        ("name: n\n", None, None, None),  # no cap anywhere: none
+    ]
+    for i, (spec, default, cap, expected) in enumerate(cases):
+        (tmp_path / str(i)).mkdir()
+        variables = {**base, "spec": spec, "default_max_cost_usd": default, "max_cost_usd": cap}
+        document = _console([request], variables, "local.spec_document", tmp_path / str(i))
+        assert document.get("max_cost_usd") == expected, (spec, default, cap, document)
 
 
 # =========================================================================== docs

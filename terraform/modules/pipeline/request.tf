@@ -2,7 +2,9 @@
 # reads variables only, so the test can evaluate it with `terraform console` and no provider.
 
 locals {
+  # The cap: max_cost_usd if set, else the spec's own, else default_max_cost_usd.
   spec_document = merge(
+    var.default_max_cost_usd == null ? {} : { max_cost_usd = var.default_max_cost_usd },
     yamldecode(var.spec),
     var.max_cost_usd == null ? {} : { max_cost_usd = var.max_cost_usd },
   )

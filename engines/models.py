@@ -2,7 +2,8 @@
 
 ``resolve_model`` turns what a job spec says into a local path an engine can open, downloading
 ``gs://`` models in parallel into a local cache (verified, reused on the next run). ``check_model``
-does the cheap existence checks a job spec needs before launch, without downloading anything.
+does the cheap checks a job spec needs before launch (existence, headers), without downloading
+the weights.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from hyperbatch import storage
 
@@ -145,6 +146,113 @@ def _check_gguf(path: str) -> None:
         )
 
 
+#: GGUF metadata value types of a fixed size (bytes): uint8 ... float64; 8 is a string, 9 an array
+_GGUF_FIXED = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+_GGUF_LIMIT = 1 << 32  # no count or length in a sound header comes near this
+
+
+class _GgufHeaderError(ValueError):
+    pass
+
+
+def gguf_extent(f: Any) -> int | None:
+    """How many bytes the GGUF file open as ``f`` needs, from its header and tensor table alone
+    (read in order; arrays of numbers are skipped with ``seek``, so on Cloud Storage only the
+    header is fetched, in ranges). None without the gguf package (its block sizes say how
+    large a quantized tensor is). Raises _GgufHeaderError for a header that does not parse."""
+    import struct
+
+    try:
+        import gguf
+    except ImportError:
+        return None
+
+    def read(n: int) -> bytes:
+        data = f.read(n)
+        if len(data) != n:
+            raise _GgufHeaderError("the header ends early")
+        return data
+
+    def u32() -> int:
+        return int(struct.unpack("<I", read(4))[0])
+
+    def u64() -> int:
+        value = int(struct.unpack("<Q", read(8))[0])
+        if value > _GGUF_LIMIT:
+            raise _GgufHeaderError(f"a count of {value} in the header")
+        return value
+
+    def string() -> bytes:
+        return read(u64())
+
+    def skip_value(kind: int) -> None:
+        if kind in _GGUF_FIXED:
+            f.seek(_GGUF_FIXED[kind], 1)
+        elif kind == 8:
+            f.seek(u64(), 1)
+        elif kind == 9:
+            inner, count = u32(), u64()
+            if inner in _GGUF_FIXED:
+                f.seek(_GGUF_FIXED[inner] * count, 1)
+            else:
+                for _ in range(count):
+                    skip_value(inner)
+        else:
+            raise _GgufHeaderError(f"unknown metadata value type {kind}")
+
+    if read(4) != b"GGUF":
+        raise _GgufHeaderError("it does not start with 'GGUF'")
+    version = u32()
+    if version not in (2, 3):
+        raise _GgufHeaderError(f"GGUF version {version} is not supported (2 or 3)")
+    n_tensors, n_kv = u64(), u64()
+    alignment = 32  # general.alignment, if the metadata says otherwise
+    for _ in range(n_kv):
+        key, kind = string(), u32()
+        if key == b"general.alignment" and kind == 4:
+            alignment = u32()
+        else:
+            skip_value(kind)
+    end = 0
+    for _ in range(n_tensors):
+        string()  # the name
+        n_dims = u32()
+        if not 1 <= n_dims <= 8:
+            raise _GgufHeaderError(f"a tensor of {n_dims} dimensions")
+        elements = 1
+        for _ in range(n_dims):
+            elements *= u64()
+        kind, offset = u32(), u64()
+        try:
+            block, block_bytes = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(kind)]
+        except (ValueError, KeyError) as e:
+            raise _GgufHeaderError(f"unknown tensor type {kind}") from e
+        end = max(end, offset + elements // block * block_bytes)
+    header = f.tell()
+    return -(-header // alignment) * alignment + end
+
+
+def _check_gguf_object(url: str) -> None:
+    """A gs:// GGUF model's header and tensor table, as ``_check_gguf`` checks a local one:
+    read in 1 MiB ranges, never the weights."""
+    info = storage.stat(url)
+    size = info.size if info else 0
+    with storage.open_read(url, chunk_size=1 << 20) as f:
+        try:
+            end = gguf_extent(f)
+        except _GgufHeaderError as e:
+            if str(e).startswith("it does not start"):
+                raise ModelNotFound(f"{url} is not a GGUF file ({e})") from e
+            raise ModelNotFound(
+                f"{url} is not a readable GGUF model ({e}); it may be truncated: copy it again"
+            ) from e
+    if end is not None and end > size:
+        raise ModelNotFound(
+            f"{url} is truncated: its tensors need {end} bytes, the object has {size}; copy "
+            "it again"
+        )
+
+
 def _check_safetensors(path: str) -> None:
     import json as _json
     import struct
@@ -169,8 +277,9 @@ def _check_safetensors(path: str) -> None:
 
 
 def check_model(ref: str) -> ModelFormat:
-    """Validate a model reference cheaply: it exists, and locally its files' headers and
-    tensor tables are sound (no download, no weights loaded). Raises ModelNotFound."""
+    """Validate a model reference cheaply: it exists, and its files' headers and tensor tables
+    are sound (locally; on gs:// a GGUF file's, read in ranges) -- no download, no weights
+    loaded. Raises ModelNotFound."""
     if ref in CATALOGUE:
         path = _catalogue_path(ref)
         check_files(path, CATALOGUE[ref].format)
@@ -179,6 +288,7 @@ def check_model(ref: str) -> ModelFormat:
         if ref.endswith(".gguf"):
             if not storage.exists(ref):
                 raise ModelNotFound(f"no such object: {ref}")
+            _check_gguf_object(ref)
             return "gguf"
         base = ref.rstrip("/")
         if storage.exists(f"{base}/{DIFFUSERS_INDEX}"):

@@ -158,13 +158,53 @@ def client_creation_errors() -> tuple[type[BaseException], ...]:
 def unusable_credentials(error: BaseException) -> bool:
     """Whether a request failed because its credentials are unusable (not a transient error,
     not a missing permission): refreshing them failed (an expired, revoked or deleted key), the
-    token or metadata server could not be reached, or the service answered 401."""
+    token or metadata server could not be reached, or the service answered 401. Over gRPC a
+    failed refresh arrives as an error status whose message is gRPC's "Getting metadata from
+    plugin failed"."""
     from google.api_core import exceptions as api
     from google.auth import exceptions as auth
 
     if isinstance(error, api.RetryError):  # the client's own retries gave up on a refresh
-        return isinstance(error.cause, auth.GoogleAuthError)
+        return error.cause is not None and unusable_credentials(error.cause)
+    if isinstance(error, api.GoogleAPICallError) and _GRPC_PLUGIN_FAILED in str(error.message):
+        return True
     return isinstance(error, auth.GoogleAuthError | api.Unauthorized | api.Unauthenticated)
+
+
+_GRPC_PLUGIN_FAILED = "Getting metadata from plugin failed"
+
+#: The scope every hyperbatch client asks for (Pub/Sub, Dataflow).
+CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
+
+
+def google_credentials(service: str) -> Any:
+    """Application default credentials for a client of ``service``, refreshed once now: a key
+    that is missing, unreadable, malformed, expired or revoked, or a metadata server that gives
+    no token, is the CredentialsError paragraph here, at the first call, not a gRPC retry loop
+    or a traceback later."""
+    import google.auth
+    from google.auth.transport.requests import Request
+
+    try:
+        credentials, _ = google.auth.default(scopes=[CLOUD_PLATFORM_SCOPE])
+        credentials.refresh(Request())
+    except client_creation_errors() as e:
+        raise credentials_error(service, e) from e
+    return credentials
+
+
+@contextlib.contextmanager
+def credentials_checked(service: str) -> Iterator[None]:
+    """Inside it, a Google client's error that means unusable credentials (see
+    ``unusable_credentials``, e.g. a 401) becomes the CredentialsError paragraph for
+    ``service``; every other error passes unchanged. ``gcs_error`` does the same for Cloud
+    Storage."""
+    try:
+        yield
+    except _google_errors() as e:
+        if not unusable_credentials(e):
+            raise
+        raise credentials_error(service, e) from e
 
 
 def credentials_error(service: str, error: BaseException) -> CredentialsError:
@@ -183,6 +223,9 @@ def _auth_reason(error: BaseException) -> str:
     if isinstance(error, api.RetryError) and error.cause is not None:
         error = error.cause
     first = error.args[0] if error.args and isinstance(error.args[0], str) else error
+    inner = re.search(r"plugin failed with error: \('([^']+)'", str(first))
+    if inner:  # gRPC's wrapping of google.auth's RefreshError: google.auth's words
+        first = inner.group(1)
     text = _first_sentence(first)  # an OSError's first argument is its errno
     if len(error.args) > 1 and isinstance(error.args[1], BaseException):
         text += f": {_first_sentence(error.args[1])}"  # e.g. why a key file could not be loaded

@@ -10,8 +10,12 @@ Every figure is a range (low, expected, high) and the estimate says what it is b
 How the time is modelled (``jobs.throughput`` has the formula): prompt tokens not served from
 the prefix cache are prefilled; decode time follows the engine's scheduler, simulated over the
 predicted completion lengths (``decode_calls``: static slots refilled as answers finish, so a
-few long answers keep a batch's idle slots busy, which is what a job pays for); plus the model
-load and warmup per worker, and host overhead. A completion's length is predicted from the
+few long answers keep a batch's idle slots busy, which is what a job pays for); prefill is
+counted the same way, in the token slots the engine computes: the prompts admitted together
+padded to whole calls (``prefill_slots``: a job of many short refills pays for padding that
+one of long prompts does not); plus the model load and warmup per worker, and host overhead.
+An earlier job's rates are read in the same units (its prompts taken as equally long: a
+manifest keeps their total). A completion's length is predicted from the
 histogram earlier jobs of the model recorded (``manifest.Lengths``): an answer that stopped by
 itself has its length; one cut at its limit is known only to be at least that long, so for a
 larger ``max_tokens`` it spans a range. Without earlier jobs the expected length is
@@ -157,19 +161,23 @@ def _sample_offsets(
     for f in files:
         starts.append(at)
         at += f.size
-    sample: list[tuple[Location, Any]] = []
-    sizes: list[int] = []
+    by_file: dict[int, list[int]] = {}
     for offset in sorted(rng.randrange(total) for _ in range(n)):
         i = bisect.bisect_right(starts, offset) - 1
+        by_file.setdefault(i, []).append(offset - starts[i])
+    sample: list[tuple[Location, Any]] = []
+    sizes: list[int] = []
+    for i, offsets in by_file.items():  # each file opened once, read forward at its offsets
         info = files[i]
         with storage.open_read(info.path, chunk_size=1 << 16) as stream:
-            stream.seek(offset - starts[i])
-            if offset - starts[i] > 0:
-                stream.readline()  # the rest of the line the offset fell in
-            line = stream.readline()
-        if line.strip():
-            sample.append((Location(info.path, 0), line))  # its line number is not known
-            sizes.append(len(line))
+            for at in offsets:
+                stream.seek(at)
+                if at > 0:
+                    stream.readline()  # the rest of the line the offset fell in
+                line = stream.readline()
+                if line.strip():
+                    sample.append((Location(info.path, 0), line))  # its line is not known
+                    sizes.append(len(line))
     if not sample:
         return InputSample(len(files), total, 0, False, [])
     records = round(total / (sum(sizes) / len(sizes)))
@@ -268,13 +276,19 @@ def model_facts(spec: JobSpec) -> ModelFacts:
 
 
 def decode_calls(
-    lengths: Sequence[int], slots: int, steps: int, refill_min: int
+    lengths: Sequence[int],
+    slots: int,
+    steps: int,
+    refill_min: int,
+    groups: list[int] | None = None,
 ) -> tuple[int, int]:
     """(decode calls, admission rounds) of a static-batch scheduler serving ``lengths``
     (completion tokens, in the order served): ``slots`` slots; each call advances every busy
     slot ``steps`` tokens (the first token comes from prefill); waiting requests are admitted
     when no slot is busy or at least ``min(refill_min, waiting)`` are free. Mirrors
-    ``engines.jax_llm.scheduler``; with steps=1, refill_min=1 it is continuous batching."""
+    ``engines.jax_llm.scheduler``; with steps=1, refill_min=1 it is continuous batching.
+    ``groups``, if given, gets how many requests each admission round took (they are
+    prefilled together)."""
     active: list[int] = []  # the call count at which each busy slot finishes
     t, i, n, rounds = 0, 0, len(lengths), 0
     while i < n or active:
@@ -283,6 +297,8 @@ def decode_calls(
         free, waiting = slots - len(active), n - i
         if waiting and free and (not active or free >= min(refill_min, waiting)):
             rounds += 1
+            if groups is not None:
+                groups.append(min(free, waiting))
             for length in lengths[i : i + min(free, waiting)]:
                 calls = -(-max(0, length - 1) // steps)
                 if calls:
@@ -311,6 +327,22 @@ class Scheduling:
     prefix_min: int
     prefix_max: int
     prefix_block: int
+    # prefill as the JAX engine computes it (static shapes): each admission round's prompts
+    # packed into calls of ``prefill_tokens`` (``packed``: the CPU kernel), or each prompt
+    # padded to its length bucket, ``prefill_tokens // bucket`` rows a call; 0: no padding
+    prefill_tokens: int = 0
+    packed: bool = True
+    buckets: tuple[int, ...] = ()
+
+
+def _default_buckets(max_seq_len: int, block: int) -> tuple[int, ...]:
+    """The JAX engine's prompt-length buckets: 16, 64, 256, ... up to the cache length."""
+    seq = -(-max_seq_len // block) * block
+    out, b = [], 16
+    while b < max(16, seq):
+        out.append(b)
+        b *= 4
+    return (*out, max(16, seq))
 
 
 def scheduling(spec: JobSpec) -> Scheduling:
@@ -321,6 +353,16 @@ def scheduling(spec: JobSpec) -> Scheduling:
         max(1, spec.batch_size // profile.refill_fraction) if profile.refill_fraction else 1
     )
     rows = getattr(options, "prefix_cache_rows", 1)
+    prefill_tokens = int(getattr(options, "prefill_tokens", 0) or 0) if profile.static_slots else 0
+    attention = getattr(options, "attention", "auto")
+    packed = accelerators.get(spec.accelerator).kind == "cpu" and attention != "xla"
+    buckets: tuple[int, ...] = ()
+    if prefill_tokens and not packed:
+        given = getattr(options, "prefill_buckets", None)
+        block = int(getattr(options, "attention_block", 64))
+        buckets = tuple(sorted(given)) if given else _default_buckets(
+            spec.max_seq_len or 1024, block
+        )  # fmt: skip
     return Scheduling(
         static_slots=profile.static_slots,
         slots=spec.batch_size,
@@ -329,21 +371,58 @@ def scheduling(spec: JobSpec) -> Scheduling:
         prefix_min=int(getattr(options, "prefix_min_tokens", 1)) if rows else 1 << 30,
         prefix_max=int(getattr(options, "prefix_max_tokens", None) or 512),
         prefix_block=profile.prefix_block,
+        prefill_tokens=prefill_tokens,
+        packed=packed,
+        buckets=buckets,
     )
 
 
-def decode_units(lengths: Sequence[int], sched: Scheduling) -> float:
-    """Decode token slots the engine computes for ``lengths``: static slots compute the whole
-    batch every call; continuous batching computes the tokens generated."""
+def prefill_slots(uncached: Sequence[int], sched: Scheduling) -> float:
+    """Token slots the engine computes to prefill one admission round's prompts (their
+    uncached tokens): padded to whole calls (packed) or to length buckets; no padding
+    modelled for an engine without static shapes."""
+    total = sum(uncached)
+    p = sched.prefill_tokens
+    if not p or not total:
+        return float(total)
+    if sched.packed:
+        return float(-(-total // p) * p)
+    counts: dict[int, int] = {}
+    for n in uncached:
+        if n:
+            t = next((b for b in sched.buckets if b >= n), sched.buckets[-1])
+            counts[t] = counts.get(t, 0) + 1
+    slots = 0
+    for t, k in counts.items():
+        rows = max(1, p // t)
+        slots += -(-k // rows) * rows * t
+    return float(slots)
+
+
+def work_units(
+    lengths: Sequence[int], uncached: Sequence[int], sched: Scheduling
+) -> tuple[float, float]:
+    """(decode units, prefill units) the engine computes to serve records with these completion
+    lengths and uncached prompt tokens, in this order. Decode: static slots compute the whole
+    batch every call; continuous batching computes the tokens generated. Prefill: each
+    admission round's prompts as ``prefill_slots`` pads them."""
     if not sched.static_slots:
-        return float(sum(lengths))
+        return float(sum(lengths)), float(sum(uncached))
     n = len(lengths)
-    if n > SIMULATED_RECORDS:
-        calls, _ = decode_calls(lengths[:SIMULATED_RECORDS], sched.slots, sched.steps,
-                                sched.refill_min)  # fmt: skip
-        return calls * sched.slots * sched.steps * n / SIMULATED_RECORDS
-    calls, _ = decode_calls(lengths, sched.slots, sched.steps, sched.refill_min)
-    return float(calls * sched.slots * sched.steps)
+    m = min(n, SIMULATED_RECORDS)
+    groups: list[int] = []
+    calls, _ = decode_calls(lengths[:m], sched.slots, sched.steps, sched.refill_min, groups)
+    prefill, i = 0.0, 0
+    for k in groups:
+        prefill += prefill_slots(uncached[i : i + k], sched)
+        i += k
+    scale = n / m if m else 0.0
+    return calls * sched.slots * sched.steps * scale, prefill * scale
+
+
+def decode_units(lengths: Sequence[int], sched: Scheduling) -> float:
+    """Decode token slots the engine computes for ``lengths`` (see ``work_units``)."""
+    return work_units(lengths, [0] * len(lengths), sched)[0]
 
 
 # --------------------------------------------------------------------------- completion lengths
@@ -442,16 +521,20 @@ def _lengths_of(c: Calibration) -> list[int]:
     return [v if v is not None else g for g, pool in model.groups.items() for v in pool]
 
 
-def _mean_units(lengths: list[int], sched: Scheduling) -> float:
-    """Decode units of ``lengths`` served in an order that says nothing of them (a few
-    shuffles, averaged, for a small job)."""
+def _mean_units(lengths: list[int], uncached: int, sched: Scheduling) -> tuple[float, float]:
+    """(decode, prefill) units of serving ``lengths`` with ``uncached`` prompt tokens spread
+    evenly over them (an earlier job's manifest has only the total), in an order that says
+    nothing of them (a few shuffles, averaged, for a small job)."""
     rounds = ROUNDS if len(lengths) <= SIMULATED_RECORDS // 10 else 1
-    total = 0.0
+    n = len(lengths)
+    each = [uncached // n + (1 if i < uncached % n else 0) for i in range(n)] if n else []
+    decode = prefill = 0.0
     for seed in range(rounds):
         order = list(lengths)
         random.Random(seed).shuffle(order)
-        total += decode_units(order, sched)
-    return total / rounds
+        d, p = work_units(order, each, sched)
+        decode, prefill = decode + d / rounds, prefill + p / rounds
+    return decode, prefill
 
 
 def measured_rates(c: Calibration) -> throughput.Rates | None:
@@ -469,11 +552,12 @@ def measured_rates(c: Calibration) -> throughput.Rates | None:
         rate = int(m["prompt_tokens"]) / busy
         decode, prefill_rate = rate, rate
     else:
-        units = _mean_units(_lengths_of(c), scheduling(c.spec))
-        if 0 < prefill < busy and uncached:
-            decode, prefill_rate = units / (busy - prefill), uncached / prefill
+        # in the units the engine computes: token slots, padding and idle slots included
+        units, prefill_units = _mean_units(_lengths_of(c), uncached, scheduling(c.spec))
+        if 0 < prefill < busy and prefill_units:
+            decode, prefill_rate = units / (busy - prefill), prefill_units / prefill
         else:  # one rate for both (the engine does not time prefill apart)
-            decode = prefill_rate = (units + uncached) / busy
+            decode = prefill_rate = (units + prefill_units) / busy
         if units <= 0:
             return None
     overhead = max(0.0, float(m["accelerator_seconds"]) - busy - fixed) / busy
@@ -674,6 +758,10 @@ def estimate(
     served, invalid = _prepare(sample, spec, facts, sched)
     scale = sample.scale
     records = sample.records
+    # a worker that gets no shard never loads the model: at most one worker per shard
+    asked = workers
+    shards = max(min(sample.files, records), -(-records // spec.records_per_shard))
+    workers = max(1, min(workers, shards))
     prompt = sum(s.prompt * s.choices for s in served) * scale
     seen: set[tuple[int, ...]] = set()
     cached = 0.0
@@ -684,7 +772,6 @@ def estimate(
                 seen.add(s.prefix)
                 cached -= len(s.prefix) * workers
     cached = max(0.0, cached)
-    uncached = prompt - cached
 
     # completion lengths: low / expected / high per served record, in the order served
     history = sum((Lengths.from_dict(c.manifest.get("completion_lengths")) for c in found),
@@ -693,30 +780,37 @@ def estimate(
     # the calibration assumes too: a few orders, averaged, for a small job.
     rounds = ROUNDS if len(served) * scale <= SIMULATED_RECORDS // 10 else 1
     tokens, units = [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]  # low, expected, high: sums over rounds
+    prefills = [0.0, 0.0, 0.0]  # prefill token slots, padding included
+    model: LengthModel | None = None
     for seed in range(rounds if spec.task != TaskKind.EMBEDDING else 0):
         model = LengthModel(history, seed) if history else None
         order = list(served)
         random.Random(seed).shuffle(order)
         drawn: tuple[list[int], list[int], list[int]] = ([], [], [])
+        fresh: list[int] = []  # uncached prompt tokens per slot (choices share one prefill)
         for s in order:
-            for _ in range(s.choices):
+            for choice in range(s.choices):
                 for side, v in zip(drawn, model.draw(s.limit) if model else
                                    (1, s.limit, s.limit), strict=True):  # fmt: skip
                     side.append(v)
+                fresh.append(s.prompt - len(s.prefix) if choice == 0 else 0)
         for k, lengths in enumerate(drawn):
             # the sample stands for the whole job: repeated to its size (or what is simulated)
             total = round(len(lengths) * scale)
             simulated = min(total, SIMULATED_RECORDS)
             tokens[k] += sum(lengths) * scale / rounds
             if total:
-                sim = decode_units(_tile(lengths, simulated), sched)
-                units[k] += sim * total / simulated / rounds
+                d, p = work_units(_tile(lengths, simulated), _tile(fresh, simulated), sched)
+                units[k] += d * total / simulated / rounds
+                prefills[k] += p * total / simulated / rounds
+    # each distinct shared prefix is prefilled once per worker (into the prefix store)
+    prefills = [p + sum(map(len, seen)) * workers for p in prefills]
     completion = Span(*tokens)
 
     def busy(k: int, rate_factor: float) -> float:
         if spec.task == TaskKind.EMBEDDING:
             return prompt / (rates.decode_tokens_per_s * rate_factor)
-        seconds = uncached / rates.prefill_tokens_per_s + units[k] / rates.decode_tokens_per_s
+        seconds = prefills[k] / rates.prefill_tokens_per_s + units[k] / rates.decode_tokens_per_s
         return seconds / rate_factor
 
     fixed = rates.fixed_seconds
@@ -734,7 +828,9 @@ def estimate(
         else f"{len(sample.sample)} records sampled uniformly of "
         + (f"{records}" if sample.exact else f"about {records} (from {sample.bytes} bytes)")
     )
-    if model is not None:
+    if spec.task == TaskKind.EMBEDDING:
+        how_long = "an embedding job: no completion tokens (its time is the prompt tokens')"
+    elif model is not None:
         how_long = (
             f"observed: {model.n} completions of {len(found)} earlier job(s) of {spec.model} "
             f"({', '.join(c.job_id for c in found)}), drawn for each record from those whose "
@@ -754,7 +850,12 @@ def estimate(
         "price": f"${price.usd_per_accelerator_hour}/h per accelerator ({price.pricing_model}, "
         f"{price.table_source}, {price.table_date}) x {spec.accelerator_count}",
         "workers": f"{workers} worker(s), each loading the model once "
-        f"({fixed:.1f} s) and sharing the work",
+        f"({fixed:.1f} s) and sharing the work"
+        + (
+            f" (of {asked} asked for: the job has about {shards} shard(s))"
+            if asked > workers
+            else ""
+        ),
     }
     return Estimate(
         job_id=job_id or spec.job_id,
@@ -797,22 +898,29 @@ def check_budget(
     if cap is None:
         return None
     est = estimate(spec, root=root, workers=workers)
-    if est.cost_usd.low > cap:
-        c = est.cost_usd
-        raise BudgetExceeded(
-            [
-                f"max_cost_usd: {_money(cap)} is below even the low estimate of this job: "
-                f"{_money(c.low)} (expected {_money(c.expected)}, up to {_money(c.high)}; "
-                f"{est.records} records, {est.prompt_tokens} prompt tokens, "
-                f"{est.completion_tokens.expected:.0f} completion tokens expected, "
-                f"{est.accelerator_hours.expected:.4f} accelerator-hours; throughput "
-                f"{est.basis['throughput'].split(';')[0]}). Raise max_cost_usd, or serve fewer "
-                "records (`hyperbatch estimate` shows the whole estimate)"
-            ],
-            source,
-            est,
-        )
+    if est.within_budget is False:
+        raise refusal(est, source)
     return est
+
+
+def refusal(est: Estimate, source: str | None = None) -> BudgetExceeded:
+    """The refusal of a job whose low estimate ``est`` is above its ``max_cost_usd``: the
+    estimate in the message (records, tokens, accelerator-hours, $ range, what it is based on)."""
+    cap, c = est.spec.max_cost_usd, est.cost_usd
+    assert cap is not None
+    return BudgetExceeded(
+        [
+            f"max_cost_usd: {_money(cap)} is below even the low estimate of this job: "
+            f"{_money(c.low)} (expected {_money(c.expected)}, up to {_money(c.high)}; "
+            f"{est.records} records, {est.prompt_tokens} prompt tokens, "
+            f"{est.completion_tokens.expected:.0f} completion tokens expected, "
+            f"{est.accelerator_hours.expected:.4f} accelerator-hours; throughput "
+            f"{est.basis['throughput'].split(';')[0]}). Raise max_cost_usd, or serve fewer "
+            "records (`hyperbatch estimate` shows the whole estimate)"
+        ],
+        source,
+        est,
+    )
 
 
 def iter_lines(est: Estimate) -> Iterator[tuple[str, str]]:

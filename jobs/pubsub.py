@@ -66,10 +66,9 @@ def publisher(ordered: bool = False) -> Any:
     options = pubsub_v1.types.PublisherOptions(enable_message_ordering=ordered)
     # Small batches, short latency: these are control messages, not a data stream.
     batch = pubsub_v1.types.BatchSettings(max_messages=100, max_latency=0.005)
-    try:
-        return pubsub_v1.PublisherClient(batch_settings=batch, publisher_options=options)
-    except storage.client_creation_errors() as e:
-        raise storage.credentials_error("Pub/Sub", e) from e
+    return pubsub_v1.PublisherClient(
+        batch_settings=batch, publisher_options=options, **_credentials()
+    )
 
 
 @functools.cache
@@ -77,10 +76,25 @@ def subscriber() -> Any:
     """The subscriber client; CredentialsError if there are no usable credentials."""
     from google.cloud import pubsub_v1
 
-    try:
-        return pubsub_v1.SubscriberClient()
-    except storage.client_creation_errors() as e:
-        raise storage.credentials_error("Pub/Sub", e) from e
+    return pubsub_v1.SubscriberClient(**_credentials())
+
+
+#: The service named in the no-usable-credentials paragraph.
+SERVICE = "Pub/Sub"
+
+
+def _credentials() -> dict[str, Any]:
+    """The clients' credentials, refreshed once (``storage.google_credentials``), so a key
+    that is missing, malformed, expired or revoked is one paragraph at the first call; the
+    emulator needs none."""
+    if os.environ.get("PUBSUB_EMULATOR_HOST"):
+        return {}
+    return {"credentials": storage.google_credentials(SERVICE)}
+
+
+def credentials_checked() -> Any:
+    """Around a Pub/Sub call: a 401 or a failed refresh becomes the CredentialsError paragraph."""
+    return storage.credentials_checked(SERVICE)
 
 
 def reset_clients() -> None:
@@ -100,7 +114,8 @@ def publish(
     client = publisher(ordered=bool(ordering_key))
     future = client.publish(topic, data, ordering_key=ordering_key, **dict(attributes or {}))
     try:
-        return future.result(timeout=PUBLISH_TIMEOUT_S)
+        with credentials_checked():
+            return future.result(timeout=PUBLISH_TIMEOUT_S)
     except Exception:
         if ordering_key:
             # An ordered key is paused after a failure until resumed; the retry needs it open.

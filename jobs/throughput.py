@@ -11,13 +11,14 @@ calibrates the estimate).
 The cost model both use (one worker):
 
     accelerator seconds = fixed (load + warmup) + busy * (1 + overhead)
-    busy                = uncached prompt tokens / prefill_tokens_per_s
+    busy                = prefill units / prefill_tokens_per_s
                           + decode units / decode_tokens_per_s
 
-Decode units are token slots a decode call computes: for a static-batch engine (``jax``)
-``batch_size`` slots for ``decode_steps`` steps per call, busy or not (a simulation of the slot
-scheduler counts the calls, see ``jobs.estimate``); for a continuous-batching engine (``vllm``)
-the tokens generated. Published results give one number, output tokens/s at an input/output
+Units are token slots the engine computes: for a static-batch engine (``jax``) a decode call
+computes ``batch_size`` slots for ``decode_steps`` steps, busy or not, and a prefill call
+``prefill_tokens`` slots however few prompt tokens it holds (a simulation of the slot scheduler
+counts the calls, see ``jobs.estimate``); for a continuous-batching engine (``vllm``) the
+uncached prompt tokens and the tokens generated. Published results give one number, output tokens/s at an input/output
 length; it is split into the two rates by assuming a prompt token costs ``prefill_weight`` of a
 decode slot (``published``): 1 on a CPU (both are matrix products of the same width; measured:
 0.9-1.1 here), 1/8 on TPUs and GPUs (prefill is compute-bound, decode memory-bound).

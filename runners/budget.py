@@ -19,6 +19,15 @@ every later one is left (not served, not committed; ``ShardStats.left``), the sh
 finish and commit, and the manifest says STOPPED_BUDGET with the records served and left. A
 rerun with a higher cap resumes from the committed shards.
 
+Until a rate is measured, what is admitted is hedged, since shards in flight cannot be stopped
+and an estimate can be wrong (a throughput table row of another machine, a CPU that other work
+slows down): beyond the first shard, a shard waits (its thread blocks, the shards in flight go
+on) while the projection with the estimate is above ``UNMEASURED_SHARE`` of the cap, or always
+when there is no estimate -- until the shards in flight have committed and the rate is
+measured, or the time they are charged shows the cap would be passed (then the budget stops).
+A wrong estimate then overshoots the cap by at most what the first wave costs beyond its
+expected half; a right one costs a short wait for the first commit near the cap.
+
 Each worker process keeps its own budget; on several workers (Dataflow) a process sees the
 others' work once it is committed, so the cap can be passed by what the other workers have in
 flight (at most a few shards each).
@@ -41,6 +50,12 @@ from hyperbatch.jobs.spec import JobSpec
 from hyperbatch.runners.engine_adapter import TimeLedger
 
 log = logging.getLogger(__name__)
+
+#: before a rate is measured, shards beyond the first are admitted only while the projection
+#: with the estimate stays within this share of the cap (see the module doc)
+UNMEASURED_SHARE = 0.5
+#: how often a waiting shard looks at the budget again (it is also woken when a shard ends)
+POLL_SECONDS = 1.0
 
 
 class _Ledger(TimeLedger):
@@ -84,6 +99,8 @@ class JobBudget:
         attempt: str | None,
         prior: Callable[[], Prior | None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        unmeasured_share: float = UNMEASURED_SHARE,
+        poll_seconds: float = POLL_SECONDS,
     ):
         assert spec.max_cost_usd is not None
         price = pricing.price_for(spec.accelerator, spec.spot, spec.usd_per_accelerator_hour)
@@ -95,6 +112,9 @@ class JobBudget:
         self._prior: Prior | None = None
         self._prior_read = False
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)  # a shard ended: look again
+        self.unmeasured_share = unmeasured_share
+        self.poll_seconds = poll_seconds
         self._ledger = _Ledger(clock)
         self._in_flight: dict[str, tuple[int, bool]] = {}  # shard -> (records, loads engine)
         self._first_wave: set[str] | None = set()  # admitted before the first shard ended
@@ -120,65 +140,80 @@ class JobBudget:
             self._markers[name[:-5]] = ShardStats.from_dict(marker["stats"])
         return list(self._markers.values())
 
-    def _rate(self, committed: list[ShardStats]) -> float | None:
-        """Accelerator seconds per record, measured or expected."""
-        measured = None
-        if self._first_wave is None:  # every shard that shared the engine's load committed
-            records = sum(s.counters.records for s in committed)
-            spent = sum(
-                s.counters.accelerator_seconds - s.counters.load_seconds
-                - s.counters.warmup_seconds
-                for s in committed
-            )  # fmt: skip
-            if records and spent > 0:
-                measured = spent / records
-        if measured is not None:
-            return measured
-        return self._prior.seconds_per_record if self._prior else None
+    def _measured(self, committed: list[ShardStats]) -> float | None:
+        """Accelerator seconds per record measured on the committed shards, if they tell."""
+        if self._first_wave is not None:  # shards that shared the engine's load are in flight
+            return None
+        records = sum(s.counters.records for s in committed)
+        spent = sum(
+            s.counters.accelerator_seconds - s.counters.load_seconds - s.counters.warmup_seconds
+            for s in committed
+        )
+        return spent / records if records and spent > 0 else None
 
     # -- admission ---------------------------------------------------------------------------
 
     def admit(self, shard: str, records: int) -> bool:
-        """May this process start serving ``shard``? False: the budget stopped (for good)."""
-        with self._lock:
-            if self.stopped:
-                return False
-            if not self._prior_read:
-                self._prior, self._prior_read = self._prior_source(), True
-            committed = self._committed()
-            spent, _ = manifest.charged_seconds(committed, lease.attempts(self.job_dir),
-                                                self.attempt)  # fmt: skip
-            rate = self._rate(committed)
-            fixed = self._prior.fixed_seconds if self._prior else 0.0
-            charged = self._ledger.charged()
-            flying = 0.0
-            for name, (n, loads) in self._in_flight.items():
-                expected = rate * n + (fixed if loads else 0.0) if rate is not None else 0.0
-                flying += max(charged.get(name, 0.0), expected)
-            new = 0.0
-            if rate is not None:
-                new = rate * records + (0.0 if self._started_any else fixed)
-            projected = spent + flying + new
-            self.last_projection_seconds = projected
-            if projected > self.cap_seconds:
-                self.stopped = True
-                log.warning(
-                    "budget: stopping before shard %s: projected %.1f accelerator-s "
-                    "(committed %.1f + in flight %.1f + this shard %.1f) > the cap's %.1f "
-                    "(max_cost_usd %s)",
-                    shard, projected, spent, flying, new, self.cap_seconds, self.cap_usd,
-                )  # fmt: skip
-                return False
-            self._in_flight[shard] = (records, not self._started_any)
-            self._started_any = True
-            if self._first_wave is not None and self._wave_open:
-                self._first_wave.add(shard)
-            self._ledger.start(shard)
-            return True
+        """May this process start serving ``shard``? False: the budget stopped (for good).
+        Before a rate is measured it may wait (see the module doc)."""
+        with self._changed:
+            while True:
+                verdict = self._decide(shard, records)
+                if verdict is not None:
+                    return verdict
+                self._changed.wait(self.poll_seconds)
+
+    def _decide(self, shard: str, records: int) -> bool | None:
+        """Admit (True), stop (False) or wait (None); the caller holds the lock."""
+        if self.stopped:
+            return False
+        if not self._prior_read:
+            self._prior, self._prior_read = self._prior_source(), True
+        committed = self._committed()
+        spent, _ = manifest.charged_seconds(committed, lease.attempts(self.job_dir),
+                                            self.attempt)  # fmt: skip
+        measured = self._measured(committed)
+        rate = measured if measured is not None else (
+            self._prior.seconds_per_record if self._prior else None
+        )  # fmt: skip
+        fixed = self._prior.fixed_seconds if self._prior else 0.0
+        charged = self._ledger.charged()
+        flying = 0.0
+        for name, (n, loads) in self._in_flight.items():
+            expected = rate * n + (fixed if loads else 0.0) if rate is not None else 0.0
+            flying += max(charged.get(name, 0.0), expected)
+        new = 0.0
+        if rate is not None:
+            new = rate * records + (0.0 if self._started_any else fixed)
+        projected = spent + flying + new
+        self.last_projection_seconds = projected
+        if projected > self.cap_seconds:
+            self.stopped = True
+            self._changed.notify_all()
+            log.warning(
+                "budget: stopping before shard %s: projected %.1f accelerator-s "
+                "(committed %.1f + in flight %.1f + this shard %.1f) > the cap's %.1f "
+                "(max_cost_usd %s)",
+                shard, projected, spent, flying, new, self.cap_seconds, self.cap_usd,
+            )  # fmt: skip
+            return False
+        if (
+            measured is None
+            and self._in_flight
+            and (rate is None or projected > self.cap_seconds * self.unmeasured_share)
+        ):
+            return None  # wait for the shards in flight to measure the rate
+        self._in_flight[shard] = (records, not self._started_any)
+        self._started_any = True
+        if self._first_wave is not None and self._wave_open:
+            self._first_wave.add(shard)
+        self._ledger.start(shard)
+        return True
 
     def release(self, shard: str) -> None:
         """``shard`` is done (committed, or failed): it is no longer in flight."""
-        with self._lock:
+        with self._changed:
+            self._changed.notify_all()  # shards waiting for a measured rate look again
             self._ledger.discard(shard)
             self._in_flight.pop(shard, None)
             self._wave_open = False  # the engine has loaded: later shards do not share it

@@ -269,15 +269,15 @@ class DataflowLauncher:
         from google.cloud import dataflow_v1beta3 as df
 
         cls = {"flex": df.FlexTemplatesServiceClient, "jobs": df.JobsV1Beta3Client}[kind]
-        try:
-            return cls(client_options=_client_options(self.config))
-        except storage.client_creation_errors() as e:
-            # A CredentialsError, not a LaunchError: the job stays QUEUED (not FAILED), so the
-            # same submit launches it once the credentials are fixed.
-            cfg = self.config
-            raise storage.credentials_error(
-                f"Dataflow (project {cfg.project}, region {cfg.region})", e
-            ) from e
+        # No usable credentials is a CredentialsError, not a LaunchError: the job stays QUEUED
+        # (not FAILED), so the same submit launches it once the credentials are fixed.
+        credentials = storage.google_credentials(self.service)
+        return cls(client_options=_client_options(self.config), credentials=credentials)
+
+    @property
+    def service(self) -> str:
+        """What the no-usable-credentials paragraph says it could not reach."""
+        return f"Dataflow (project {self.config.project}, region {self.config.region})"
 
     @property
     def flex(self) -> Any:
@@ -317,7 +317,8 @@ class DataflowLauncher:
 
         request = flex_template_request(spec, job_id, self.config, store.root, self.events_topic)
         try:
-            response = _send_launch(self.flex, request)
+            with storage.credentials_checked(self.service):  # a 401: QUEUED, as above
+                response = _send_launch(self.flex, request)
         except exceptions.Conflict:
             # ALREADY_EXISTS (409): an earlier attempt whose answer was lost launched it. Dataflow
             # job names are unique among active jobs, and ours is the job id.
@@ -332,7 +333,6 @@ class DataflowLauncher:
             exceptions.BadRequest,  # invalid argument, failed precondition
             exceptions.Forbidden,  # permission denied
             exceptions.NotFound,  # no such template, project or region
-            exceptions.Unauthorized,
         ) as e:
             raise LaunchError(f"dataflow refused the launch: {e.message}") from e
         return self._handle(response.job)

@@ -192,29 +192,35 @@ class ServeShard(beam.DoFn):
                 errors.append(item)
             else:
                 valid.append(item)
+        held = image_reading.Held()  # this shard's image bytes, counted against the bound
         if spec.input_format == "images" or any(p.request.input_images for p in valid):
             # images fetched and checked (not decoded); one that cannot be read: an error record
-            valid, unread = image_reading.read_images(valid, spec)
+            valid, unread, held = image_reading.read_images(valid, spec)
             errors += unread
-        records_in = len(valid) + len(errors)
-        if records_in != shard.records:
-            raise RuntimeError(f"{shard.name}: read {records_in} records, planned {shard.records}")
-        PROGRESS.add(records=len(errors), errors=len(errors))
+        try:
+            records_in = len(valid) + len(errors)
+            if records_in != shard.records:
+                raise RuntimeError(
+                    f"{shard.name}: read {records_in} records, planned {shard.records}"
+                )
+            PROGRESS.add(records=len(errors), errors=len(errors))
 
-        def on_result(result) -> None:
-            PROGRESS.add(
-                records=1,
-                results=int(result.ok),
-                errors=int(not result.ok),
-                completion_tokens=result.usage.completion_tokens,
-                prompt_tokens=result.usage.prompt_tokens if result.embeddings else 0,
-                images=len(result.images or ()),
-            )
+            def on_result(result) -> None:
+                PROGRESS.add(
+                    records=1,
+                    results=int(result.ok),
+                    errors=int(not result.ok),
+                    completion_tokens=result.usage.completion_tokens,
+                    prompt_tokens=result.usage.prompt_tokens if result.embeddings else 0,
+                    images=len(result.images or ()),
+                )
 
-        served = None
-        if valid:
-            loop = engine_adapter.shared_loop(spec)  # loads on the process's first shard
-            served = engine_adapter.serve(loop, valid, on_result)
+            served = None
+            if valid:
+                loop = engine_adapter.shared_loop(spec)  # loads on the process's first shard
+                served = engine_adapter.serve(loop, valid, on_result)
+        finally:
+            held.release()  # served (or failed): the engine is done with the images' bytes
         ok: list[tuple[Parsed, Any]] = []
         for parsed, result in zip(valid, served.results if served else [], strict=True):
             if result.ok:

@@ -20,6 +20,8 @@ def test_there_are_examples():
         "examples/quickstart/job.yaml",
         "examples/embeddings/job.yaml",
         "examples/images/job.yaml",
+        "examples/vision/job.yaml",
+        "examples/vision/gemini.yaml",
         "examples/vllm/gpu.yaml",
         "examples/vllm/tpu.yaml",
     } <= names
@@ -37,6 +39,11 @@ def test_example_spec_is_valid(path):
         from hyperbatch.engines.jax_diffusion import tiny
 
         tiny.build(os.path.join(os.path.dirname(path), "tiny-sd"), "tiny-sd")
+    if "model: tiny-vlm" in text:  # its checkpoint, photos and Gemini lines (kept if built)
+        require("transformers", "the vision example's tiny checkpoint is built with transformers")
+        from examples.vision.make_example import build
+
+        build(os.path.dirname(path))
     if "engine: vllm" in text and not cloud:
         require("vllm", "this example runs vLLM on this machine")
     # gs:// examples name buckets that don't exist here: check everything but their existence

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
+from google.api_core import exceptions as api_exceptions
 
 from hyperbatch import storage
 
@@ -162,6 +163,11 @@ def _google_error(kind: str) -> BaseException:
             auth.TransportError("Failed to retrieve http://metadata.google.internal/token"),
         ),
         "503": api.ServiceUnavailable("try again"),
+        # a failed refresh inside a gRPC call (Pub/Sub, Dataflow), in gRPC's words
+        "grpc": api.ServiceUnavailable(
+            "Getting metadata from plugin failed with error: ('invalid_grant: Token has been "
+            "expired or revoked.', {'error': 'invalid_grant'})"
+        ),
     }[kind]
 
 
@@ -196,7 +202,8 @@ def test_404_names_the_missing_bucket_or_object():
     ("kind", "why"),
     [("401", "Request had invalid authentication credentials"),
      ("expired", "invalid_grant: Token has been expired or revoked"),
-     ("metadata", "Failed to retrieve http://metadata.google.internal/token")],
+     ("metadata", "Failed to retrieve http://metadata.google.internal/token"),
+     ("grpc", "invalid_grant: Token has been expired or revoked")],
 )  # fmt: skip
 def test_unusable_credentials_at_first_use_are_a_credentials_error(kind, why):
     error = storage.gcs_error(_google_error(kind), "gs://acme-data/in/a.jsonl", "read")
@@ -208,6 +215,20 @@ def test_unusable_credentials_at_first_use_are_a_credentials_error(kind, why):
     for fix in ("gcloud auth application-default login", "GOOGLE_APPLICATION_CREDENTIALS",
                 "GOOGLE_CLOUD_PROJECT", "--project"):  # fmt: skip
         assert fix in str(error)
+
+
+@pytest.mark.parametrize("kind", ["401", "expired", "metadata", "grpc"])
+def test_pubsub_and_dataflow_calls_get_the_same_paragraph(kind):
+    """One translation for every service: ``credentials_checked`` around a Pub/Sub or Dataflow
+    call gives what ``gcs_error`` gives for Cloud Storage, with the service's name."""
+    gcs = str(storage.gcs_error(_google_error(kind), "gs://acme/a", "read"))
+    for service in ("Pub/Sub", "Dataflow (project acme, region us-east5)"):
+        with pytest.raises(storage.CredentialsError) as e, storage.credentials_checked(service):
+            raise _google_error(kind)
+        assert str(e.value) == gcs.replace("Cloud Storage (gs://acme/a)", service)
+    transient = pytest.raises(api_exceptions.ServiceUnavailable)  # passes unchanged
+    with transient, storage.credentials_checked("Pub/Sub"):
+        raise _google_error("503")
 
 
 def test_other_errors_are_not_translated(tmp_path):

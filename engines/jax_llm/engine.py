@@ -7,13 +7,13 @@ How a ``generate()`` call runs (JetStream's prefill -> insert -> generate, with 
 * Waiting requests are admitted into free slots by a prefill program per prompt-length bucket
   ``T`` (``prefill_buckets``), each over a fixed ``P = max(1, prefill_tokens // T)`` rows, which
   writes the prompt's K/V straight into the slots' cache rows and samples the first token. So the
-  number of compiled programs is ``len(prefill_buckets) + 1``, whatever the data, and ``warmup()``
-  compiles them all. Slots whose request finished are refilled between decode calls.
+  number of compiled programs is ``len(prefill_buckets) + 3`` (with the decode program and the
+  guided step's two, below), whatever the data, and ``warmup()`` compiles them all. Slots whose request finished are refilled between decode calls.
 * On a CPU (one device, float32) attention runs in our C++ kernel (``cpu_attention``), which
   reads each token's own cache row, so prefill is *packed* instead: every call takes
   ``prefill_tokens`` tokens from any mix of prompts, a long prompt continues in the next call,
   and the only padding is the last call's tail; ``prefill_buckets`` then only bound the prompt
-  length, and the programs are two (prefill, decode). ``attention: xla`` keeps the bucketed
+  length, and the programs are four (prefill, decode, the guided step's two). ``attention: xla`` keeps the bucketed
   path TPUs and GPUs take.
 * Shared prefixes: a chat prompt is split where the last message's content begins (system prompt,
   history, role header). That prefix is prefilled once into a prefix-store row (LRU,
@@ -25,10 +25,11 @@ How a ``generate()`` call runs (JetStream's prefill -> insert -> generate, with 
   of the KV cache) are checked on the host after each decode call.
 * Structured outputs and log-probabilities: a request with a constraint (``guided``: JSON schema,
   JSON object, regex, choice, grammar) gets an llguidance matcher per sequence (``grammar``); such
-  requests, and those that want log-probabilities, advance one token per call through a third
-  decode program that applies each slot's packed token bitmask on the device before sampling
-  and returns the log-probabilities -- requests with and without constraints share the batch,
-  and nothing is compiled per request (``scheduler``). ``n > 1`` choices are separate slots
+  requests, and those that want log-probabilities, advance one token per call through the
+  guided step: the model's step, then a program that applies each slot's packed token bitmask on
+  the device before sampling and returns the log-probabilities; the host builds the bitmasks
+  while the device runs the model. Requests with and without constraints share the batch, and
+  nothing is compiled per request (``scheduler``). ``n > 1`` choices are separate slots
   sharing the prompt's prefill.
 
 The parts: ``options`` (typed engine_options), ``programs`` (weights, caches and the jitted
@@ -46,7 +47,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import jax
 import ml_dtypes
@@ -143,7 +144,7 @@ class JaxLLMEngine(Engine):
     def __init__(self, config: EngineConfig):
         super().__init__(config)
         t0 = time.perf_counter()
-        opt = JaxOptions.parse(config.options)
+        opt = cast(JaxOptions, self.OPTIONS.parse(config.options))  # a subclass's own options
         self.options = opt
         if config.dtype not in _DTYPES:
             raise ValueError(f"dtype {config.dtype!r} is not supported; use float32 or bfloat16")
@@ -153,16 +154,10 @@ class JaxLLMEngine(Engine):
             or os.path.join(models.default_cache_dir(), "jax-compilation-cache")
         )
 
-        local = models.resolve_model(config.model, config.cache_dir)
-        if local.format == "gguf":
-            cfg, tensors, meta = weights.load_gguf(local.path)
-            self.tokenizer = ChatTokenizer.from_gguf(meta)
-        else:
-            cfg, tensors = weights.load_hf(local.path)
-            self.tokenizer = ChatTokenizer.from_hf_dir(local.path)
+        cfg, host_params = self._read_checkpoint(
+            models.resolve_model(config.model, config.cache_dir)
+        )
         self.cfg: ModelConfig = cfg
-        host_params = weights.to_params(cfg, tensors, _DTYPES[config.dtype])
-        del tensors
 
         block = opt.attention_block
         seq = config.max_seq_len or min(cfg.max_position_embeddings, DEFAULT_MAX_SEQ_LEN)
@@ -211,7 +206,7 @@ class JaxLLMEngine(Engine):
             pieces=max(1, min(self.batch, opt.prefill_tokens // 8)),
             rows_per_bucket={t: max(1, opt.prefill_tokens // t) for t in self.buckets},
         )
-        self.programs = DevicePrograms(
+        self.programs = self._make_programs(
             cfg, host_params, devices, shapes, _DTYPES[config.dtype], self.attention, mesh
         )
         del host_params
@@ -229,6 +224,21 @@ class JaxLLMEngine(Engine):
         self._stats.load_seconds = time.perf_counter() - t0
 
     # -- setup -------------------------------------------------------------------------------
+    # Two hooks for engines built on this one (engines/jax_vlm): how a checkpoint is read, and
+    # the device programs class.
+
+    def _read_checkpoint(self, local: models.LocalModel) -> tuple[ModelConfig, Any]:
+        """(config, host params) of the text model; sets ``self.tokenizer``."""
+        if local.format == "gguf":
+            cfg, tensors, meta = weights.load_gguf(local.path)
+            self.tokenizer = ChatTokenizer.from_gguf(meta)
+        else:
+            cfg, tensors = weights.load_hf(local.path)
+            self.tokenizer = ChatTokenizer.from_hf_dir(local.path)
+        return cfg, weights.to_params(cfg, tensors, _DTYPES[self.config.dtype])
+
+    def _make_programs(self, *args: Any) -> DevicePrograms:
+        return DevicePrograms(*args)
 
     def _choose_attention(self, requested: str, device: Any, mesh: Any) -> str:
         """``cpu`` (our kernel) where it serves this engine, else ``xla``; ``auto`` says why

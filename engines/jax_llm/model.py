@@ -509,6 +509,37 @@ class GuidedStep(NamedTuple):
     top_logprobs: jax.Array  # [B, K] float32: their log-probabilities
 
 
+def decode_logits(
+    params: Params,
+    cache: KVCache,
+    state: DecodeState,
+    *,
+    cfg: ModelConfig,
+    block: int,
+    full_attention_max: int = FULL_ATTENTION_MAX,
+    attention: str = "xla",
+) -> tuple[KVCache, jax.Array]:
+    """The first half of a guided decode step: one step of every slot's model (K/V written),
+    returning its next-token logits [B, V] (float32), left on the device for ``guided_sample``.
+    Split from the sampling so the host builds the step's token masks while this runs."""
+    ck, cv, logits = _decode_step(
+        params, cache.k, cache.v, state.tokens, state.positions, cfg=cfg, block=block,
+        full_attention_max=full_attention_max, attention=attention,
+    )  # fmt: skip
+    return KVCache(ck, cv), logits
+
+
+def guided_sample(
+    logits: jax.Array, sampling: SamplingArrays, guide: Guide, *, top_k: int = TOP_LOGPROBS
+) -> GuidedStep:
+    """The second half of a guided decode step: each slot's bitmask removes the tokens its
+    grammar forbids before sampling; log-probabilities are the model's own (before the mask and
+    the temperature, as vLLM reports them) and computed only if some slot wants them."""
+    tok = sample_rows(apply_bitmask(logits, guide.bitmask), sampling)
+    logprob, top_ids, top_lp = token_logprobs(logits, tok, guide.logprobs, top_k)
+    return GuidedStep(tok, logprob, top_ids, top_lp)
+
+
 def decode_guided(
     params: Params,
     cache: KVCache,
@@ -522,14 +553,10 @@ def decode_guided(
     attention: str = "xla",
 ) -> tuple[KVCache, GuidedStep]:
     """One decode step for every slot whose next token is constrained (structured outputs)
-    and/or whose log-probabilities are wanted: the host updates each slot's grammar between
-    steps, so this program takes one step per call. A slot's bitmask removes the tokens its
-    grammar forbids before sampling; log-probabilities are the model's own (before the mask and
-    the temperature, as vLLM reports them) and computed only if some slot wants them."""
-    ck, cv, logits = _decode_step(
-        params, cache.k, cache.v, state.tokens, state.positions, cfg=cfg, block=block,
-        full_attention_max=full_attention_max, attention=attention,
+    and/or whose log-probabilities are wanted, as one function: ``decode_logits`` then
+    ``guided_sample`` (the engine runs them as two programs, its masks built in between)."""
+    cache, logits = decode_logits(
+        params, cache, state, cfg=cfg, block=block, full_attention_max=full_attention_max,
+        attention=attention,
     )  # fmt: skip
-    tok = sample_rows(apply_bitmask(logits, guide.bitmask), state.sampling)
-    logprob, top_ids, top_lp = token_logprobs(logits, tok, guide.logprobs, top_k)
-    return KVCache(ck, cv), GuidedStep(tok, logprob, top_ids, top_lp)
+    return cache, guided_sample(logits, state.sampling, guide, top_k=top_k)

@@ -1,13 +1,14 @@
 """The engine's device programs: weights and KV caches on the devices, and the jitted programs.
 
 ``DevicePrograms`` owns everything on the devices -- the weights, the decode cache (one row per
-slot) and the prefix store -- and the four jitted programs of ``model`` (bucketed prefill,
-packed prefill, decode, guided decode: one step with per-slot token bitmasks and
-log-probabilities), each with one static shape per bucket. It turns host-side rows into the
-typed batches those programs take and returns the sampled tokens as numpy arrays, with the token
-slots each call computed. It knows nothing of requests, slots' owners or stop conditions: that is
-the scheduler's job. ``device_seconds`` adds up the time from each call's dispatch to its
-result (what the device was busy with, as the host sees it).
+slot) and the prefix store -- and the jitted programs of ``model`` (bucketed prefill, packed
+prefill, decode, and the guided step in two: the model's step, then the sampling within per-slot
+token bitmasks with log-probabilities, the masks built on the host in between), each with one
+static shape per bucket. It turns host-side rows into the typed batches those programs take and
+returns the sampled tokens as numpy arrays, with the token slots each call computed. It knows
+nothing of requests, slots' owners or stop conditions: that is the scheduler's job.
+``device_seconds`` adds up the time from each call's dispatch to its result (what the device
+was busy with, as the host sees it); ``mask_seconds`` the host's time building token masks.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -117,10 +118,14 @@ class DevicePrograms:
             functools.partial(model.decode, cfg=cfg, block=block, steps=steps, attention=attention),
             donate_argnames=("cache",),
         )
-        self._decode_guided = jax.jit(
-            functools.partial(model.decode_guided, cfg=cfg, block=block, attention=attention),
+        # a guided step is two programs: the model's step, then the masked sampling, so the
+        # host builds the step's token masks while the device runs the model
+        self._decode_logits = jax.jit(
+            functools.partial(model.decode_logits, cfg=cfg, block=block, attention=attention),
             donate_argnames=("cache",),
         )
+        self._guided_sample = jax.jit(model.guided_sample)
+        self.mask_seconds = 0.0  # host time spent building guided steps' masks
         self.mask_words = (cfg.vocab_size + 31) // 32  # int32 words per bitmask row
 
     # -- buffers ------------------------------------------------------------------------------
@@ -150,7 +155,8 @@ class DevicePrograms:
             self._prefill._cache_size()
             + self._prefill_packed._cache_size()
             + self._decode._cache_size()
-            + self._decode_guided._cache_size()
+            + self._decode_logits._cache_size()
+            + self._guided_sample._cache_size()
         )
 
     def close(self) -> None:
@@ -242,16 +248,22 @@ class DevicePrograms:
         slots: dict[int, tuple[int, int, RowSampling]],
         bitmask: np.ndarray,
         logprobs: np.ndarray,
+        fill: Callable[[], None] | None = None,
     ) -> tuple[GuidedStep, int]:
-        """One guided decode step for every slot (see ``model.decode_guided``): ``bitmask``
-        [B, mask_words] int32 holds each slot's allowed tokens (-1 words: all), ``logprobs``
-        [B] bool which slots want log-probabilities. Returns the step's outputs as numpy
-        arrays and the token slots computed."""
+        """One guided decode step for every slot (``model.decode_logits``, then
+        ``model.guided_sample``): ``bitmask`` [B, mask_words] int32 holds each slot's allowed
+        tokens (-1 words: all), ``logprobs`` [B] bool which slots want log-probabilities.
+        ``fill``, if given, writes ``bitmask`` on the host after the model's step is dispatched
+        and before the sampling is, so building the masks overlaps the device's work. Returns
+        the step's outputs as numpy arrays and the token slots computed."""
         state = self._state(slots)
         t0 = time.perf_counter()
-        self.cache, out = self._decode_guided(
-            self.params, self.cache, state, Guide(bitmask, logprobs)
-        )
+        self.cache, logits = self._decode_logits(self.params, self.cache, state)
+        if fill is not None:
+            t_mask = time.perf_counter()
+            fill()  # the device runs the model meanwhile (asynchronous dispatch)
+            self.mask_seconds += time.perf_counter() - t_mask
+        out = self._guided_sample(logits, state.sampling, Guide(bitmask, logprobs))
         host = GuidedStep(*(np.asarray(x) for x in out))  # waits for the device
         self.device_seconds += time.perf_counter() - t0
         return host, self.shapes.batch

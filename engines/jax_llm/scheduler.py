@@ -14,7 +14,9 @@ Step-wise requests -- a constrained output (structured outputs: an llguidance ma
 sequence) or log-probabilities -- need the host between tokens. Their last prompt token is held
 back from prefill, so their first token, like every later one, comes out of the guided decode
 program: one step per call, each slot's allowed tokens as a packed bitmask row (every token for
-the others), the sampled token's log-probability and the top 20. While any step-wise request is
+the others), the sampled token's log-probability and the top 20. The masks of a step are built
+(llguidance, all rows in parallel) while the device runs the step's model: the sampling is a
+second program, dispatched once they are written. While any step-wise request is
 active the batch advances with that program (one token per call for every slot); otherwise with
 the ``steps``-token decode program, untouched. A request with ``n > 1`` is ``n`` sequences (one
 slot each, choice ``i`` with its own sampling stream, the prompt prefilled once into the prefix
@@ -249,13 +251,15 @@ class SlotScheduler:
         bitmask = np.full((self.batch, self.programs.mask_words), -1, np.int32)
         wanted = np.zeros(self.batch, bool)
         rows = [(g.matcher, slot) for slot, g in active.items() if g.matcher is not None]
+        fill = None
         if rows:
-            assert self.masks is not None, "a constrained sequence without a mask filler"
-            self.masks.fill(rows, bitmask)
+            masks = self.masks
+            assert masks is not None, "a constrained sequence without a mask filler"
+            fill = lambda: masks.fill(rows, bitmask)  # noqa: E731 (while the model runs)
         for slot, g in active.items():
             wanted[slot] = g.logprobs is not None
         slots = {slot: (*g.last, g.sampling()) for slot, g in active.items()}
-        step, computed = self.programs.decode_guided(slots, bitmask, wanted)
+        step, computed = self.programs.decode_guided(slots, bitmask, wanted, fill)
         members = list(active.values())
         done: list[tuple[Generation, Result]] = []
         for slot, g in list(active.items()):

@@ -27,9 +27,9 @@ Static shapes: images per request are bounded (``max_images``), tiles per image 
 processor (``longest_edge``), the vision tower runs ``vision_batch`` tiles per call, prefill and
 decode are the text engine's -- the compilations do not depend on the data.
 
-The constructor follows ``JaxLLMEngine.__init__`` step by step with a different checkpoint
-reader (the text model sits under ``model.text_model.`` in a VLM checkpoint); see the note
-in the class.
+The constructor is the text engine's, with two of its hooks overridden: the checkpoint reader
+(the text model sits under ``model.text_model.`` in a VLM checkpoint, beside the vision tower)
+and the programs class.
 """
 
 from __future__ import annotations
@@ -47,19 +47,11 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from hyperbatch.engines import models
 from hyperbatch.engines.base import EngineConfig, ModelInfo
-from hyperbatch.engines.jax_llm import sharding
 from hyperbatch.engines.jax_llm import weights as text_weights
-from hyperbatch.engines.jax_llm.engine import (
-    _DTYPES,
-    DEFAULT_MAX_SEQ_LEN,
-    DEFAULT_PREFIX_MAX,
-    JaxLLMEngine,
-    accelerator_devices,
-    enable_compilation_cache,
-)
-from hyperbatch.engines.jax_llm.prefix_store import PrefixStore
-from hyperbatch.engines.jax_llm.programs import DevicePrograms, PrefillRow, Shapes
-from hyperbatch.engines.jax_llm.scheduler import Finish, Generation, Key, SlotScheduler, WorkSource
+from hyperbatch.engines.jax_llm.config import ModelConfig
+from hyperbatch.engines.jax_llm.engine import _DTYPES, JaxLLMEngine
+from hyperbatch.engines.jax_llm.programs import DevicePrograms, PrefillRow
+from hyperbatch.engines.jax_llm.scheduler import Finish, Generation, Key, WorkSource
 from hyperbatch.engines.jax_llm.tokenizer import ChatTokenizer
 from hyperbatch.engines.jax_vlm import config as vlm_config
 from hyperbatch.engines.jax_vlm import processor, vision
@@ -68,7 +60,6 @@ from hyperbatch.engines.jax_vlm.options import JaxVLMOptions
 from hyperbatch.engines.options import EngineOptions
 from hyperbatch.schemas.records import (
     Charge,
-    Counters,
     ErrorCode,
     Request,
     RequestError,
@@ -220,116 +211,46 @@ class JaxVLMEngine(JaxLLMEngine):
     options: JaxVLMOptions
 
     def __init__(self, config: EngineConfig):
-        # Follows JaxLLMEngine.__init__ step by step; only the checkpoint reading (the text
-        # model under ``model.text_model.``, plus the vision tower) and the programs class
-        # differ. Keep the two in step (tests/engines/jax_vlm checks the attributes match).
-        super(JaxLLMEngine, self).__init__(config)  # Engine.__init__: self.config
+        # The text engine's constructor, with this engine's checkpoint reader (the text model
+        # sits under ``model.text_model.``, beside the vision tower) and programs class.
+        self._vision_tensors: dict[str, np.ndarray] | None = None
+        super().__init__(config)
         t0 = time.perf_counter()
-        opt = JaxVLMOptions.parse(config.options)
-        self.options = opt
-        if config.dtype not in _DTYPES:
-            raise ValueError(f"dtype {config.dtype!r} is not supported; use float32 or bfloat16")
-        devices = accelerator_devices(config.accelerator, config.accelerator_count)
-        enable_compilation_cache(
-            opt.compilation_cache_dir
-            or os.path.join(models.default_cache_dir(), "jax-compilation-cache")
-        )
-        local = models.resolve_model(config.model, config.cache_dir)
-        if local.format != "hf" or not vlm_config.is_vlm_dir(local.path):
-            raise vlm_config.UnsupportedModel(
-                f"{config.model} is not an Idefics3/SmolVLM checkpoint directory; the jax-vlm "
-                f"engine serves {', '.join(vlm_config.SUPPORTED_ARCHITECTURES)} (text models: "
-                "engine jax)"
-            )
-        vcfg, tensors, vision_tensors = load_checkpoint(local.path)
-        if opt.longest_edge is not None:
-            vcfg = dataclasses.replace(
-                vcfg, processor=dataclasses.replace(vcfg.processor, longest_edge=opt.longest_edge)
-            )
-        self.vlm = vcfg
-        self.tokenizer = chat_tokenizer(local.path)
-        cfg = vcfg.text
-        self.cfg = cfg
-        dtype = _DTYPES[config.dtype]
-        host_params = text_weights.to_params(cfg, tensors, dtype)
-        del tensors
-
-        block = opt.attention_block
-        seq = config.max_seq_len or min(cfg.max_position_embeddings, DEFAULT_MAX_SEQ_LEN)
-        seq = min(seq, cfg.max_position_embeddings)
-        self.max_seq_len = -(-seq // block) * block
-        buckets = list(opt.prefill_buckets or ())
-        if not buckets:
-            cap = max(16, self.max_seq_len)
-            b = 16
-            while b < cap:
-                buckets.append(b)
-                b *= 4
-            buckets.append(cap)
-        self.buckets = sorted(int(b) for b in buckets)
-        self.max_prompt = min(self.buckets[-1], self.max_seq_len - 1)
-        self.batch = int(config.batch_size)
-        store_rows = opt.prefix_cache_rows
-        prefix_max = min(opt.prefix_max_tokens or DEFAULT_PREFIX_MAX, self.max_prompt)
-        self.prefix_min, self.prefix_max = opt.prefix_min_tokens, -(-prefix_max // block) * block
-
-        eos = set(cfg.eos_token_ids)
-        if self.tokenizer.eos_id is not None:
-            eos.add(self.tokenizer.eos_id)
-        self.eos_ids = frozenset(eos)
-
-        mesh = None
-        if len(devices) > 1:
-            data, tp = sharding.plan_mesh(
-                len(devices), cfg, self.batch, opt.tensor_parallel, opt.data_parallel
-            )
-            mesh = sharding.make_mesh(devices, data, tp)
-        self._stats = Counters()
-        self.attention = self._choose_attention(opt.attention, devices[0], mesh)
-        self.packed = self.attention == "cpu"
-        shapes = Shapes(
-            batch=self.batch,
-            max_seq_len=self.max_seq_len,
-            block=block,
-            steps=opt.decode_steps,
-            store_rows=store_rows,
-            prefix_max=self.prefix_max,
-            prefill_tokens=opt.prefill_tokens,
-            pieces=max(1, min(self.batch, opt.prefill_tokens // 8)),
-            rows_per_bucket={t: max(1, opt.prefill_tokens // t) for t in self.buckets},
-        )
-        self.programs = VisionPrograms(
-            cfg, host_params, devices, shapes, dtype, self.attention, mesh,
-            features=self._piece_features,
-        )  # fmt: skip
-        del host_params
-        self.store = PrefixStore(store_rows)
-        self.scheduler = SlotScheduler(
-            self.programs,
-            self.tokenizer,
-            self.store,
-            self._stats,
-            buckets=self.buckets,
-            packed=self.packed,
-            refill_min=opt.refill_min_free or max(1, self.batch // 8),
-        )
-        self._grammars: Any = None
-
-        # the vision side
+        opt = self.options
         self.vision_batch = opt.vision_batch
-        vparams = vision.to_params(vcfg, vision_tensors, dtype)
-        del vision_tensors
-        if mesh is not None:
-            self.vision_params = jax.device_put(vparams, NamedSharding(mesh, PartitionSpec()))
-        else:
-            self.vision_params = jax.device_put(vparams, devices[0])
-        self.vision_device = devices[0] if mesh is None else NamedSharding(mesh, PartitionSpec())
+        vparams = vision.to_params(self.vlm, self._vision_tensors or {}, _DTYPES[config.dtype])
+        self._vision_tensors = None
+        mesh = self.programs.mesh
+        self.vision_device = (
+            self.programs.device if mesh is None else NamedSharding(mesh, PartitionSpec())
+        )
+        self.vision_params = jax.device_put(vparams, self.vision_device)
         self._images: dict[int, np.ndarray | RequestError] = {}  # request -> its features
         self._image_charges: dict[int, float] = {}  # request -> its share of the vision stage
         self._waiting: dict[int, _Waiting] = {}  # generation -> its features, until prefilled
         self._image_tokens: dict[str, int] = {}  # record id -> image tokens in its prompt
         self.times = VisionTimes()
-        self._stats.load_seconds = time.perf_counter() - t0
+        self._stats.load_seconds += time.perf_counter() - t0
+
+    def _read_checkpoint(self, local: models.LocalModel) -> tuple[ModelConfig, Any]:
+        if local.format != "hf" or not vlm_config.is_vlm_dir(local.path):
+            raise vlm_config.UnsupportedModel(
+                f"{self.config.model} is not an Idefics3/SmolVLM checkpoint directory; the "
+                f"jax-vlm engine serves {', '.join(vlm_config.SUPPORTED_ARCHITECTURES)} (text "
+                "models: engine jax)"
+            )
+        vcfg, tensors, self._vision_tensors = load_checkpoint(local.path)
+        edge = self.options.longest_edge
+        if edge is not None:
+            vcfg = dataclasses.replace(
+                vcfg, processor=dataclasses.replace(vcfg.processor, longest_edge=edge)
+            )
+        self.vlm = vcfg
+        self.tokenizer = chat_tokenizer(local.path)
+        return vcfg.text, text_weights.to_params(vcfg.text, tensors, _DTYPES[self.config.dtype])
+
+    def _make_programs(self, *args: Any) -> DevicePrograms:
+        return VisionPrograms(*args, features=self._piece_features)
 
     # -- contract ----------------------------------------------------------------------------
 

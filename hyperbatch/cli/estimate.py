@@ -122,14 +122,25 @@ def gate(spec: JobSpec, *, root: str | None = None, workers: int = 1, source: st
     return est
 
 
-def for_plan(spec: JobSpec, root: str | None) -> tuple[dict[str, Any], Estimate | None]:
-    """The estimate a dry run shows (as data), and the estimate itself when there is one; a
-    job that cannot be estimated here says why instead."""
+def planned_workers(launcher: Any, workers: int) -> int:
+    """Workers a launch shares the job between, for the wall time: a local launch's worker
+    processes; on Dataflow its most workers (autoscaling starts with one)."""
+    most = getattr(getattr(launcher, "config", None), "max_workers", None)
+    planned = most if most else getattr(launcher, "workers", workers)
+    return int(planned)
+
+
+def for_plan(
+    spec: JobSpec, root: str | None, *, workers: int = 1, job_id: str | None = None
+) -> tuple[dict[str, Any], Estimate | None]:
+    """The estimate a dry run shows (as data: what ``estimate --format json`` prints), and the
+    estimate itself when there is one; a job that cannot be estimated here says why instead."""
     from hyperbatch import storage
     from hyperbatch.jobs import estimate as estimates
 
     try:
-        est = estimates.estimate(spec, root=root)
-    except (estimates.EstimateUnavailable, storage.CredentialsError) as e:
+        est = estimates.estimate(spec, root=root, workers=workers, job_id=job_id)
+    except (estimates.EstimateUnavailable, storage.StorageError) as e:
+        # (a dry run shows its plan even where it cannot look: no credentials, no bucket yet)
         return {"unavailable": str(e)}, None
     return est.to_dict(), est

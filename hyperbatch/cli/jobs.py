@@ -122,7 +122,10 @@ def submit(
             "launch": plan,
             "spec": spec.to_dict(),
         }
-        costs, est = estimate_cli.for_plan(spec, store.root)  # what it would cost
+        # what it would cost: the figures `hyperbatch estimate --workers N` prints
+        costs, est = estimate_cli.for_plan(
+            spec, store.root, workers=estimate_cli.planned_workers(launcher, workers), job_id=job_id
+        )
         data["estimate"] = costs
         if unchecked:
             data["not_checked"] = list(unchecked)
@@ -139,10 +142,13 @@ def submit(
                 f"warning: this dry run did not check:{lines}\n{data['not_checked_because']}",
                 err=True,
             )
-        if est is not None and est.within_budget is False:  # submit would refuse it
-            estimate_cli.gate(spec, root=store.root, source=job_file)
+        if est is not None and est.within_budget is False:  # submit would refuse it (exit 2)
+            from hyperbatch.jobs.estimate import refusal
+
+            raise refusal(est, job_file)
         return
-    estimate_cli.gate(spec, root=store.root, workers=workers, source=job_file)  # max_cost_usd
+    estimate_cli.gate(spec, root=store.root, workers=estimate_cli.planned_workers(launcher, workers),
+                      source=job_file)  # fmt: skip
     spec_file = job_file if job_file.startswith("gs://") else os.path.abspath(job_file)
     request = submission.JobRequest(
         job_id=job_id,
@@ -298,9 +304,11 @@ def jobs_resume(
     store = _ctx_store(ctx)
     launcher = make_launcher(runner, dataflow, ctx.obj["events_topic"], workers, plugins)
     assert launcher is not None  # --runner is local or dataflow
-    if max_cost_usd is not None:
+    if max_cost_usd is not None and store.get(job_id).state.terminal:
+        # (a job still queued or running keeps its cap: resume refuses it below)
+        workers_planned = estimate_cli.planned_workers(launcher, workers)
         set_budget(store, job_id, max_cost_usd,
-                   check=lambda s: estimate_cli.gate(s, root=store.root, workers=workers))  # fmt: skip
+                   check=lambda s: estimate_cli.gate(s, root=store.root, workers=workers_planned))  # fmt: skip
     resume(store, job_id, by=actor())
     record, _ = ensure_launched(store, job_id, launcher, owner=owner_id())
     if wait:

@@ -28,7 +28,8 @@ def dead_letter_topic_of(subscription: str) -> str | None:
     from google.api_core import exceptions
 
     try:
-        sub = pubsub.subscriber().get_subscription(request={"subscription": subscription})
+        with pubsub.credentials_checked():
+            sub = pubsub.subscriber().get_subscription(request={"subscription": subscription})
     except exceptions.PermissionDenied as e:
         log.warning(
             "cannot read %s's dead-letter policy (%s); pass --dead-letter-topic",
@@ -108,7 +109,8 @@ class PullListener:
         try:
             while not stop.wait(0.2):
                 if self._future.done():
-                    self._future.result()  # raises the stream's error
+                    with pubsub.credentials_checked():
+                        self._future.result()  # raises the stream's error
                     return
                 if time.monotonic() - last >= report_every_s:
                     last = time.monotonic()

@@ -511,6 +511,8 @@ def result_record(parsed: Parsed, res: Result, job: JobInfo) -> dict[str, Any]:
             "prompt_tokens": res.usage.prompt_tokens,
             "completion_tokens": res.usage.completion_tokens,
             "cached_tokens": res.usage.cached_tokens,
+            # prompt tokens that stand for input images (vision-language jobs only)
+            **({"image_tokens": res.usage.image_tokens} if res.usage.image_tokens else {}),
         },
         "model": parsed.model or job.model,
         "job_id": job.job_id,

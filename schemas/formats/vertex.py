@@ -12,13 +12,16 @@
 and Vertex's output line back: ``{"request": <the input request>, "response": {"candidates":
 [{"index", "content": {"role": "model", "parts": [{"text"}]}, "finishReason": "STOP" |
 "MAX_TOKENS"}], "usageMetadata": {"promptTokenCount", "candidatesTokenCount",
-"totalTokenCount"}, "modelVersion"}, "status": ""}``. Field names are accepted in camelCase and
-snake_case (as Vertex's JSON reader does). ``fileData`` images are ``gs://`` URIs; ``inlineData``
-is base64; other media types (video, PDF, audio) are ``unsupported_image_type`` errors. A
-``model`` turn is an assistant message. ``responseMimeType: application/json`` constrains the
-answer to a JSON object, with ``responseSchema`` (Vertex's OpenAPI subset: type names in any
-case) to that schema. ``safetySettings`` and ``labels`` are accepted and have no effect here
-(no safety filter runs); ``tools``, ``toolConfig`` and ``cachedContent`` are refused.
+"totalTokenCount", "promptTokensDetails": [{"modality": "TEXT" | "IMAGE", "tokenCount"}]},
+"modelVersion"}, "status": ""}`` (image tokens are prompt tokens, and also counted apart). A
+record that cannot be served is an error record (``errors/``), as in every format. Field names
+are accepted in camelCase and snake_case (as Vertex's JSON reader does). ``fileData`` images
+are ``gs://`` URIs; ``inlineData`` is base64; other media types (video, PDF, audio) are
+``unsupported_image_type`` errors. A ``model`` turn is an assistant message.
+``responseMimeType: application/json`` constrains the answer to a JSON object, with
+``responseSchema`` (Vertex's OpenAPI subset: type names in any case) to that schema.
+``safetySettings`` and ``labels`` are accepted and have no effect here (no safety filter runs);
+``tools``, ``toolConfig`` and ``cachedContent`` are refused.
 
 **Text embeddings** (``task: embedding``): ``{"content", "task_type"?, "title"?}`` per line, and
 Vertex-style output lines back::
@@ -392,6 +395,10 @@ def _response(res: Result, model: str) -> dict[str, Any]:
             "candidatesTokenCount": u.completion_tokens,
             "totalTokenCount": u.total_tokens,
             **({"cachedContentTokenCount": u.cached_tokens} if u.cached_tokens else {}),
+            "promptTokensDetails": [
+                {"modality": "TEXT", "tokenCount": u.prompt_tokens - u.image_tokens},
+                *([{"modality": "IMAGE", "tokenCount": u.image_tokens}] if u.image_tokens else []),
+            ],
         },
         "modelVersion": model,
     }

@@ -11,6 +11,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import yaml
@@ -152,3 +154,166 @@ def test_a_submission_without_credentials_is_refused_and_launches_later(tmp_path
     record = json.loads(status.read_text())
     assert record["state"] == "QUEUED"
     assert record["launch"] is None  # the launch claim was given back
+
+
+# ------------------------------------------------- credentials that fail at the first call
+# Credentials that load, then fail when first used: google.auth's real refresh, against a
+# loopback stand-in for Google's token endpoint and for the Compute Engine metadata server.
+
+
+class FakeGoogleAuth(BaseHTTPRequestHandler):
+    """The OAuth token endpoint answers every refresh token "expired or revoked"; the metadata
+    server is found (the VM) but has no token to give (its service account was removed);
+    Dataflow's REST API answers 401."""
+
+    def _reply(self, code: int, body: object, content_type: str = "application/json") -> None:
+        data = (body if isinstance(body, str) else json.dumps(body)).encode()
+        self.send_response(code)
+        self.send_header("Metadata-Flavor", "Google")
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if self.path == "/token-ok":  # a token this Dataflow will not take (see below)
+            return self._reply(200, {"access_token": "ya29.unwelcome", "expires_in": 3600,
+                                     "token_type": "Bearer"})  # fmt: skip
+        if self.path.startswith("/v1b3/"):
+            return self._reply(401, {"error": {"code": 401, "status": "UNAUTHENTICATED",
+                                               "message": "Request had invalid authentication "
+                                               "credentials."}})  # fmt: skip
+        return self._reply(400, {"error": "invalid_grant",
+                                 "error_description": "Token has been expired or revoked."})  # fmt: skip
+
+    def do_GET(self):
+        if self.path in ("/", ""):
+            return self._reply(200, "", "text/plain")  # the metadata server's ping
+        if self.path.startswith("/computeMetadata/v1/project/project-id"):
+            return self._reply(200, "acme", "text/plain")
+        return self._reply(404, "Not Found", "text/plain")
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def google_auth():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeGoogleAuth)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+#: case -> what the paragraph says is wrong
+UNUSABLE = {
+    "expired-key": "invalid_grant: Token has been expired or revoked",  # Google's words
+    "metadata-server-without-token": "from the Google Compute Engine metadata service",
+}
+
+
+def with_unusable_credentials(tmp_path, case: str, auth: str) -> dict[str, str]:
+    """Credentials google.auth finds and loads, but cannot refresh: a service account key that
+    was deleted or whose account was disabled (the token endpoint answers invalid_grant), or a
+    VM whose metadata server gives no token."""
+    env = without_credentials(tmp_path, "none")
+    env["GOOGLE_CLOUD_PROJECT"] = "acme"
+    if case == "expired-key":
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        pem = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption()).decode()  # fmt: skip
+        key = tmp_path / "key.json"
+        key.write_text(json.dumps({
+            "type": "service_account", "project_id": "acme", "private_key_id": "0123abcd",
+            "private_key": pem, "client_email": "batch@acme.iam.gserviceaccount.com",
+            "client_id": "1", "token_uri": f"http://{auth}/token"}))  # fmt: skip
+        env["GOOGLE_APPLICATION_CREDENTIALS"] = str(key)
+    else:
+        del env["NO_GCE_CHECK"]
+        env.update(GCE_METADATA_HOST=auth, GCE_METADATA_IP=auth)
+    return env
+
+
+def local_dataflow_job(tmp_path) -> str:
+    (tmp_path / "in.jsonl").write_text('{"custom_id": "a", "body": {"messages": []}}\n')
+    spec = {"name": "local-store", "task": "chat", "input": "in.jsonl", "input_format": "openai",
+            "output": "out", "model": "fake", "engine": "fake"}  # fmt: skip
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(spec))
+    return str(tmp_path / "job.yaml")
+
+
+UNUSABLE_COMMANDS = {
+    "jobs list": (["jobs", "--root", "gs://acme-jobs/jobs", "list"], "Cloud Storage"),
+    "trigger listen": (["trigger", "listen", "--root", "gs://acme-jobs/jobs",
+                        "--subscription", "projects/acme/subscriptions/jobs"], "Pub/Sub"),
+    "trigger listen (dead letters given)": (
+        ["trigger", "listen", "--root", "gs://acme-jobs/jobs", "--subscription",
+         "projects/acme/subscriptions/jobs", "--dead-letter-topic", "projects/acme/topics/dl"],
+        "Pub/Sub"),
+    "submit --runner dataflow": (
+        ["submit", "{job}", "--runner", "dataflow", "--temp-location", "gs://acme-jobs/temp"],
+        "Dataflow (project acme, region us-east5)"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(UNUSABLE))
+@pytest.mark.parametrize("command", list(UNUSABLE_COMMANDS))
+def test_credentials_unusable_at_the_first_call_are_the_same_paragraph(
+    tmp_path, google_auth, case, command
+):
+    """An expired or revoked key, or a metadata server with no token, is found at the first
+    Cloud Storage, Pub/Sub or Dataflow call: the same paragraph as no credentials at all, and a
+    Dataflow job that could not be launched stays QUEUED."""
+    args, service = UNUSABLE_COMMANDS[command]
+    env = {**with_unusable_credentials(tmp_path, case, google_auth), **DATAFLOW_ENV}
+    result = hyperbatch(env, *[a.format(job=local_dataflow_job(tmp_path)) for a in args])
+    assert_one_paragraph(result, service, UNUSABLE[case])
+    if command.startswith("submit"):
+        (status,) = (tmp_path / "out").glob("*/status.json")
+        record = json.loads(status.read_text())
+        assert (record["state"], record["launch"]) == ("QUEUED", None)
+
+
+def test_a_401_from_dataflow_leaves_the_job_queued(tmp_path, google_auth):
+    """Credentials Dataflow refuses (401 from its REST API): a CredentialsError naming
+    Dataflow, not "launch failed", and the job stays QUEUED with its claim given back."""
+    from google.cloud import dataflow_v1beta3 as df
+    from google.oauth2.credentials import Credentials
+
+    from hyperbatch import storage
+    from hyperbatch.jobs import spec as job_spec
+    from hyperbatch.jobs.store import JobStore
+    from hyperbatch.jobs.submit import JobRequest, submit
+    from hyperbatch.runners.dataflow import DataflowConfig, DataflowLauncher
+
+    config = DataflowConfig(project="acme", region="us-east5", image="r/worker:1",
+                            template="gs://acme-jobs/flex.json",
+                            temp_location="gs://acme-jobs/temp")  # fmt: skip
+    # A token google.auth gets and refreshes normally, which Dataflow answers with 401 (as it
+    # does for an account deleted after the token was issued).
+    credentials = Credentials(None, refresh_token="1//0r", token_uri=f"http://{google_auth}/token-ok",
+                              client_id="c", client_secret="s")  # fmt: skip
+    client = df.FlexTemplatesServiceClient(
+        transport="rest", credentials=credentials,
+        client_options={"api_endpoint": f"http://{google_auth}"})  # fmt: skip
+    launcher = DataflowLauncher(config, flex_client=client)
+    spec = job_spec.load(local_dataflow_job(tmp_path))
+    store = JobStore(str(tmp_path / "jobs"))
+    request = JobRequest("local-store-1", spec, submitted_by=None, submission={"via": "cli"})
+    with pytest.raises(storage.CredentialsError) as e:
+        submit(store, request, launcher)
+    paragraph = str(e.value)
+    assert paragraph.startswith("cannot reach Dataflow (project acme, region us-east5)")
+    assert "Request had invalid authentication credentials" in paragraph
+    for fix in FIXES:
+        assert fix in paragraph
+    record = store.get("local-store-1")
+    assert record.state.value == "QUEUED"
+    assert record.launch is None

@@ -50,6 +50,20 @@ def test_estimate_needs_something_to_go_on_then_prints_ranges(tmp_path):
         assert label in table.stdout, label
 
 
+def test_submit_dry_run_shows_the_estimate_s_figures(tmp_path):
+    assert invoke("run", job_file(tmp_path, "calib", 4), "--quiet").exit_code == EXIT_OK
+    target = job_file(tmp_path, "target", 12)
+    shown = invoke("estimate", target, "--workers", "2", "--format", "json")
+    dry = invoke("submit", target, "--dry-run", "--workers", "2", "--format", "json")
+    assert (shown.exit_code, dry.exit_code) == (EXIT_OK, EXIT_OK), dry.output
+    assert json.loads(dry.stdout)["estimate"] == json.loads(shown.stdout)
+    # as a table too: the same lines as `hyperbatch estimate` prints
+    table = invoke("submit", target, "--dry-run", "--workers", "2")
+    assert table.exit_code == EXIT_OK, table.output
+    for line in invoke("estimate", target, "--workers", "2").stdout.splitlines()[1:]:
+        assert line in table.stdout, line
+
+
 def test_run_refused_above_the_low_estimate_nothing_runs(tmp_path):
     assert invoke("run", job_file(tmp_path, "calib", 4), "--quiet").exit_code == EXIT_OK
     refused = invoke("run", job_file(tmp_path, "big", 8), "--quiet",
@@ -97,3 +111,32 @@ def test_a_budget_stop_exits_4_with_a_summary_and_a_rerun_finishes(tmp_path):
     recorded = json.loads((tmp_path / "out" / m["job_id"] / "spec.json").read_text())
     assert recorded["spec"]["max_cost_usd"] == 1000
     assert len(JobFolder(str(tmp_path / "out" / m["job_id"])).committed_shards()) == 10
+
+
+def test_jobs_resume_with_a_higher_cap_finishes_a_stopped_job(tmp_path):
+    slow = {"engine": "slow", "engine_options": {"seconds_per_request": 0.05},
+            "batch_size": 2, "usd_per_accelerator_hour": 3600.0}  # fmt: skip
+    spec_file = job_file(tmp_path, "capped", 20, **slow)
+    plugin = ("--plugin", "tests.runners.slow_engine")
+    stopped = invoke("run", spec_file, *plugin, "--quiet", "--format", "json",
+                     "--set", "max_cost_usd=0.25")  # fmt: skip
+    assert stopped.exit_code == EXIT_STOPPED_BUDGET, stopped.output
+    job_id = json.loads(stopped.stdout)["job_id"]
+    root = ("jobs", "--root", str(tmp_path / "out"))
+
+    # the stopped job itself calibrates the estimate: a new cap below it is refused, unrecorded
+    low = invoke(*root, "resume", job_id, "--max-cost-usd", "0.0001", *plugin)
+    assert low.exit_code == EXIT_USER_ERROR, low.output
+    assert "below even the low estimate" in low.stderr
+    spec = json.loads((tmp_path / "out" / job_id / "spec.json").read_text())["spec"]
+    assert spec["max_cost_usd"] == 0.25
+    shown = invoke(*root, "describe", job_id, "--format", "json")
+    assert json.loads(shown.stdout)["state"] == "STOPPED_BUDGET"
+
+    resumed = invoke(*root, "resume", job_id, "--max-cost-usd", "1000", "--wait", *plugin,
+                     "--format", "json")  # fmt: skip
+    assert resumed.exit_code == EXIT_OK, resumed.output
+    m = json.loads((tmp_path / "out" / job_id / "manifest.json").read_text())
+    assert (m["status"], m["records_in"], m["records_left"], m["max_cost_usd"]) == (
+        "SUCCEEDED", 20, 0, 1000.0,
+    )  # fmt: skip

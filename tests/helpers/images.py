@@ -20,10 +20,10 @@ def drawn(width: int, height: int, seed: int = 0, text: str | None = None):
     im = Image.new("RGB", (width, height), bg)
     d = ImageDraw.Draw(im)
     for _ in range(3):
-        x0, y0 = int(rng.integers(0, width // 2)), int(rng.integers(0, height // 2))
+        x0, y0 = int(rng.integers(0, max(1, width // 2))), int(rng.integers(0, max(1, height // 2)))
         x1, y1 = (
-            x0 + int(rng.integers(2, width // 2 + 2)),
-            y0 + int(rng.integers(2, height // 2 + 2)),
+            x0 + int(rng.integers(2, width // 2 + 3)),
+            y0 + int(rng.integers(2, height // 2 + 3)),
         )
         fill = tuple(int(c) for c in rng.integers(0, 256, 3))
         if rng.random() < 0.5:

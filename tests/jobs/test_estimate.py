@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import random
+import resource
 import subprocess
 import sys
+import time
 
 import pytest
 from click.testing import CliRunner
@@ -31,6 +33,20 @@ def test_decode_calls_by_hand():
     assert estimate.decode_calls([17, 9, 9, 2], slots=2, steps=8, refill_min=2) == (3, 2)
     # continuous batching (1 token a step, refill at once): 5 + 3 steps on one slot
     assert estimate.decode_calls([6, 4], slots=1, steps=1, refill_min=1) == (8, 2)
+
+
+def test_prefill_is_counted_in_the_slots_the_engine_computes():
+    packed = estimate.Scheduling(True, 2, 8, 1, 8, 512, 1, prefill_tokens=256, packed=True)
+    assert estimate.prefill_slots([100, 100, 100], packed) == 512  # 300 tokens: two calls
+    assert estimate.prefill_slots([0, 0], packed) == 0
+    bucketed = estimate.Scheduling(True, 2, 8, 1, 8, 512, 1, prefill_tokens=256, packed=False,
+                                   buckets=(16, 64, 256, 1024))  # fmt: skip
+    # 10 -> one call of 16 rows x 16; two 50s -> one call of 4 rows x 64; 300 -> 1 row x 1024
+    assert estimate.prefill_slots([10, 50, 50, 300], bucketed) == 256 + 256 + 1024
+    # two slots: admitted two at a time, each pair's 200 prompt tokens in one 256-slot call
+    assert estimate.work_units([9, 9, 9, 9], [100] * 4, packed) == (2 * 2 * 8, 2 * 256)
+    continuous = estimate.Scheduling(False, 2, 1, 1, 8, 512, 16)
+    assert estimate.work_units([9, 9], [100, 30], continuous) == (18, 130)  # no padding
 
 
 def served(max_tokens: int, n: int, reason: FinishReason) -> tuple[Parsed, Result]:
@@ -82,6 +98,48 @@ def test_the_input_is_read_whole_or_sampled(tmp_path, monkeypatch):
     assert not sampled.exact
     assert len(sampled.sample) == 500
     assert abs(sampled.records - 3000) / 3000 < 0.1
+
+
+def test_reading_a_large_input_keeps_only_the_sample_in_memory(tmp_path, monkeypatch):
+    """Both ways of reading (streamed whole with a reservoir, and sampled at byte offsets)
+    hold the sample, never the input: peak memory stays far below the file's size."""
+    import tracemalloc
+
+    lines = [openai_chat(f"id-{i}", "word " * (40 + i % 20)) for i in range(20_000)]
+    (tmp_path / "big.jsonl").write_bytes(jsonl(lines))
+    size = (tmp_path / "big.jsonl").stat().st_size  # ~7 MB
+    spec = job_spec.validate({"name": "big", "task": "chat", "input_format": "openai",
+                              "input": str(tmp_path / "big.jsonl"), "output": str(tmp_path),
+                              "model": "fake", "engine": "fake"}, check_resources=False)  # fmt: skip
+    for full_read in (size + 1, 1024):  # read whole (streamed), then sampled by offsets
+        monkeypatch.setattr(estimate, "FULL_READ_BYTES", full_read)
+        tracemalloc.start()
+        try:
+            got = estimate.read_input(spec, sample_records=100)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert len(got.sample) == 100
+        assert abs(got.records - 20_000) / 20_000 < 0.1
+        assert peak < size / 8, (full_read, peak, size)
+
+
+def test_a_large_input_on_cloud_storage_is_sampled_at_offsets(gcs_bucket, tmp_path, monkeypatch):
+    from hyperbatch import storage
+
+    lines = [openai_chat(f"id-{i}", "word " * (1 + i % 30)) for i in range(2000)]
+    storage.write_bytes(f"{gcs_bucket}/in/a.jsonl", jsonl(lines[:1200]))
+    storage.write_bytes(f"{gcs_bucket}/in/b.jsonl", jsonl(lines[1200:]))
+    spec = job_spec.validate({"name": "gcs", "task": "chat", "input_format": "openai",
+                              "input": f"{gcs_bucket}/in/*.jsonl", "output": str(tmp_path),
+                              "model": "fake", "engine": "fake"}, check_resources=False)  # fmt: skip
+    monkeypatch.setattr(estimate, "FULL_READ_BYTES", 1024)
+    got = estimate.read_input(spec, sample_records=200)
+    assert (got.files, got.exact, len(got.sample)) == (2, False, 200)
+    assert abs(got.records - 2000) / 2000 < 0.15
+    ids = {json.loads(raw)["custom_id"] for _, raw in got.sample}
+    assert any(int(i[3:]) < 1200 for i in ids)
+    assert any(int(i[3:]) >= 1200 for i in ids)  # both files
 
 
 def test_throughput_table_cites_its_sources_and_scales():
@@ -150,6 +208,33 @@ def test_an_estimate_calibrated_on_an_earlier_job(tmp_path):
     )
 
 
+def test_an_embedding_job_is_estimated_from_an_earlier_one(tmp_path):
+    def texts(prefix: str, n: int) -> list:
+        return [{"id": f"{prefix}-{i}", "text": "some words to embed " * (1 + i % 3)}
+                for i in range(n)]  # fmt: skip
+
+    def job(name: str, n: int) -> str:
+        (tmp_path / f"{name}.jsonl").write_bytes(jsonl(texts(name, n)))
+        spec = {"name": name, "task": "embedding", "input": f"{name}.jsonl", "input_format":
+                "jsonl", "output": "out", "model": "fake", "engine": "fake",
+                "records_per_shard": 4}  # fmt: skip
+        (tmp_path / f"{name}.json").write_text(json.dumps(spec))
+        return str(tmp_path / f"{name}.json")
+
+    with pytest.raises(estimate.EstimateUnavailable, match="no rows for embedding jobs"):
+        estimate.estimate(job_spec.load(job("first", 6)))
+    ran = CliRunner().invoke(main, ["run", job("first", 6), "--quiet", "--format", "json"])
+    assert ran.exit_code == EXIT_OK, ran.output
+    est = estimate.estimate(job_spec.load(job("second", 9)), workers=4)
+    m = json.loads(CliRunner().invoke(main, ["run", job("second", 9), "--quiet",
+                                             "--format", "json"]).stdout)  # fmt: skip
+    assert (est.records, est.prompt_tokens) == (m["records_in"], m["prompt_tokens"])
+    assert est.completion_tokens.expected == 0
+    assert "embedding job" in est.basis["completion_lengths"]
+    assert est.workers == 3  # 9 records, 4 a shard: a fourth worker would get no shard
+    assert "of 4 asked for" in est.basis["workers"]
+
+
 def test_the_budget_gate_refuses_below_the_low_estimate(tmp_path):
     ran = CliRunner().invoke(main, ["run", fake_job(tmp_path, "calib", shaped("a", 8)), "--quiet"])
     assert ran.exit_code == EXIT_OK, ran.output
@@ -182,19 +267,36 @@ PLACES = ["France", "Japan", "Germany", "Brazil", "Canada", "Egypt", "India", "K
 
 
 def run_in_a_process(spec_file: str) -> dict:
-    """`hyperbatch run` in a process of its own, as a job runs (its engine loads cold)."""
+    """`hyperbatch run` in a process of its own, as a job runs (its engine loads cold); the
+    manifest gets ``cpu_share``: the CPU time the process got over its wall time."""
+
+    def cpu() -> float:
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return usage.ru_utime + usage.ru_stime
+
+    t0, cpu0 = time.monotonic(), cpu()
     done = subprocess.run([sys.executable, "-m", "hyperbatch", "run", spec_file, "--quiet",
                            "--format", "json"], capture_output=True, text=True, timeout=900)  # fmt: skip
     assert done.returncode == EXIT_OK, done.stderr
     manifest: dict = json.loads(done.stdout)
+    manifest["cpu_share"] = (cpu() - cpu0) / (time.monotonic() - t0)
     return manifest
+
+
+#: the share of the CPU a job gets (its process's CPU time over its wall time: other work on a
+#: shared machine takes the rest) may differ by this much between the two jobs of a pair
+#: before the pair is said to have seen two machines
+STEADY = (0.8, 1.25)
 
 
 @pytest.mark.slow
 def test_estimate_within_25_percent_of_the_smollm2_manifest(tmp_path):
     """One calibration job in the store, then the estimate of another job of the same shape
     (other records) and that job itself: accelerator seconds and $ within 25%. The CPU is
-    shared; both jobs run back to back so they see about the same machine."""
+    shared; both jobs run back to back so they see about the same machine. A pair that did not
+    -- the second job got another share of the CPU than the first (STEADY): other work took
+    the rest -- measured the machine's drift, not the estimate: it is run once more, in a
+    fresh store. The second pair counts whatever the machine did."""
 
     def records(prefix: str, places: list[str]) -> list:
         return [openai_chat(f"{prefix}-{i}", q.format(p), max_tokens=24)
@@ -202,29 +304,40 @@ def test_estimate_within_25_percent_of_the_smollm2_manifest(tmp_path):
 
     smol = {"model": "smollm2-135m-instruct", "engine": "jax", "batch_size": 16,
             "records_per_shard": 16, "max_seq_len": 128, "sampling": {"temperature": 0.0}}  # fmt: skip
-    calibration = run_in_a_process(
-        fake_job(tmp_path, "calibration", records("c", PLACES[:8]), **smol)
-    )
-    target = fake_job(tmp_path, "target", records("t", PLACES[8:]), **smol)
-    est = estimate.estimate(job_spec.load(target))
-    assert "measured by 1 earlier job" in est.basis["throughput"]
-    m = run_in_a_process(target)
-
-    assert (est.records, est.prompt_tokens, est.cached_tokens) == (
-        m["records_in"],
-        m["prompt_tokens"],
-        m["cached_tokens"],
-    )  # the model's own tokenizer and prefix cache, counted without loading the model
-    seconds = est.accelerator_seconds.expected / m["accelerator_seconds"]
-    dollars = est.cost_usd.expected / m["cost_usd"]
     keys = ("accelerator_seconds", "accelerator_busy_seconds", "accelerator_prefill_seconds",
             "load_seconds", "completion_tokens")  # fmt: skip
-    story = (
-        f"estimate / actual: accelerator seconds {seconds:.3f}, $ {dollars:.3f}; completion "
-        f"tokens {est.completion_tokens.expected:.0f} / {m['completion_tokens']}; calibration "
-        f"{ {k: calibration[k] for k in keys} }, target { {k: m[k] for k in keys} }"
-    )
-    print(story)
+    stories = []
+    for attempt in range(2):
+        where = tmp_path / f"pair-{attempt}"
+        where.mkdir()
+        calibration = run_in_a_process(
+            fake_job(where, "calibration", records("c", PLACES[:8]), **smol)
+        )
+        target = fake_job(where, "target", records("t", PLACES[8:]), **smol)
+        est = estimate.estimate(job_spec.load(target))
+        assert "measured by 1 earlier job" in est.basis["throughput"]
+        m = run_in_a_process(target)
+
+        assert (est.records, est.prompt_tokens, est.cached_tokens) == (
+            m["records_in"],
+            m["prompt_tokens"],
+            m["cached_tokens"],
+        )  # the model's own tokenizer and prefix cache, counted without loading the model
+        seconds = est.accelerator_seconds.expected / m["accelerator_seconds"]
+        dollars = est.cost_usd.expected / m["cost_usd"]
+        drift = m["cpu_share"] / calibration["cpu_share"]
+        stories.append(
+            f"pair {attempt + 1}: estimate / actual: accelerator seconds {seconds:.3f}, "
+            f"$ {dollars:.3f}; completion tokens {est.completion_tokens.expected:.0f} / "
+            f"{m['completion_tokens']}; CPU share {calibration['cpu_share']:.2f} -> {m['cpu_share']:.2f}; "
+            f"calibration { {k: calibration[k] for k in keys} }, "
+            f"target { {k: m[k] for k in keys} }"
+        )
+        print(stories[-1])
+        within = 0.75 <= seconds <= 1.25 and 0.75 <= dollars <= 1.25
+        if within or STEADY[0] <= drift <= STEADY[1]:
+            break
+    story = "\n".join(stories)
     assert 0.75 <= seconds <= 1.25, story
     assert 0.75 <= dollars <= 1.25, story
 

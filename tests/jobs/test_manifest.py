@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from hyperbatch import accelerators
@@ -92,3 +94,29 @@ def test_a_job_with_no_result_never_succeeds_and_half_is_the_default_limit():
                            results_glob="r", errors_glob="e")  # fmt: skip
     assert empty["status"] == "SUCCEEDED"
     assert empty["records_in"] == 0
+
+
+def test_throughput_over_two_attempts_divides_by_the_wall_of_both():
+    """A job killed once and resumed (issue 12, item 7): tok/s are the work of the committed
+    shards over the wall time of every attempt, not over the last attempt's alone (which
+    reported 211 tok/s for a 0.6 s rerun of a 22 s job)."""
+    from hyperbatch.jobs.lease import Attempt
+
+    killed = Attempt("a1", "vm:1:a1", started_unix=0.0, seen_unix=1000.0)  # died mid-job
+    resumed = Attempt("a2", "vm:2:a2", started_unix=2000.0, seen_unix=2000.0)
+    first, second = SHARDS[1], SHARDS[0]  # 900 and 600 output tokens
+    shards = [
+        dataclasses.replace(first, attempt="a1", resumed=True,
+                            counters=dataclasses.replace(first.counters, accelerator_seconds=600.0)),
+        dataclasses.replace(second, attempt="a2"),
+    ]  # fmt: skip
+    m = manifest.build(job_id="cost-1", spec=spec(accelerator="tpu-v6e", accelerator_count=4),
+                       shards=shards, wall_seconds=3000.0, results_glob="r", errors_glob="e",
+                       attempts=[killed, resumed], attempt="a2")  # fmt: skip
+    assert (m["attempts"], m["wall_seconds"], m["total_wall_seconds"]) == (2, 3000.0, 4000.0)
+    assert m["completion_tokens"] == 1500
+    assert m["output_tokens_per_second"] == pytest.approx(1500 / 4000)  # not 1500 / 3000
+    assert m["total_tokens_per_second"] == pytest.approx((500 + 1500) / 4000)
+    # the killed attempt's 1000 s, less the 600 s its committed shard was charged, were lost
+    assert m["accelerator_seconds_lost"] == pytest.approx(400.0)
+    assert m["accelerator_seconds"] == pytest.approx(600.0 + 1800.0 + 400.0)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime as dt
+import http.server
 import json
 import os
 import socket
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import typing
 import urllib.error
 import urllib.request
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -319,3 +321,98 @@ def _healthy(url: str) -> bool:
             return resp.status == 200
     except OSError:
         return False
+
+
+def test_the_detail_of_a_refused_token_is_logged_not_answered(store_and_spec, google_key, caplog):
+    """The answer is fixed (above); why the token was refused goes to the log, for the
+    operator."""
+    import logging
+
+    store, spec = store_and_spec
+    verifier = OidcVerifier(AUDIENCE, [PUSHER], certs=lambda: {google_key.kid: google_key.cert_pem})
+    app = make_app(TriggerHandler(store, allow=[os.path.dirname(store.root)]), verifier)
+    refused = {
+        "garbage": (401, "push refused (401): not a JWT"),
+        SigningKey(google_key.kid).token(): (401, "push refused (401): invalid token: "),
+        google_key.token(aud="https://elsewhere.example/"): (
+            401, "push refused (401): invalid token: Token has wrong audience"),
+        google_key.token(email="someone@proj.iam.gserviceaccount.com"): (
+            403, "push refused (403): someone@proj.iam.gserviceaccount.com may not push here"),
+    }  # fmt: skip
+    with serving(app) as url, caplog.at_level(logging.WARNING):
+        for i, (token, (code, logged)) in enumerate(refused.items()):
+            caplog.clear()
+            status, body = post(url, envelope(spec, f"m{i}"), token)
+            assert status == code
+            [record] = [r for r in caplog.records if r.getMessage().startswith("push refused")]
+            assert record.levelno == logging.WARNING
+            assert record.getMessage().startswith(logged), record.getMessage()
+            detail = record.getMessage().split(": ", 1)[1]
+            assert detail not in json.dumps(body)  # logged, never answered
+    assert store.list() == []
+
+
+class _CertsServer(http.server.BaseHTTPRequestHandler):
+    """Google's certificate endpoint: the current keys, with its Cache-Control header."""
+
+    certs: typing.ClassVar[dict[str, str]] = {}
+    cache_control: typing.ClassVar[str | None] = None
+    hits: typing.ClassVar[int] = 0
+
+    def do_GET(self):
+        type(self).hits += 1
+        data = json.dumps(self.certs).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        if self.cache_control is not None:
+            self.send_header("Cache-Control", self.cache_control)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_certificates_are_refetched_when_their_max_age_is_over(google_key):
+    """The real fetch (google.auth's transport) reads max-age from Cache-Control; the cache
+    serves the certificates until then, with no request, and refetches after (a key rotation
+    is then seen). Without a max-age the default time to live applies."""
+    rotated = SigningKey("google-key-2")
+    now = [1000.0]
+    _CertsServer.certs = {google_key.kid: google_key.cert_pem}
+    _CertsServer.cache_control = "public, max-age=300, must-revalidate, no-transform"
+    _CertsServer.hits = 0
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _CertsServer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/oauth2/v1/certs"
+        certs = GoogleCerts(url=url, default_ttl_s=3600.0, clock=lambda: now[0])
+        verifier = OidcVerifier(AUDIENCE, [PUSHER], certs=certs)
+        assert verifier.verify(f"Bearer {google_key.token()}")["email"] == PUSHER
+        assert _CertsServer.hits == 1
+        _CertsServer.certs = {rotated.kid: rotated.cert_pem}  # Google rotates its keys
+        for t in (1100.0, 1299.0):  # within max-age: the cache answers, no request
+            now[0] = t
+            assert verifier.verify(f"Bearer {google_key.token()}")["email"] == PUSHER
+        assert _CertsServer.hits == 1
+        now[0] = 1301.0  # max-age is over: refetched, the rotated key is now the one
+        assert verifier.verify(f"Bearer {rotated.token()}")["email"] == PUSHER
+        assert _CertsServer.hits == 2
+        with pytest.raises(Unauthenticated):
+            verifier.verify(f"Bearer {google_key.token()}")  # the retired key (cache: 1 min)
+        assert _CertsServer.hits == 2
+
+        _CertsServer.cache_control = None  # no max-age: the default, 3600 s
+        now[0] = 1601.0  # the 300 s of the last answer are over
+        certs()
+        assert _CertsServer.hits == 3
+        now[0] = 1601.0 + 3599.0
+        certs()
+        assert _CertsServer.hits == 3
+        now[0] = 1601.0 + 3601.0
+        certs()
+        assert _CertsServer.hits == 4
+    finally:
+        server.shutdown()
+        server.server_close()

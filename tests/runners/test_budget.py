@@ -4,6 +4,8 @@ pipeline that stops at its cap, reports what it served and left, and resumes wit
 from __future__ import annotations
 
 import json
+import threading
+from typing import Any
 
 import pytest
 
@@ -49,8 +51,8 @@ def test_projection_by_hand(tmp_path):
     spec = spec_for(tmp_path, max_cost_usd=10.0)  # 10 accelerator-seconds
     job_dir = spec.job_dir()
     clock = Clock()
-    cap = budget.JobBudget(spec, job_dir, "a-1",
-                           prior=lambda: budget.Prior(1.0, 2.0, "by hand"), clock=clock)  # fmt: skip
+    cap = budget.JobBudget(spec, job_dir, "a-1", prior=lambda: budget.Prior(1.0, 2.0, "by hand"),
+                           clock=clock, unmeasured_share=1.0)  # no hedge (tested below)  # fmt: skip
     # nothing spent: 3 records x 1 s + the engine load (2 s) = 5 <= 10
     assert cap.admit("s1", 3)
     assert cap.last_projection_seconds == pytest.approx(5.0)
@@ -68,7 +70,8 @@ def test_charged_time_beyond_the_expected_counts(tmp_path):
     spec = spec_for(tmp_path, max_cost_usd=10.0)
     clock = Clock()
     cap = budget.JobBudget(spec, spec.job_dir(), "a-1",
-                           prior=lambda: budget.Prior(0.5, 0.0, "by hand"), clock=clock)  # fmt: skip
+                           prior=lambda: budget.Prior(0.5, 0.0, "by hand"), clock=clock,
+                           unmeasured_share=1.0)  # fmt: skip
     assert cap.admit("s1", 2)  # expected 1 s
     clock.now = 7.0  # ... but it has been charged 7 s so far (a slow engine): 7 + 2 * 0.5 = 8
     assert cap.admit("s2", 2)
@@ -97,6 +100,48 @@ def test_committed_shards_and_the_measured_rate(tmp_path):
     assert cap.last_projection_seconds == pytest.approx(12.0 + 4.0)
     assert not cap.admit("part-00000-00003", 5)  # 12 + 4 (in flight) + 5 > 20
     assert cap.last_projection_seconds == pytest.approx(21.0)
+
+
+def admit_in_a_thread(cap: budget.JobBudget, shard: str, records: int) -> tuple[Any, dict]:
+    got: dict[str, bool] = {}
+    thread = threading.Thread(target=lambda: got.update(ok=cap.admit(shard, records)))
+    thread.start()
+    return thread, got
+
+
+def test_before_a_rate_is_measured_shards_beyond_half_the_cap_wait(tmp_path):
+    spec = spec_for(tmp_path, max_cost_usd=10.0)
+    job_dir = spec.job_dir()
+    clock = Clock()
+    cap = budget.JobBudget(spec, job_dir, "a-1", prior=lambda: budget.Prior(1.0, 0.0, "by hand"),
+                           clock=clock, poll_seconds=0.02)  # fmt: skip
+    assert cap.admit("part-00000-00000", 3)  # 3 <= 10 / 2
+    # 3 + 3 > 5: the estimate is not trusted that far; it waits for a measured rate
+    thread, got = admit_in_a_thread(cap, "part-00000-00001", 3)
+    thread.join(0.3)
+    assert thread.is_alive()
+    clock.now = 3.0
+    commit_marker(job_dir, "part-00000-00000", 3, 3.0)
+    cap.release("part-00000-00000")  # measured: 1 s a record; 3 spent + 3 <= 10
+    thread.join(5)
+    assert got == {"ok": True}
+    assert cap.admit("part-00000-00002", 3)  # measured now: no wait, 3 + 3 + 3 <= 10
+    assert not cap.admit("part-00000-00003", 3)  # 12 > 10
+
+
+def test_without_an_estimate_one_shard_measures_and_the_time_charged_stops(tmp_path):
+    spec = spec_for(tmp_path, max_cost_usd=10.0)
+    clock = Clock()
+    cap = budget.JobBudget(spec, spec.job_dir(), "a-1", prior=lambda: None, clock=clock,
+                           poll_seconds=0.02)  # fmt: skip
+    assert cap.admit("s1", 3)  # nothing known, nothing in flight: one shard goes
+    thread, got = admit_in_a_thread(cap, "s2", 3)  # waits for s1 to tell the rate
+    thread.join(0.3)
+    assert thread.is_alive()
+    clock.now = 11.0  # s1 has been charged more than the cap: the waiting shard stops it
+    thread.join(5)
+    assert got == {"ok": False}
+    assert cap.stopped
 
 
 def test_a_capped_job_stops_reports_and_resumes_with_a_higher_cap(tmp_path):
@@ -152,3 +197,39 @@ def test_a_capped_job_stops_reports_and_resumes_with_a_higher_cap(tmp_path):
         first
     )
     assert store.spec(spec.job_id).max_cost_usd == 1000.0
+
+
+def test_a_job_a_trigger_launches_stops_at_the_trigger_s_default_cap(tmp_path):
+    """Through the Pub/Sub trigger's handler: a message whose spec sets no cap gets the
+    trigger's default, the job is launched in a process of its own (the local launcher) and
+    its pipeline stops at that cap: STOPPED_BUDGET, records served and left."""
+    from hyperbatch.jobs.triggers.handler import TriggerHandler
+    from hyperbatch.jobs.triggers.messages import Delivery
+    from hyperbatch.runners.local import LocalLauncher
+    from tests.jobs import control_plane as cp
+
+    records = [openai_chat(f"r-{i:02d}", f"question number {i}", max_tokens=3) for i in range(20)]
+    (tmp_path / "in.jsonl").write_bytes(jsonl(records))
+    store = JobStore(str(tmp_path / "out"))
+    body = {"name": "triggered", "task": "chat", "input": str(tmp_path / "in.jsonl"),
+            "input_format": "openai", "output": store.root, "model": "fake", "engine": "slow",
+            "engine_options": {"seconds_per_request": 0.05}, "records_per_shard": 2,
+            "batch_size": 2, "usd_per_accelerator_hour": 3600.0}  # fmt: skip
+    launcher = LocalLauncher(plugins=("tests.runners.slow_engine",), heartbeat_s=0.3)
+    handler = TriggerHandler(store, launcher, allow=[str(tmp_path)], default_max_cost_usd=0.25)
+
+    outcome = handler.handle(Delivery("m-1", json.dumps(body).encode(), {}))
+
+    assert (outcome.ack, outcome.kind) == (True, "submitted"), outcome
+    assert store.spec(outcome.job_id).max_cost_usd == 0.25
+    record = cp.wait_for(lambda: cp.finished(store, outcome.job_id), timeout=120)
+    assert record.state == JobState.STOPPED_BUDGET, record.to_dict().get("error")
+    m = json.loads(storage.read_bytes(JobFolder(record.status.job_dir).manifest_json))
+    assert m["status"] == "STOPPED_BUDGET"
+    assert m["max_cost_usd"] == 0.25
+    assert m["records_in"] > 0
+    assert m["records_left"] > 0
+    assert m["records_in"] + m["records_left"] == 20
+    assert record.status.manifest is not None
+    assert record.status.manifest.records_left == m["records_left"]
+    assert "max_cost_usd" in record.to_dict()["error"]

@@ -1,6 +1,7 @@
 """Image inputs through the whole pipeline with the fake engine: ``input_format: images`` over
 local and gs:// globs, image parts in OpenAI and JSONL chat lines, and every way reading an
-image can fail -- each an error record with its stable code, the rest of the job served.
+image can fail -- each an error record with its stable code, the rest of the job served; resume
+after a crash, duplicate ids and exact counts; reading bounded in threads and bytes.
 
 The fake engine writes an image as ``<image:WxH:#rrggbb>`` (size as shown, mean colour), so the
 results say which image arrived, upright and whole."""
@@ -9,15 +10,26 @@ from __future__ import annotations
 
 import io
 import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from PIL import Image
 
 from hyperbatch import storage
+from hyperbatch.engines.fake import FakeEngine
 from hyperbatch.jobs import spec as job_spec
+from hyperbatch.jobs.layout import JobFolder
+from hyperbatch.runners import images as image_reading
 from hyperbatch.runners import pipeline
+from hyperbatch.runners.options import local_options
 from hyperbatch.runners.progress import PROGRESS
+from hyperbatch.schemas.formats.base import Location, Parsed
+from hyperbatch.schemas.images import ImageInput
+from hyperbatch.schemas.records import Request, SamplingParams
 from tests.helpers import images as pics
+from tests.helpers.faults import crash_on_call, heal
 from tests.records import jsonl
 from tests.runners.test_pipeline import outputs
 
@@ -73,7 +85,7 @@ def check_outputs(spec, want: dict[str, str], source_prefix: str) -> dict:
             assert expected in r["text"]
             assert r["source_uri"] == source_prefix + rid
             assert "photo this describe" in r["text"]  # the job's prompt, after the image
-            assert r["usage"]["prompt_tokens"] > 0
+            assert r["usage"]["prompt_tokens"] > r["usage"]["image_tokens"] == 1  # the fake: 1
         else:
             assert failed[rid] == expected, rid
     return {"results": results, "errors": errors}
@@ -159,6 +171,10 @@ def test_image_parts_in_openai_lines(tmp_path, gcs_bucket):
             for r in results}  # fmt: skip
     codes = {e["custom_id"]: e["error"]["code"] for e in errors}
     assert text["data"] == "it is what <image:10x6:#ff0000>"
+    # OpenAI's usage has no image field: image tokens are in prompt_tokens (and the manifest)
+    usage = next(r for r in results if r["custom_id"] == "two")["response"]["body"]["usage"]
+    assert usage["prompt_tokens"] == 4
+    assert "image_tokens" not in usage["prompt_tokens_details"]
     assert "<image:6x10:#0000fe>" in text["gcs"] or "<image:6x10:#0000ff>" in text["gcs"]
     for rid in ("local", "relative", "file-url"):
         assert "<image:10x6:#ff0000>" in text[rid]
@@ -232,3 +248,99 @@ def test_a_job_prompt_belongs_to_image_globs(tmp_path):
                            "output": str(tmp_path), "model": "fake", "engine": "fake",
                            "prompt": "hi"}, check_resources=False)  # fmt: skip
     assert any("only input_format images takes" in p for p in e.value.problems)
+
+
+def test_an_image_job_resumes_after_a_crash_over_the_images_it_first_listed(tmp_path, monkeypatch):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(7):
+        (folder / f"p{i}.png").write_bytes(pics.encode(pics.drawn(20 + i, 10, seed=i), "PNG"))
+    spec = images_spec(str(folder / "*.png"), str(tmp_path / "out"))  # 3 per shard: 3 shards
+    crash_on_call(monkeypatch, FakeEngine, "generate", 2, "accelerator fell over")
+    with pytest.raises(Exception, match="accelerator fell over"):
+        pipeline.run(spec, options=local_options())  # one shard at a time: one commits
+    assert len(storage.glob(JobFolder(spec.job_dir()).commits_prefix + "*.json")) == 1
+
+    # a photo added to the folder since is not this job's: the rerun keeps the first listing
+    (folder / "p0b.png").write_bytes(pics.encode(pics.drawn(9, 9, seed=9), "PNG"))
+    heal(monkeypatch, FakeEngine, "generate")
+    PROGRESS.reset()
+    m = pipeline.run(spec)
+    results, errors = outputs(spec.job_dir())
+    assert sorted(r["id"] for r in results) == [f"p{i}.png" for i in range(7)]  # none twice
+    assert errors == []
+    assert m["records_in"] == m["results"] == m["input_images"] == m["image_tokens"] == 7
+    assert PROGRESS.snapshot().shards_resumed == 1
+
+
+def test_duplicate_ids_in_image_lines_are_served_once_and_counted_exactly(tmp_path):
+    red = pics.data_url(pics.encode(pics.solid(4, 4, (255, 0, 0)), "PNG"))
+    lines = [image_line("a", red), image_line("b", red), image_line("a", red, text="again"),
+             image_line("c", "data:image/png;base64,iVBORw0KGgo=")]  # fmt: skip
+    (tmp_path / "in.jsonl").write_bytes(jsonl(lines))
+    spec = job_spec.validate({
+        "name": "dups", "task": "chat", "input": str(tmp_path / "in.jsonl"),
+        "input_format": "openai", "output": str(tmp_path / "out"), "model": "fake",
+        "engine": "fake", "max_error_rate": 1.0,
+    })  # fmt: skip
+    m = pipeline.run(spec)
+    results, errors = outputs(spec.job_dir())
+    assert sorted(r["custom_id"] for r in results) == ["a", "b"]
+    assert sorted((e["custom_id"], e["error"]["code"]) for e in errors) == [
+        ("a", "duplicate_id"), ("c", "invalid_image")]  # fmt: skip
+    assert (m["records_in"], m["results"], m["errors"], m["input_images"]) == (4, 2, 2, 2)
+    assert m["image_tokens"] == 2
+    assert m["errors_by_code"] == {"duplicate_id": 1, "invalid_image": 1}
+
+
+def test_reading_is_bounded_in_threads_and_bytes_whatever_the_shards_in_flight(
+    tmp_path, monkeypatch
+):
+    """Six shards read at once share one pool of 3 threads and a bound of two shards' bytes:
+    never more than 3 downloads at a time, never more bytes held than the bound, all given back."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shards = []
+    for s in range(6):
+        items = []
+        for k in range(4):
+            name = f"s{s}k{k}.png"
+            (folder / name).write_bytes(pics.encode(pics.drawn(30, 30, seed=10 * s + k), "PNG"))
+            req = Request(name, SamplingParams(), input_images=(ImageInput(str(folder / name)),))
+            items.append(Parsed(req, Location("listing", k + 1)))
+        shards.append(items)
+    per_shard = max(sum((folder / p.request.record_id).stat().st_size for p in items)
+                    for items in shards)  # fmt: skip
+    memory = image_reading.ImageMemory(2 * per_shard)
+    monkeypatch.setattr(image_reading, "MEMORY", memory)
+    monkeypatch.setattr(image_reading, "_POOL", ThreadPoolExecutor(3))
+    active, most, lock = [0], [0], threading.Lock()
+    real = storage.read_bytes
+
+    def slow_read(path: str) -> bytes:
+        with lock:
+            active[0] += 1
+            most[0] = max(most[0], active[0])
+        time.sleep(0.01)
+        with lock:
+            active[0] -= 1
+        return real(path)
+
+    monkeypatch.setattr(storage, "read_bytes", slow_read)
+    spec = images_spec(str(folder / "*.png"), str(tmp_path / "out"))
+
+    def serve_one(items):
+        ok, errors, held = image_reading.read_images(items, spec)
+        try:
+            assert memory.held <= memory.limit
+            time.sleep(0.02)  # the engine serving the shard
+            return [(p.request.record_id, p.request.input_images[0].width) for p in ok], errors
+        finally:
+            held.release()
+
+    with ThreadPoolExecutor(6) as shard_threads:
+        done = list(shard_threads.map(serve_one, shards))
+    assert all(errors == [] and [w for _, w in ok] == [30] * 4 for ok, errors in done)
+    assert most[0] <= 3
+    assert per_shard <= memory.peak <= memory.limit
+    assert memory.held == 0

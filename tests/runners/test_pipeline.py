@@ -162,6 +162,24 @@ def test_changed_input_is_refused_on_resume_and_an_identical_copy_is_not(tmp_pat
         pipeline.run(spec)
 
 
+def test_changed_input_on_gcs_is_refused_and_an_identical_rewrite_is_not(gcs_bucket):
+    """The same check on Cloud Storage (fake-gcs-server): a rewrite of the same bytes is a new
+    object (new generation, new update time) and resumes; other bytes of the same size do not."""
+    path = f"{gcs_bucket}/in/records.jsonl"
+    storage.write_bytes(path, jsonl([openai_chat("a", "x"), openai_chat("b", "y")]))
+    spec = make_spec(path, f"{gcs_bucket}/jobs")
+    first = pipeline.run(spec)
+    before = storage.stat(path)
+    storage.write_bytes(path, storage.read_bytes(path))  # an identical copy, uploaded again
+    assert storage.stat(path) != before  # another object as far as metadata goes
+    again = pipeline.run(spec)
+    assert (again["records_in"], again["results"]) == (first["records_in"], first["results"])
+    storage.write_bytes(path, jsonl([openai_chat("a", "x"), openai_chat("b", "z")]))
+    assert storage.stat(path).size == before.size
+    with pytest.raises(Exception, match="is not what shard part-00000-00000 of this job"):
+        pipeline.run(spec)
+
+
 def test_job_id_reused_with_another_spec_is_refused(tmp_path):
     (tmp_path / "in.jsonl").write_bytes(jsonl([openai_chat("a", "x")]))
     spec = make_spec(str(tmp_path / "in.jsonl"), str(tmp_path / "out"))

@@ -127,7 +127,8 @@ def test_avro_round_trip_and_results():
     res = Result("r2", text="ok", finish_reason=FinishReason.STOP, usage=Usage(4, 1, 0))
     out = avro.from_avro_bytes(fmt.encode_results([(parsed[1], res)], JobInfo("j", "m", 0)))
     assert out == [{"id": "r2", "text": "ok", "finish_reason": "stop",
-                    "usage": {"prompt_tokens": 4, "completion_tokens": 1, "cached_tokens": 0},
+                    "usage": {"prompt_tokens": 4, "completion_tokens": 1, "cached_tokens": 0,
+                              "image_tokens": 0},  # Avro fills the default in
                     "model": "m", "job_id": "j", "metadata": {"src": "t"}, "logprobs": None,
                     "choices": None}]  # fmt: skip
 

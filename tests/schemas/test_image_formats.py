@@ -165,7 +165,8 @@ def test_gemini_output_lines():
             "candidates": [{"index": 0, "content": {"role": "model", "parts": [{"text": "hello"}]},
                             "finishReason": "MAX_TOKENS"}],
             "usageMetadata": {"promptTokenCount": 4, "candidatesTokenCount": 1,
-                              "totalTokenCount": 5},
+                              "totalTokenCount": 5,
+                              "promptTokensDetails": [{"modality": "TEXT", "tokenCount": 4}]},
             "modelVersion": "m",
         },
         "status": "",
@@ -205,6 +206,8 @@ def test_a_gemini_batch_file_through_the_pipeline(tmp_path, gcs_bucket):
         "words two say", "colour what <image:8x4:#ff0000>"]  # fmt: skip
     assert [r["request"] for r in results] == [lines[0]["request"], lines[1]["request"]]
     assert results[1]["response"]["usageMetadata"]["promptTokenCount"] == 4
+    assert results[1]["response"]["usageMetadata"]["promptTokensDetails"] == [
+        {"modality": "TEXT", "tokenCount": 3}, {"modality": "IMAGE", "tokenCount": 1}]  # fmt: skip
     assert sorted((e["record_id"], e["code"]) for e in errors) == [
         ("req.jsonl:3", "invalid_image"), ("req.jsonl:4", "image_not_found")]  # fmt: skip
     assert m["input_images"] == 1

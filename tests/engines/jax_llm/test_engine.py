@@ -85,9 +85,9 @@ def test_unknown_option_is_refused(tiny_dirs):
 
 
 def test_compilations_never_depend_on_the_data(engine):
-    # two decode programs (K steps; one guided step), plus one packed prefill program or one per
-    # prompt-length bucket
-    programs = 3 if engine.packed else len(engine.buckets) + 2
+    # three decode programs (K steps; a guided step's model, then its masked sampling), plus one
+    # packed prefill program or one per prompt-length bucket
+    programs = 4 if engine.packed else len(engine.buckets) + 3
     assert engine.stats().compilations == programs
     compiles: list[str] = []
     listen = True

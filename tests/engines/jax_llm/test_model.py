@@ -175,6 +175,20 @@ def test_sampling_filters():
     assert draw(1.0, 0, 1.0) == {0, 1, 2, 3}
 
 
+def test_argmax_is_jnp_argmax():
+    """The sampler's argmax (two plain reductions) picks jnp.argmax's token: the first of tied
+    maxima, index 0 for a row that is all -inf."""
+    x = np.random.RandomState(3).randn(6, 1000).astype(np.float32)
+    x[1, [7, 300, 999]] = 10.0  # ties: the first wins
+    x[2] = -np.inf
+    x[3, -1] = 50.0
+    x[4] = np.round(x[4])  # many ties below the maximum
+    got = np.asarray(jax.jit(sampling.argmax)(jnp.asarray(x)))
+    assert got.dtype == np.int32
+    np.testing.assert_array_equal(got, np.asarray(jnp.argmax(jnp.asarray(x), axis=-1)))
+    assert got[1] == 7
+
+
 def test_filter_thresholds_agree_with_a_full_sort():
     """Candidates (top 256) when they suffice, bisection otherwise: both equal the sort."""
     x = jnp.asarray(np.random.RandomState(5).randn(8, 5000).astype(np.float32) * 2)

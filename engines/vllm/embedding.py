@@ -21,7 +21,6 @@ models, and admitting new requests while a call runs (``serve`` is the base clas
 from __future__ import annotations
 
 import dataclasses
-import gc
 import os
 import time
 from collections.abc import Sequence
@@ -34,6 +33,7 @@ from hyperbatch.engines.embedding import MAX_INPUTS, Embedded, EmbeddingEngine
 from hyperbatch.engines.models import ModelNotFound, resolve_model
 from hyperbatch.engines.options import EngineOptions
 from hyperbatch.engines.vllm import args as vargs
+from hyperbatch.engines.vllm.engine import shutdown
 from hyperbatch.engines.vllm.options import VLLMOptions
 from hyperbatch.schemas.records import Counters, ErrorCode, Request, RequestError
 
@@ -159,12 +159,4 @@ class VLLMEmbeddingEngine(EmbeddingEngine):
         return dataclasses.replace(self._stats)
 
     def close(self) -> None:
-        llm = getattr(self, "llm", None)
-        if llm is None:
-            return
-        core = getattr(llm.llm_engine, "engine_core", None)
-        if core is not None and hasattr(core, "shutdown"):
-            core.shutdown()
-        self.llm = None
-        del llm
-        gc.collect()
+        shutdown(self)

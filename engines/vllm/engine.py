@@ -280,15 +280,8 @@ class VLLMEngine(Engine):
         return dataclasses.replace(self._stats)
 
     def close(self) -> None:
-        llm = getattr(self, "llm", None)
-        if llm is None:
-            return
-        core = getattr(llm.llm_engine, "engine_core", None)
-        if core is not None and hasattr(core, "shutdown"):
-            core.shutdown()
-        self.llm = self._engine = None
-        del llm
-        gc.collect()
+        self._engine = None
+        shutdown(self)
 
 
 def _about_the_constraint(error: Exception) -> bool:
@@ -297,3 +290,17 @@ def _about_the_constraint(error: Exception) -> bool:
     return any(
         w in text for w in ("structured", "grammar", "schema", "regex", "choice", "json", "lark")
     )
+
+
+def shutdown(owner: Any) -> None:
+    """Drop ``owner.llm`` (a ``vllm.LLM``) and stop its engine core: its threads and memory go
+    with the last reference, so none may be left here when the garbage is collected."""
+    llm = getattr(owner, "llm", None)
+    if llm is None:
+        return
+    owner.llm = None
+    core = getattr(llm.llm_engine, "engine_core", None)
+    if core is not None and hasattr(core, "shutdown"):
+        core.shutdown()
+    del llm
+    gc.collect()

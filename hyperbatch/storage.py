@@ -336,7 +336,10 @@ def list_prefix(prefix: str) -> Iterator[FileInfo]:
         for name in sorted(files):
             p = os.path.join(root, name)
             if p.startswith(prefix) or os.path.normpath(p).startswith(os.path.normpath(prefix)):
-                st = os.stat(p)
+                try:
+                    st = os.stat(p)
+                except FileNotFoundError:
+                    continue  # removed since it was listed (another writer's temporary file)
                 yield FileInfo(p, st.st_size, st.st_mtime_ns)
 
 

@@ -120,6 +120,26 @@ def test_local_generations_strictly_increase_even_within_one_clock_tick(tmp_path
         storage.write_bytes(path, b"stale", if_generation_match=gens[-2])
 
 
+def test_a_file_removed_while_a_folder_is_listed_is_left_out(tmp_path, monkeypatch):
+    """A writer's temporary file (a job writing its results beside its input) may vanish
+    between the folder's listing and its stat: the glob goes on without it."""
+    (tmp_path / "a.jsonl").write_text("{}\n")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / ".tmp-x").write_text("")
+    real_walk = storage.os.walk
+
+    def racing_walk(top):
+        for root, dirs, files in real_walk(top):
+            if root.endswith("out"):
+                os.remove(os.path.join(root, ".tmp-x"))  # listed, then gone
+            yield root, dirs, files
+
+    monkeypatch.setattr(storage.os, "walk", racing_walk)
+    assert [f.path for f in storage.glob(str(tmp_path / "*.jsonl"))] == [str(tmp_path / "a.jsonl")]
+    (tmp_path / "out" / ".tmp-x").write_text("")
+    assert [f.path for f in storage.list_prefix(str(tmp_path) + "/")] == [str(tmp_path / "a.jsonl")]
+
+
 def test_local_files_get_the_umask_mode_not_0600(tmp_path):
     """Results, manifests, specs and status files are written through a temp file: they must
     still get the mode any tool would give them (0644 under the usual umask), not mkstemp's."""

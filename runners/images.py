@@ -256,13 +256,13 @@ def read_images(
         read = [got.get(img.uri, img) if not img.read else img for img in images]
         failed = next((r for r in read if isinstance(r, RequestError)), None)
         if failed is not None:
-            errors.append(RecordError(p.request.record_id, p.location, failed.code, failed.message))
+            errors.append(p.failed(failed.code, failed.message))
             continue
         fetched_images = [r for r in read if isinstance(r, ImageInput)]
         declared = [_with_declared(r, img) for r, img in zip(fetched_images, images, strict=True)]
         bad = next((e for e in declared if isinstance(e, RequestError)), None)
         if bad is not None:
-            errors.append(RecordError(p.request.record_id, p.location, bad.code, bad.message))
+            errors.append(p.failed(bad.code, bad.message))
             continue
         final = tuple(r for r in declared if isinstance(r, ImageInput))
         req = dataclasses.replace(p.request, input_images=final)

@@ -226,8 +226,7 @@ class ServeShard(beam.DoFn):
             if result.ok:
                 ok.append((parsed, result))
             else:
-                errors.append(RecordError(
-                    parsed.request.record_id, parsed.location,
+                errors.append(parsed.failed(
                     result.error_code or ErrorCode.ENGINE_FAILED,
                     result.error_message or str(result.error_code),
                 ))  # fmt: skip
@@ -249,7 +248,7 @@ class ServeShard(beam.DoFn):
             image_tokens=sum(r.usage.image_tokens for _, r in ok),
             shards=1,
         )
-        job = JobInfo(self.ctx.job_id, spec.served_model_names[0], int(started))
+        job = JobInfo(self.ctx.job_id, spec.served_model_names[0], int(started), task)
         image_files: list[tuple[str, bytes, str]] = []
         index = None
         if task is TaskKind.IMAGE:
@@ -345,8 +344,8 @@ def job_dimensions(item: Parsed, spec: JobSpec) -> Parsed | RecordError:
         )
     if spec.vector_output != "none" and req.dimensions != spec.dimensions:
         size = f"{spec.dimensions}" if spec.dimensions else "the model's"
-        return RecordError(
-            req.record_id, item.location, ErrorCode.INVALID_DIMENSIONS,
+        return item.failed(
+            ErrorCode.INVALID_DIMENSIONS,
             f"dimensions {req.dimensions}: this job writes every vector to one {spec.vector_output} "
             f"index, all of {size} dimensions; set dimensions in the job spec, not per record",
         )  # fmt: skip

@@ -45,6 +45,8 @@ class RecordError:
     location: Location
     code: ErrorCode
     message: str
+    #: what a format's error line repeats of the input (a Vertex line's request), when known
+    echo: Mapping[str, Any] | None = dataclasses.field(default=None, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -82,6 +84,10 @@ class Parsed:
     model: str | None = None
     tool_call: ForcedToolCall | None = None
 
+    def failed(self, code: ErrorCode, message: str) -> RecordError:
+        """This record's error record (it keeps the echo, for formats that repeat the input)."""
+        return RecordError(self.request.record_id, self.location, code, message, self.echo)
+
 
 @dataclasses.dataclass(frozen=True)
 class Unit:
@@ -101,6 +107,7 @@ class JobInfo:
     job_id: str
     model: str
     created: int  # unix seconds
+    task: TaskKind = TaskKind.CHAT
 
 
 MODEL_MISMATCH_POLICIES = ("error", "ignore")
@@ -120,8 +127,8 @@ def check_model(
     if mismatch == "ignore":
         return dataclasses.replace(item, model=None)
     names = ", ".join(repr(n) for n in served)
-    return RecordError(
-        item.request.record_id, item.location, ErrorCode.MODEL_MISMATCH,
+    return item.failed(
+        ErrorCode.MODEL_MISMATCH,
         f"the record asks for model {asked!r} but this job serves {names}; name a served model, "
         "add it to the job's served_model_name, or set model_mismatch: ignore",
     )  # fmt: skip

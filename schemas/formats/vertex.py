@@ -14,7 +14,9 @@ and Vertex's output line back: ``{"request": <the input request>, "response": {"
 "MAX_TOKENS"}], "usageMetadata": {"promptTokenCount", "candidatesTokenCount",
 "totalTokenCount", "promptTokensDetails": [{"modality": "TEXT" | "IMAGE", "tokenCount"}]},
 "modelVersion"}, "status": ""}`` (image tokens are prompt tokens, and also counted apart). A
-record that cannot be served is an error record (``errors/``), as in every format. Field names
+record that cannot be served is an error line in ``errors/``, as in every format, in Vertex's
+shape: ``{"request": <the input request, or null>, "status": "<code>: <why>", "record_id",
+"code", "source_file", "source_line"}`` (an embedding line's has ``instance``). Field names
 are accepted in camelCase and snake_case (as Vertex's JSON reader does). ``fileData`` images
 are ``gs://`` URIs; ``inlineData`` is base64; other media types (video, PDF, audio) are
 ``unsupported_image_type`` errors. A ``model`` turn is an assistant message.
@@ -43,10 +45,11 @@ from __future__ import annotations
 
 import json
 import posixpath
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from hyperbatch.schemas.formats.base import (
+    JobInfo,
     JsonLinesFormat,
     Location,
     Parsed,
@@ -165,8 +168,16 @@ class VertexBatch(JsonLinesFormat):
             try:
                 return self._parse_obj(rid, obj, location, task, defaults)
             except RequestError as e:
-                return RecordError(rid, location, e.code, e.message)
+                return RecordError(rid, location, e.code, e.message, self._echo(obj, task))
         return super().parse(raw, location, task, defaults)
+
+    @staticmethod
+    def _echo(obj: dict[str, Any], task: TaskKind) -> dict[str, Any] | None:
+        """What the line's output repeats: a Gemini line's request, an embedding line itself."""
+        if task is TaskKind.CHAT:
+            request = obj.get("request")
+            return request if isinstance(request, dict) else None
+        return obj
 
     def _parse_obj(self, rid, obj, location, task, defaults) -> Parsed:
         if task is TaskKind.CHAT:
@@ -357,6 +368,20 @@ class VertexBatch(JsonLinesFormat):
                 line = self._embedding_line(parsed, res)
             else:
                 line = {"request": parsed.echo, "response": _response(res, job.model), "status": ""}
+            lines.append(json.dumps(line, ensure_ascii=False))
+        return ("\n".join(lines) + "\n").encode() if lines else b""
+
+    def encode_errors(self, errors: Sequence[RecordError], job: JobInfo) -> bytes:
+        """Vertex's line for a request that failed: the input (``request`` of a Gemini line,
+        ``instance`` of an embedding line; null when the line was not readable) and a non-empty
+        ``status`` saying why, so that results and errors together read as a Vertex output. Our
+        error record's fields ride along: ``record_id``, ``code`` (stable), ``source_file``,
+        ``source_line``."""
+        key = "instance" if job.task is TaskKind.EMBEDDING else "request"
+        lines = []
+        for e in errors:
+            line = {key: e.echo, "status": f"{e.code}: {e.message}", **e.to_dict()}
+            del line["message"]  # it is in the status
             lines.append(json.dumps(line, ensure_ascii=False))
         return ("\n".join(lines) + "\n").encode() if lines else b""
 

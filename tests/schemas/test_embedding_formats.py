@@ -181,6 +181,7 @@ def test_vertex_lines_take_their_id_from_where_they_are_and_echo_the_instance():
     assert named.request.record_id == "doc-9"
     assert FORMATS["vertex"].record_id(line(instance)) is None  # no id: no duplicate check
     assert FORMATS["vertex"].record_id(line({"content": "x", "id": "doc-9"})) == "doc-9"
+    errors = []
     for bad, code in [
         ({"content": ""}, ErrorCode.EMPTY_INPUT),
         ({"task_type": "RETRIEVAL_QUERY"}, ErrorCode.EMPTY_INPUT),
@@ -193,7 +194,17 @@ def test_vertex_lines_take_their_id_from_where_they_are_and_echo_the_instance():
         assert isinstance(err, RecordError), bad
         assert err.code is code, bad
         assert err.record_id == "part-1.jsonl:7"
+        errors.append(err)
     assert parse("vertex", b"{oops").code is ErrorCode.INVALID_JSON
+    # the error lines are Vertex's: the instance and a status saying why
+    emb_job = JobInfo(JOB.job_id, JOB.model, JOB.created, TaskKind.EMBEDDING)
+    lines = FORMATS["vertex"].encode_errors([errors[2], parse("vertex", b"{oops")], emb_job)
+    first, unreadable = (json.loads(x) for x in lines.splitlines())
+    assert first == {"instance": {"content": 3}, "status": "invalid_record: content must be a string",
+                     "record_id": "part-1.jsonl:7", "code": "invalid_record",
+                     "source_file": LOC.file, "source_line": 7}  # fmt: skip
+    assert unreadable["instance"] is None
+    assert unreadable["status"].startswith("invalid_json: ")
 
     [out] = (
         FORMATS["vertex"]

@@ -195,11 +195,14 @@ def test_a_gemini_batch_file_through_the_pipeline(tmp_path, gcs_bucket):
             {"text": "declared wrong"}]}]),
         gemini([{"role": "user", "parts": [
             {"fileData": {"fileUri": f"{gcs_bucket}/img/none.png", "mimeType": "image/png"}}]}]),
+        gemini([{"role": "user", "parts": [{"text": "call it"}]}], tools=[{"x": 1}]),
+        gemini([{"role": "user", "parts": [{"text": "a forbidden word"}]}]),
     ]  # fmt: skip
-    (tmp_path / "req.jsonl").write_bytes(jsonl(lines))
+    (tmp_path / "req.jsonl").write_bytes(jsonl(lines) + b"not json\n")
     spec = job_spec.validate({"name": "gem", "task": "chat", "input": str(tmp_path / "req.jsonl"),
                               "input_format": "vertex", "output": str(tmp_path / "out"),
-                              "model": "fake", "engine": "fake", "max_error_rate": 1.0})  # fmt: skip
+                              "model": "fake", "engine": "fake", "max_error_rate": 1.0,
+                              "engine_options": {"reject_word": "forbidden"}})  # fmt: skip
     m = pipeline.run(spec)
     results, errors = outputs(spec.job_dir())
     assert [r["response"]["candidates"][0]["content"]["parts"][0]["text"] for r in results] == [
@@ -208,8 +211,21 @@ def test_a_gemini_batch_file_through_the_pipeline(tmp_path, gcs_bucket):
     assert results[1]["response"]["usageMetadata"]["promptTokenCount"] == 4
     assert results[1]["response"]["usageMetadata"]["promptTokensDetails"] == [
         {"modality": "TEXT", "tokenCount": 3}, {"modality": "IMAGE", "tokenCount": 1}]  # fmt: skip
-    assert sorted((e["record_id"], e["code"]) for e in errors) == [
-        ("req.jsonl:3", "invalid_image"), ("req.jsonl:4", "image_not_found")]  # fmt: skip
+    # error lines in Vertex's shape: the input request (null for an unreadable line) and a
+    # status saying why -- whether the line was refused when read, by the image reader, or by
+    # the engine -- with our error record's fields beside them
+    by_line = {e["source_line"]: e for e in errors}
+    assert {line: (e["record_id"], e["code"]) for line, e in by_line.items()} == {
+        3: ("req.jsonl:3", "invalid_image"), 4: ("req.jsonl:4", "image_not_found"),
+        5: ("req.jsonl:5", "unsupported_tools"), 6: ("req.jsonl:6", "engine_rejected"),
+        7: (None, "invalid_json")}  # fmt: skip
+    for line in (3, 4, 5, 6):
+        assert by_line[line]["request"] == lines[line - 1]["request"]
+        assert by_line[line]["status"].startswith(by_line[line]["code"] + ": ")
+    assert by_line[7]["request"] is None
+    assert by_line[7]["status"].startswith("invalid_json: ")
+    assert "forbidden" in by_line[6]["status"]
+    assert "tools" in by_line[5]["status"]
     assert m["input_images"] == 1
 
 

@@ -1,4 +1,5 @@
-"""Data parallelism: the image batch split over 8 (simulated) devices gives the one-device images.
+"""Data parallelism: the image batch split over 8 (simulated) devices gives the one-device images
+(to the last of 256 levels).
 
 Runs in a subprocess because the device count is fixed when JAX starts
 (``XLA_FLAGS=--xla_force_host_platform_device_count=8``).
@@ -34,7 +35,9 @@ for dp in (1, 8):
     out[f"output_devices_{dp}"] = len(compiled.output_shardings.device_set)
     images[dp] = model.generate(prompts, "blurry", **kwargs).images
     out[f"compilations_{dp}"] = model.compilations
-out["max_abs_diff"] = int(np.abs(images[1].astype(int) - images[8].astype(int)).max())
+diff = np.abs(images[1].astype(int) - images[8].astype(int))
+out["max_abs_diff"] = int(diff.max())
+out["differing_share"] = float((diff > 0).mean())
 out["image_std"] = float(images[8].std())
 print(json.dumps(out))
 """
@@ -59,5 +62,9 @@ def test_eight_devices_give_the_single_device_images(tiny_dirs):
     assert out["output_devices_1"] == 1
     assert out["output_devices_8"] == 8  # the batch really is split
     assert out["compilations_1"] == out["compilations_8"] == 1
-    assert out["max_abs_diff"] == 0
+    # the same images: a batch of 1 per device is computed by other kernel shapes than a batch
+    # of 8 on one, so float sums may round a pixel to the next of its 256 levels -- never more,
+    # and rarely (CI saw 1 level; a wrong split, seed or step would change whole images)
+    assert out["max_abs_diff"] <= 1
+    assert out["differing_share"] < 0.01
     assert out["image_std"] > 1.0

@@ -43,6 +43,7 @@ to name it; it is then checked for duplicates like any other format's id).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import posixpath
 from collections.abc import Mapping, Sequence
@@ -169,7 +170,10 @@ class VertexBatch(JsonLinesFormat):
                 return self._parse_obj(rid, obj, location, task, defaults)
             except RequestError as e:
                 return RecordError(rid, location, e.code, e.message, self._echo(obj, task))
-        return super().parse(raw, location, task, defaults)
+        out = super().parse(raw, location, task, defaults)  # a line that names its own id
+        if isinstance(out, RecordError) and isinstance(obj, dict):
+            out = dataclasses.replace(out, echo=self._echo(obj, task))
+        return out
 
     @staticmethod
     def _echo(obj: dict[str, Any], task: TaskKind) -> dict[str, Any] | None:

@@ -196,6 +196,7 @@ def test_vertex_lines_take_their_id_from_where_they_are_and_echo_the_instance():
         assert err.record_id == "part-1.jsonl:7"
         errors.append(err)
     assert parse("vertex", b"{oops").code is ErrorCode.INVALID_JSON
+    assert parse("vertex", line({"content": 3, "id": "d"})).echo == {"content": 3, "id": "d"}
     # the error lines are Vertex's: the instance and a status saying why
     emb_job = JobInfo(JOB.job_id, JOB.model, JOB.created, TaskKind.EMBEDDING)
     lines = FORMATS["vertex"].encode_errors([errors[2], parse("vertex", b"{oops")], emb_job)

@@ -11,13 +11,13 @@ import json
 import os
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 import yaml
 
 from hyperbatch.cli import EXIT_OK, EXIT_USER_ERROR
+from tests.helpers import loopback
 
 #: What every paragraph says to do.
 FIXES = ("`gcloud auth application-default login`", "GOOGLE_APPLICATION_CREDENTIALS",
@@ -200,13 +200,8 @@ class FakeGoogleAuth(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def google_auth():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeGoogleAuth)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with loopback.serve(FakeGoogleAuth) as port:
+        yield f"127.0.0.1:{port}"
 
 
 #: case -> what the paragraph says is wrong
@@ -250,13 +245,7 @@ def local_dataflow_job(tmp_path) -> str:
 
 
 UNUSABLE_COMMANDS = {
-    "jobs list": (["jobs", "--root", "gs://acme-jobs/jobs", "list"], "Cloud Storage"),
-    "trigger listen": (["trigger", "listen", "--root", "gs://acme-jobs/jobs",
-                        "--subscription", "projects/acme/subscriptions/jobs"], "Pub/Sub"),
-    "trigger listen (dead letters given)": (
-        ["trigger", "listen", "--root", "gs://acme-jobs/jobs", "--subscription",
-         "projects/acme/subscriptions/jobs", "--dead-letter-topic", "projects/acme/topics/dl"],
-        "Pub/Sub"),
+    **{k: COMMANDS[k] for k in ("jobs list", "trigger listen", "trigger listen (dead letters given)")},
     "submit --runner dataflow": (
         ["submit", "{job}", "--runner", "dataflow", "--temp-location", "gs://acme-jobs/temp"],
         "Dataflow (project acme, region us-east5)"),

@@ -81,17 +81,23 @@ def test_run_refused_above_the_low_estimate_nothing_runs(tmp_path):
     assert "below even the low estimate" in dry.stderr
 
 
-def test_a_budget_stop_exits_4_with_a_summary_and_a_rerun_finishes(tmp_path):
-    # the slow engine: >= 0.05 s a request at $1 per second, 10 shards of 2: more than $1
+PLUGIN = ("--plugin", "tests.runners.slow_engine")
+
+
+def stopped_by_its_budget(tmp_path):
+    """A job run with a cap of $0.25 that it cannot keep (the slow engine: >= 0.05 s a request
+    at $1 per second, 10 shards of 2: more than $1): (its spec file, the run's outcome)."""
     slow = {"engine": "slow", "engine_options": {"seconds_per_request": 0.05},
             "batch_size": 2, "usd_per_accelerator_hour": 3600.0}  # fmt: skip
     spec_file = job_file(tmp_path, "capped", 20, **slow)
-    plugin = ("--plugin", "tests.runners.slow_engine")
-
-    stopped = invoke("run", spec_file, *plugin, "--quiet", "--format", "json",
+    stopped = invoke("run", spec_file, *PLUGIN, "--quiet", "--format", "json",
                      "--set", "max_cost_usd=0.25")  # fmt: skip
-
     assert stopped.exit_code == EXIT_STOPPED_BUDGET, stopped.output
+    return spec_file, stopped
+
+
+def test_a_budget_stop_exits_4_with_a_summary_and_a_rerun_finishes(tmp_path):
+    spec_file, stopped = stopped_by_its_budget(tmp_path)
     m = json.loads(stopped.stdout)
     assert m["status"] == "STOPPED_BUDGET"
     assert m["records_left"] > 0
@@ -101,7 +107,7 @@ def test_a_budget_stop_exits_4_with_a_summary_and_a_rerun_finishes(tmp_path):
                     "--format", "json")  # fmt: skip
     assert [r["job_id"] for r in json.loads(listed.stdout)] == [m["job_id"]]
 
-    finished = invoke("run", spec_file, *plugin, "--quiet", "--format", "json",
+    finished = invoke("run", spec_file, *PLUGIN, "--quiet", "--format", "json",
                       "--set", "max_cost_usd=1000")  # fmt: skip
 
     assert finished.exit_code == EXIT_OK, finished.output
@@ -114,18 +120,12 @@ def test_a_budget_stop_exits_4_with_a_summary_and_a_rerun_finishes(tmp_path):
 
 
 def test_jobs_resume_with_a_higher_cap_finishes_a_stopped_job(tmp_path):
-    slow = {"engine": "slow", "engine_options": {"seconds_per_request": 0.05},
-            "batch_size": 2, "usd_per_accelerator_hour": 3600.0}  # fmt: skip
-    spec_file = job_file(tmp_path, "capped", 20, **slow)
-    plugin = ("--plugin", "tests.runners.slow_engine")
-    stopped = invoke("run", spec_file, *plugin, "--quiet", "--format", "json",
-                     "--set", "max_cost_usd=0.25")  # fmt: skip
-    assert stopped.exit_code == EXIT_STOPPED_BUDGET, stopped.output
+    _, stopped = stopped_by_its_budget(tmp_path)
     job_id = json.loads(stopped.stdout)["job_id"]
     root = ("jobs", "--root", str(tmp_path / "out"))
 
     # the stopped job itself calibrates the estimate: a new cap below it is refused, unrecorded
-    low = invoke(*root, "resume", job_id, "--max-cost-usd", "0.0001", *plugin)
+    low = invoke(*root, "resume", job_id, "--max-cost-usd", "0.0001", *PLUGIN)
     assert low.exit_code == EXIT_USER_ERROR, low.output
     assert "below even the low estimate" in low.stderr
     spec = json.loads((tmp_path / "out" / job_id / "spec.json").read_text())["spec"]
@@ -133,7 +133,7 @@ def test_jobs_resume_with_a_higher_cap_finishes_a_stopped_job(tmp_path):
     shown = invoke(*root, "describe", job_id, "--format", "json")
     assert json.loads(shown.stdout)["state"] == "STOPPED_BUDGET"
 
-    resumed = invoke(*root, "resume", job_id, "--max-cost-usd", "1000", "--wait", *plugin,
+    resumed = invoke(*root, "resume", job_id, "--max-cost-usd", "1000", "--wait", *PLUGIN,
                      "--format", "json")  # fmt: skip
     assert resumed.exit_code == EXIT_OK, resumed.output
     m = json.loads((tmp_path / "out" / job_id / "manifest.json").read_text())

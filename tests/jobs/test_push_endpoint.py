@@ -31,6 +31,7 @@ from hyperbatch.jobs.store import JobStore
 from hyperbatch.jobs.triggers.handler import TriggerHandler
 from hyperbatch.jobs.triggers.oidc import GoogleCerts, OidcVerifier, Unauthenticated
 from hyperbatch.jobs.triggers.push import make_app
+from tests.helpers import loopback
 from tests.jobs import control_plane as cp
 
 AUDIENCE = "https://hyperbatch-trigger-abc-uc.a.run.app/"
@@ -383,10 +384,8 @@ def test_certificates_are_refetched_when_their_max_age_is_over(google_key):
     _CertsServer.certs = {google_key.kid: google_key.cert_pem}
     _CertsServer.cache_control = "public, max-age=300, must-revalidate, no-transform"
     _CertsServer.hits = 0
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _CertsServer)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_port}/oauth2/v1/certs"
+    with loopback.serve(_CertsServer) as port:
+        url = f"http://127.0.0.1:{port}/oauth2/v1/certs"
         certs = GoogleCerts(url=url, default_ttl_s=3600.0, clock=lambda: now[0])
         verifier = OidcVerifier(AUDIENCE, [PUSHER], certs=certs)
         assert verifier.verify(f"Bearer {google_key.token()}")["email"] == PUSHER
@@ -413,6 +412,3 @@ def test_certificates_are_refetched_when_their_max_age_is_over(google_key):
         now[0] = 1601.0 + 3601.0
         certs()
         assert _CertsServer.hits == 4
-    finally:
-        server.shutdown()
-        server.server_close()

@@ -9,7 +9,7 @@ import json
 import os
 import signal
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import ClassVar
 
 import pytest
@@ -23,6 +23,7 @@ from hyperbatch.runners import dataflow, flex, job_process, local
 from hyperbatch.runners.dataflow import DataflowConfig, DataflowLauncher
 from hyperbatch.runners.launch import launcher_for
 from hyperbatch.runners.local import LocalLauncher
+from tests.helpers import loopback
 from tests.jobs import control_plane as cp
 
 CONFIG = DataflowConfig(
@@ -244,13 +245,8 @@ class FakeDataflow(BaseHTTPRequestHandler):
 @contextlib.contextmanager
 def fake_dataflow():
     FakeDataflow.calls, FakeDataflow.launches = [], 0
-    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeDataflow)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with loopback.serve(FakeDataflow) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 def test_launch_cancel_and_poll_through_the_dataflow_client(tmp_path):

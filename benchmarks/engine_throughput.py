@@ -103,12 +103,11 @@ def sgemm_gflops(repeat: int = 5) -> float:
 
 def flop_per_token(path: str) -> float:
     """2 x the weights a token passes through (all layers + lm_head; embedding lookup is free)."""
-    from gguf import GGUFReader
-
+    from hyperbatch.engines import models
     from hyperbatch.engines.jax_llm import weights
     from hyperbatch.engines.jax_llm.config import from_gguf
 
-    reader = GGUFReader(path)
+    reader = models.open_gguf(path)
     cfg = from_gguf(weights.gguf_metadata(reader), has_output_tensor=False)
     d, hd, f = cfg.hidden_size, cfg.head_dim, cfg.intermediate_size
     per_layer = d * (cfg.num_heads + 2 * cfg.num_kv_heads) * hd + cfg.num_heads * hd * d

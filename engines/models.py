@@ -9,6 +9,7 @@ the weights.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import importlib.util
 import json
@@ -122,17 +123,41 @@ def check_files(path: str, fmt: ModelFormat) -> None:
                 _check_safetensors(os.path.join(path, name))
 
 
+@functools.cache
+def _plain_reader() -> Any:
+    import gguf
+    import numpy as np
+
+    class PlainGGUFReader(gguf.GGUFReader):
+        """gguf's reader over a plain-array view of the file's memory map: the same fields and
+        tensors, opened about 3x faster (every ``numpy.memmap`` slice costs a Python call, and a
+        vocabulary's strings are tens of thousands of slices)."""
+
+        def _get(self, offset: int, dtype: Any, count: int = 1, override_order: Any = None) -> Any:
+            data = self.__dict__["data"]
+            if type(data) is np.memmap:
+                self.data = data.view(np.ndarray)  # still backed by the map
+            return super()._get(offset, dtype, count, override_order)
+
+    return PlainGGUFReader
+
+
+def open_gguf(path: str) -> Any:
+    """A ``gguf.GGUFReader`` of ``path`` (ImportError without the gguf package)."""
+    return _plain_reader()(path)
+
+
 def _check_gguf(path: str) -> None:
     with open(path, "rb") as f:
         magic = f.read(4)
     if magic != b"GGUF":
         raise ModelNotFound(f"{path} is not a GGUF file (it does not start with 'GGUF')")
     try:
-        import gguf
+        _plain_reader()
     except ImportError:
         return  # the magic is all we can check without the gguf package (the jax extra)
     try:
-        reader = gguf.GGUFReader(path)
+        reader = open_gguf(path)
         end = max((int(t.data_offset) + int(t.n_bytes) for t in reader.tensors), default=0)
     except (ValueError, IndexError, KeyError, OSError) as e:
         raise ModelNotFound(

@@ -41,7 +41,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from hyperbatch import accelerators, storage
-from hyperbatch.engines import registry
+from hyperbatch.engines import models, registry
 from hyperbatch.jobs import pricing, throughput
 from hyperbatch.jobs.layout import JobFolder
 from hyperbatch.jobs.manifest import Lengths
@@ -200,16 +200,15 @@ class ModelFacts:
 @functools.lru_cache(maxsize=8)
 def _gguf_facts(path: str) -> tuple[Any, int, int | None]:
     try:
-        from gguf import GGUFReader
-
         from hyperbatch.engines.jax_llm.tokenizer import ChatTokenizer
         from hyperbatch.engines.jax_llm.weights import gguf_metadata
+
+        reader = models.open_gguf(path)
     except ImportError as e:
         raise EstimateUnavailable(
             f"reading the model's tokenizer needs {e.name}: install the engine's extra "
             "(pip install 'hyperbatch[jax]')"
         ) from e
-    reader = GGUFReader(path)
     meta = gguf_metadata(reader)
     params = sum(int(t.n_elements) for t in reader.tensors)
     arch = meta.get("general.architecture", "llama")

@@ -15,6 +15,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
+from hyperbatch.engines import models
 from hyperbatch.engines.jax_llm.config import ModelConfig, UnsupportedModel, from_gguf, from_hf
 
 _ST_DTYPES = {
@@ -112,10 +113,9 @@ def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
 
 
 def load_gguf(path: str) -> tuple[ModelConfig, dict[str, np.ndarray], dict[str, Any]]:
-    from gguf import GGUFReader
     from gguf.quants import dequantize
 
-    reader = GGUFReader(path)
+    reader = models.open_gguf(path)
     meta = gguf_metadata(reader)
     names = {t.name for t in reader.tensors}
     cfg = from_gguf(meta, has_output_tensor="output.weight" in names)

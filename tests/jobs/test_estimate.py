@@ -284,8 +284,9 @@ def run_in_a_process(spec_file: str) -> dict:
 
 
 #: the share of the CPU a job gets (its process's CPU time over its wall time: other work on a
-#: shared machine takes the rest) may differ by this much between the two jobs of a pair
-#: before the pair is said to have seen two machines
+#: shared machine takes the rest), and the time its engine took to load (the same work in both
+#: jobs of a pair: the same weights, the same programs compiled cold), may differ by this much
+#: between the two jobs of a pair before the pair is said to have seen two machines
 STEADY = (0.8, 1.25)
 
 
@@ -294,10 +295,10 @@ def test_estimate_within_25_percent_of_the_smollm2_manifest(tmp_path):
     """One calibration job in the store, then the estimate of another job of the same shape
     (other records) and that job itself: accelerator seconds and $ within 25%. The CPU is
     shared; both jobs run back to back so they see about the same machine, each as a fresh
-    worker (its own compilation cache). A pair that did not
-    -- the second job got another share of the CPU than the first (STEADY): other work took
-    the rest -- measured the machine's drift, not the estimate: it is run once more, in a
-    fresh store. The second pair counts whatever the machine did."""
+    worker (its own compilation cache). A pair that did not -- the second job got another
+    share of the CPU than the first, or loaded its engine (the same work) in another time
+    (STEADY): other work took the rest -- measured the machine's drift, not the estimate: it is
+    run once more, in a fresh store. The second pair counts whatever the machine did."""
 
     def records(prefix: str, places: list[str]) -> list:
         return [openai_chat(f"{prefix}-{i}", q.format(p), max_tokens=24)
@@ -332,7 +333,8 @@ def test_estimate_within_25_percent_of_the_smollm2_manifest(tmp_path):
         )  # the model's own tokenizer and prefix cache, counted without loading the model
         seconds = est.accelerator_seconds.expected / m["accelerator_seconds"]
         dollars = est.cost_usd.expected / m["cost_usd"]
-        drift = m["cpu_share"] / calibration["cpu_share"]
+        drifts = (m["cpu_share"] / calibration["cpu_share"],
+                  m["load_seconds"] / calibration["load_seconds"])  # fmt: skip
         stories.append(
             f"pair {attempt + 1}: estimate / actual: accelerator seconds {seconds:.3f}, "
             f"$ {dollars:.3f}; completion tokens {est.completion_tokens.expected:.0f} / "
@@ -342,7 +344,7 @@ def test_estimate_within_25_percent_of_the_smollm2_manifest(tmp_path):
         )
         print(stories[-1])
         within = 0.75 <= seconds <= 1.25 and 0.75 <= dollars <= 1.25
-        if within or STEADY[0] <= drift <= STEADY[1]:
+        if within or all(STEADY[0] <= d <= STEADY[1] for d in drifts):
             break
     story = "\n".join(stories)
     assert 0.75 <= seconds <= 1.25, story

@@ -116,6 +116,20 @@ def smollm2_gguf() -> str:
     return models.resolve_model("smollm2-135m-instruct").path
 
 
+def test_our_gguf_reader_reads_what_gguf_reads(smollm2_gguf):
+    """``models.open_gguf`` (gguf's reader over a plain view of the map) gives the same fields
+    and the same tensor bytes as ``gguf.GGUFReader``."""
+    from gguf import GGUFReader
+
+    theirs, ours = GGUFReader(smollm2_gguf), models.open_gguf(smollm2_gguf)
+    assert weights.gguf_metadata(ours) == weights.gguf_metadata(theirs)
+    assert len(ours.tensors) == len(theirs.tensors) > 0
+    for a, b in zip(ours.tensors, theirs.tensors, strict=True):
+        assert (a.name, a.tensor_type, a.data_offset) == (b.name, b.tensor_type, b.data_offset)
+        assert type(a.data) is np.ndarray
+        np.testing.assert_array_equal(a.data, b.data)
+
+
 def test_smollm2_gguf_metadata_and_tokenizer(smollm2_gguf):
     from gguf import GGUFReader
 

@@ -7,7 +7,10 @@ records twice:
      decode with most slots idle;
   2. new path: ``--bundles`` threads each take shards and hand them to one engine loop
      (``runners.engine_adapter``), as Beam's bundles do on a worker: slots are refilled from
-     whichever shard has work.
+     whichever shard has work; and the job's tail decodes in the engine's tail batch (once at
+     most ``tail_batch`` slots are busy, only those are computed). The old path runs without
+     the tail batch, as the pipeline did before both; a third leg (the loop without the tail
+     batch) tells the two apart.
 Records: chat prompts of 20-400 tokens (a text to summarise or answer a question about) whose
 answers end by EOS, ``max_tokens`` 256. Prints padding waste (token positions computed for
 padding or idle slots), output tokens/s, the device's idle share (loop time outside device
@@ -20,6 +23,8 @@ calls) and the ratio new/old, and writes them as JSON with ``--json``.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import json
 import os
 import queue
@@ -98,6 +103,17 @@ def make_records(n: int, max_tokens: int, seed: int = 0) -> list[Parsed]:
 
 def shards_of(records: list[Parsed], size: int) -> list[list[Parsed]]:
     return [records[i : i + size] for i in range(0, len(records), size)]
+
+
+@contextlib.contextmanager
+def without_tail(engine):
+    """The engine's programs with the tail batch off (every decode call computes the batch)."""
+    shapes = engine.programs.shapes
+    engine.programs.shapes = dataclasses.replace(shapes, tail_batch=0)
+    try:
+        yield
+    finally:
+        engine.programs.shapes = shapes
 
 
 def one_at_a_time(loop: engine_adapter.EngineLoop, shards: list[list[Parsed]]) -> dict:
@@ -189,12 +205,17 @@ def main() -> None:
           f"(attention {loop.engine.attention})", file=sys.stderr)  # fmt: skip
     shards = shards_of(make_records(args.records, args.max_tokens), args.shard)
     rows = {}
-    loop.engine.clear_prefix_cache()
-    rows["one shard at a time"] = one_at_a_time(loop, shards)
-    print(f"old path: {json.dumps(rows['one shard at a time'])}", file=sys.stderr)
-    loop.engine.clear_prefix_cache()
-    rows["engine loop"] = with_the_loop(loop, shards, args.bundles)
-    print(f"new path: {json.dumps(rows['engine loop'])}", file=sys.stderr)
+    legs = {
+        "one shard at a time": lambda: one_at_a_time(loop, shards),
+        "loop, no tail batch": lambda: with_the_loop(loop, shards, args.bundles),
+        "engine loop": lambda: with_the_loop(loop, shards, args.bundles),
+    }
+    print(f"tail batch: {loop.engine.programs.shapes.tail_batch}", file=sys.stderr)
+    for name, leg in legs.items():
+        loop.engine.clear_prefix_cache()
+        with contextlib.nullcontext() if name == "engine loop" else without_tail(loop.engine):
+            rows[name] = leg()
+        print(f"{name}: {json.dumps(rows[name])}", file=sys.stderr)
     engine_adapter.close_engines()
 
     old, new = rows["one shard at a time"], rows["engine loop"]

@@ -10,7 +10,8 @@ Every figure is a range (low, expected, high) and the estimate says what it is b
 How the time is modelled (``jobs.throughput`` has the formula): prompt tokens not served from
 the prefix cache are prefilled; decode time follows the engine's scheduler, simulated over the
 predicted completion lengths (``decode_calls``: static slots refilled as answers finish, so a
-few long answers keep a batch's idle slots busy, which is what a job pays for); prefill is
+few long answers keep a batch's idle slots busy, which is what a job pays for -- but a job's
+tail, once few slots are busy, decodes in the engine's smaller tail batch); prefill is
 counted the same way, in the token slots the engine computes: the prompts admitted together
 padded to whole calls (``prefill_slots``: a job of many short refills pays for padding that
 one of long prompts does not); plus the model load and warmup per worker, and host overhead.
@@ -38,7 +39,7 @@ import os
 import random
 import struct
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from hyperbatch import accelerators, storage
 from hyperbatch.engines import models, registry
@@ -274,22 +275,46 @@ def model_facts(spec: JobSpec) -> ModelFacts:
 # --------------------------------------------------------------------------- the engine's scheduler
 
 
+class DecodeCalls(NamedTuple):
+    calls: int  # decode calls
+    rounds: int  # admission rounds
+    slot_calls: int  # the slots those calls computed: the batch, or the tail batch's
+
+
+def _slot_calls(finishes: Sequence[int], t0: int, t1: int, slots: int, tail: int) -> int:
+    """Slots computed by calls t0 .. t1-1 while the busy slots finish at ``finishes``: the
+    whole batch, or ``tail`` when at most that many are busy."""
+    if not tail:
+        return (t1 - t0) * slots
+    ends = sorted(f for f in finishes if f > t0)
+    total, t, done = 0, t0, 0
+    while t < t1:
+        while done < len(ends) and ends[done] <= t:
+            done += 1
+        until = min(ends[done] if done < len(ends) else t1, t1)
+        total += (until - t) * (tail if len(ends) - done <= tail else slots)
+        t = until
+    return total
+
+
 def decode_calls(
     lengths: Sequence[int],
     slots: int,
     steps: int,
     refill_min: int,
     groups: list[int] | None = None,
-) -> tuple[int, int]:
-    """(decode calls, admission rounds) of a static-batch scheduler serving ``lengths``
-    (completion tokens, in the order served): ``slots`` slots; each call advances every busy
-    slot ``steps`` tokens (the first token comes from prefill); waiting requests are admitted
-    when no slot is busy or at least ``min(refill_min, waiting)`` are free. Mirrors
-    ``engines.jax_llm.scheduler``; with steps=1, refill_min=1 it is continuous batching.
+    tail: int = 0,
+) -> DecodeCalls:
+    """The decode calls, admission rounds and slots computed of a static-batch scheduler
+    serving ``lengths`` (completion tokens, in the order served): ``slots`` slots; each call
+    advances every busy slot ``steps`` tokens (the first token comes from prefill); waiting
+    requests are admitted when no slot is busy or at least ``min(refill_min, waiting)`` are
+    free; a call with at most ``tail`` slots busy computes ``tail`` slots (0: always all).
+    Mirrors ``engines.jax_llm.scheduler``; with steps=1, refill_min=1 it is continuous batching.
     ``groups``, if given, gets how many requests each admission round took (they are
     prefilled together)."""
     active: list[int] = []  # the call count at which each busy slot finishes
-    t, i, n, rounds = 0, 0, len(lengths), 0
+    t, i, n, rounds, computed = 0, 0, len(lengths), 0, 0
     while i < n or active:
         while active and active[0] <= t:
             heapq.heappop(active)
@@ -308,11 +333,14 @@ def decode_calls(
             continue
         if waiting:  # the next admission: when enough slots are free
             need = min(refill_min, waiting) - free
-            t = max(t + 1, heapq.nsmallest(need, active)[-1])
+            until = max(t + 1, heapq.nsmallest(need, active)[-1])
         else:
-            t = max(active)
+            until = max(active)
+        computed += _slot_calls(active, t, until, slots, tail)
+        t = until
+        if not waiting:
             active = []
-    return t, rounds
+    return DecodeCalls(t, rounds, computed)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -332,6 +360,7 @@ class Scheduling:
     prefill_tokens: int = 0
     packed: bool = True
     buckets: tuple[int, ...] = ()
+    tail: int = 0  # decode calls with at most this many busy slots compute only those
 
 
 def _default_buckets(max_seq_len: int, block: int) -> tuple[int, ...]:
@@ -362,6 +391,9 @@ def scheduling(spec: JobSpec) -> Scheduling:
         buckets = tuple(sorted(given)) if given else _default_buckets(
             spec.max_seq_len or 1024, block
         )  # fmt: skip
+    tail = getattr(options, "tail_batch", None)
+    if tail is None:  # the JAX engine's default: a quarter of the batch, with the CPU kernel
+        tail = spec.batch_size // 4 if packed and prefill_tokens and spec.batch_size >= 16 else 0
     return Scheduling(
         static_slots=profile.static_slots,
         slots=spec.batch_size,
@@ -373,6 +405,7 @@ def scheduling(spec: JobSpec) -> Scheduling:
         prefill_tokens=prefill_tokens,
         packed=packed,
         buckets=buckets,
+        tail=int(tail),
     )
 
 
@@ -410,13 +443,15 @@ def work_units(
     n = len(lengths)
     m = min(n, SIMULATED_RECORDS)
     groups: list[int] = []
-    calls, _ = decode_calls(lengths[:m], sched.slots, sched.steps, sched.refill_min, groups)
+    computed = decode_calls(
+        lengths[:m], sched.slots, sched.steps, sched.refill_min, groups, sched.tail
+    ).slot_calls
     prefill, i = 0.0, 0
     for k in groups:
         prefill += prefill_slots(uncached[i : i + k], sched)
         i += k
     scale = n / m if m else 0.0
-    return calls * sched.slots * sched.steps * scale, prefill * scale
+    return computed * sched.steps * scale, prefill * scale
 
 
 def decode_units(lengths: Sequence[int], sched: Scheduling) -> float:

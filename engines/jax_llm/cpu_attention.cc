@@ -99,21 +99,39 @@ void WriteTokens(const Layer& L, int64_t chunk) {
   }
 }
 
+// sc[g * ld + w0 + w] = scale * q[g] . K[:, w0 + w] for the C * 8 keys w from w0.
+template <int G, int C>
+inline void ScoreKeys(const float* q, const float* K, int64_t S, int64_t HD, int64_t w0,
+                      float scale, float* sc, int64_t ld) {
+  V8 acc[G][C];
+  for (int g = 0; g < G; ++g)
+    for (int c = 0; c < C; ++c) acc[g][c] = Splat(0.0f);
+  for (int64_t h = 0; h < HD; ++h) {
+    V8 kv[C];
+    for (int c = 0; c < C; ++c) kv[c] = Load(K + h * S + w0 + c * kLanes);
+    for (int g = 0; g < G; ++g) {
+      const V8 qg = Splat(q[g * HD + h]);
+      for (int c = 0; c < C; ++c) acc[g][c] += qg * kv[c];
+    }
+  }
+  for (int g = 0; g < G; ++g)
+    for (int c = 0; c < C; ++c) Store(sc + g * ld + w0 + c * kLanes, acc[g][c] * Splat(scale));
+}
+
 // sc[g * ld + w] = scale * q[g] . K[:, w] for w < len. K points at the first visible key of a
-// [HD][S] block; `room` keys are readable from there (a vector may read past len, not past room).
+// [HD][S] block; `room` keys are readable from there (a vector may read past len, not past
+// room; ld >= len rounded up to 16). Keys go 16 at a time -- a whole cache line of each of the
+// HD rows, read once: with S a multiple of 1024 the rows are 4 KiB apart, all in one L1 set,
+// and a line read for 8 keys is evicted before the next 8 use it -- then 8, then one by one.
 template <int G>
 void Scores(const float* q, const float* K, int64_t S, int64_t HD, int64_t len, int64_t room,
             float scale, float* sc, int64_t ld) {
+  constexpr int kWide = G <= 4 ? 2 : 1;  // accumulators: G * kWide vectors
   int64_t w0 = 0;
-  for (; w0 < len && w0 + kLanes <= room; w0 += kLanes) {
-    V8 acc[G];
-    for (int g = 0; g < G; ++g) acc[g] = Splat(0.0f);
-    for (int64_t h = 0; h < HD; ++h) {
-      const V8 kv = Load(K + h * S + w0);
-      for (int g = 0; g < G; ++g) acc[g] += Splat(q[g * HD + h]) * kv;
-    }
-    for (int g = 0; g < G; ++g) Store(sc + g * ld + w0, acc[g] * Splat(scale));
-  }
+  for (; w0 < len && w0 + kWide * kLanes <= room; w0 += kWide * kLanes)
+    ScoreKeys<G, kWide>(q, K, S, HD, w0, scale, sc, ld);
+  for (; w0 < len && w0 + kLanes <= room; w0 += kLanes)
+    ScoreKeys<G, 1>(q, K, S, HD, w0, scale, sc, ld);
   for (int64_t w = w0; w < len; ++w) {  // the last keys of a cache row
     for (int g = 0; g < G; ++g) {
       float a = 0.0f;
@@ -171,7 +189,7 @@ void AttendPair(const Layer& L, int64_t pair, std::vector<float>& scratch) {
   const int64_t row = L.rows[i], p = L.pos[i];
   const int64_t lo = L.window > 0 ? std::max<int64_t>(0, p - L.window + 1) : 0;
   const int64_t len = p + 1 - lo;
-  const int64_t ld = (len + kLanes - 1) / kLanes * kLanes;
+  const int64_t ld = (len + 2 * kLanes - 1) / (2 * kLanes) * (2 * kLanes);
   if (static_cast<int64_t>(scratch.size()) < G * (ld + HD)) scratch.resize(G * (ld + HD));
   float* q = scratch.data();  // [G][HD], RoPE'd
   float* sc = q + G * HD;     // [G][ld]
@@ -256,7 +274,60 @@ ffi::Error AttentionLayer(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> qkv,
   return ffi::Error::Success();
 }
 
+// The first lens[q] positions of K/V rows src_rows[q] into rows dst_rows[q] of another cache
+// (prefix store -> slot before a prefill, slot -> store after), for every q whose rows are in
+// range; the rest of the destination is left as it is. k [R, KVH, HD, S], v [R, KVH, S, HD]
+// on both sides (their own R and S). Only the positions a prefix has are copied, not the
+// store's whole length.
+ffi::Error CopyPositions(ffi::Buffer<ffi::F32> src_k, ffi::Buffer<ffi::F32> src_v,
+                         ffi::Buffer<ffi::F32> dst_k, ffi::Buffer<ffi::F32> dst_v,
+                         ffi::Buffer<ffi::S32> src_rows, ffi::Buffer<ffi::S32> dst_rows,
+                         ffi::Buffer<ffi::S32> lens, ffi::ResultBuffer<ffi::F32> k_out,
+                         ffi::ResultBuffer<ffi::F32> v_out) {
+  const auto sk = src_k.dimensions(), sv = src_v.dimensions();
+  const auto dk = dst_k.dimensions(), dv = dst_v.dimensions();
+  if (sk.size() != 4 || sv.size() != 4 || dk.size() != 4 || dv.size() != 4)
+    return ffi::Error::InvalidArgument("copy: the caches must be rank 4");
+  const int64_t rs = sk[0], kvh = sk[1], hd = sk[2], ps = sk[3], rd = dk[0], sd = dk[3];
+  const int64_t q = src_rows.element_count();
+  if (sv[0] != rs || sv[1] != kvh || sv[2] != ps || sv[3] != hd || dk[1] != kvh ||
+      dk[2] != hd || dv[0] != rd || dv[1] != kvh || dv[2] != sd || dv[3] != hd ||
+      dst_rows.element_count() != q || lens.element_count() != q)
+    return ffi::Error::InvalidArgument("copy: caches, rows and lengths disagree");
+  if (k_out->typed_data() != dst_k.typed_data() || v_out->typed_data() != dst_v.typed_data())
+    return ffi::Error::Internal("copy: the destination must be aliased to the outputs");
+  const float* kin = src_k.typed_data();
+  const float* vin = src_v.typed_data();
+  float* kd = k_out->typed_data();
+  float* vd = v_out->typed_data();
+  for (int64_t i = 0; i < q; ++i) {
+    const int64_t a = src_rows.typed_data()[i], b = dst_rows.typed_data()[i];
+    const int64_t n = std::min<int64_t>({lens.typed_data()[i], ps, sd});
+    if (a < 0 || a >= rs || b < 0 || b >= rd || n <= 0) continue;
+    for (int64_t kh = 0; kh < kvh; ++kh) {
+      for (int64_t h = 0; h < hd; ++h)
+        std::memcpy(kd + ((b * kvh + kh) * hd + h) * sd, kin + ((a * kvh + kh) * hd + h) * ps,
+                    n * sizeof(float));
+      std::memcpy(vd + (b * kvh + kh) * sd * hd, vin + (a * kvh + kh) * ps * hd,
+                  n * hd * sizeof(float));
+    }
+  }
+  return ffi::Error::Success();
+}
+
 }  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(HyperbatchCopyPositions, CopyPositions,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // source k
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // source v
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // destination k (aliased)
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // destination v (aliased)
+                                  .Arg<ffi::Buffer<ffi::S32>>()  // source rows
+                                  .Arg<ffi::Buffer<ffi::S32>>()  // destination rows
+                                  .Arg<ffi::Buffer<ffi::S32>>()  // lengths
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // k_out
+                                  .Ret<ffi::Buffer<ffi::F32>>());  // v_out
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(HyperbatchAttentionLayer, AttentionLayer,
                               ffi::Ffi::Bind()

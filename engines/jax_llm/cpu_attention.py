@@ -16,11 +16,16 @@ from hyperbatch.engines.cpu_kernels import CpuKernel, KernelUnavailable
 SOURCE = Path(__file__).with_name("cpu_attention.cc")
 TARGET = "hyperbatch_cpu_attention_layer"
 MAX_GROUP = 8  # query heads per KV head the kernel is specialised for
-KERNEL = CpuKernel(SOURCE, "the CPU attention kernel", {TARGET: "HyperbatchAttentionLayer"})
+COPY_TARGET = "hyperbatch_cpu_copy_positions"
+KERNEL = CpuKernel(
+    SOURCE,
+    "the CPU attention kernel",
+    {TARGET: "HyperbatchAttentionLayer", COPY_TARGET: "HyperbatchCopyPositions"},
+)
 build = KERNEL.build
 load = KERNEL.load
 
-__all__ = ["KernelUnavailable", "attention_layer", "build", "load", "supports"]
+__all__ = ["KernelUnavailable", "attention_layer", "build", "copy_positions", "load", "supports"]
 
 
 def supports(num_heads: int, num_kv_heads: int) -> str | None:
@@ -58,3 +63,23 @@ def attention_layer(qkv, cos, sin, k_cache, v_cache, rows, pos, window: int | No
         window=np.int64(window or 0),
     )
     return out.reshape(n, kvh * (g2 - 2) * hd), k_cache, v_cache
+
+
+def copy_positions(src_k, src_v, dst_k, dst_v, src_rows, dst_rows, lens):
+    """The first ``lens[q]`` positions of cache rows ``src_rows[q]`` (k [R, KVH, hd, S], v [R,
+    KVH, S, hd]) copied into rows ``dst_rows[q]`` of the destination caches (their own R and
+    S), for every q whose rows are both in range. Returns the destination (k, v), updated in
+    place (aliased). ``load()`` must have run."""
+    shapes = (
+        jax.ShapeDtypeStruct(dst_k.shape, jnp.float32),
+        jax.ShapeDtypeStruct(dst_v.shape, jnp.float32),
+    )
+    return jax.ffi.ffi_call(COPY_TARGET, shapes, input_output_aliases={2: 0, 3: 1})(
+        src_k,
+        src_v,
+        dst_k,
+        dst_v,
+        src_rows.astype(jnp.int32),
+        dst_rows.astype(jnp.int32),
+        lens.astype(jnp.int32),
+    )

@@ -14,7 +14,9 @@ How a ``generate()`` call runs (JetStream's prefill -> insert -> generate, with 
   ``prefill_tokens`` tokens from any mix of prompts, a long prompt continues in the next call,
   and the only padding is the last call's tail; ``prefill_buckets`` then only bound the prompt
   length, and the programs are four (prefill, decode, the guided step's two). ``attention: xla`` keeps the bucketed
-  path TPUs and GPUs take.
+  path TPUs and GPUs take. The kernel also lets a job's tail decode small: once at most
+  ``tail_batch`` slots (default ``batch_size / 4``) are busy, a fifth program advances only
+  those, each in its own cache row, so the last answers cost what they compute, not the batch.
 * Shared prefixes: a chat prompt is split where the last message's content begins (system prompt,
   history, role header). That prefix is prefilled once into a prefix-store row (LRU,
   ``prefix_cache_rows`` rows) and copied into every slot that needs it; only the rest is
@@ -195,6 +197,15 @@ class JaxLLMEngine(Engine):
         # With the CPU kernel, prefill packs tokens of many prompts into one call (no padding
         # but the last call's tail, one program whatever the prompt lengths).
         self.packed = self.attention == "cpu"
+        tail = opt.tail_batch
+        if tail is None:  # the kernel takes each token's cache row: a smaller call can decode
+            tail = self.batch // 4 if self.packed and self.batch >= 16 else 0
+        elif tail and not self.packed:
+            raise ValueError(
+                f"tail_batch needs the CPU attention kernel (attention is {self.attention})"
+            )
+        elif tail >= self.batch:
+            raise ValueError(f"tail_batch={tail} must be below batch_size={self.batch}")
         shapes = Shapes(
             batch=self.batch,
             max_seq_len=self.max_seq_len,
@@ -205,6 +216,7 @@ class JaxLLMEngine(Engine):
             prefill_tokens=opt.prefill_tokens,
             pieces=max(1, min(self.batch, opt.prefill_tokens // 8)),
             rows_per_bucket={t: max(1, opt.prefill_tokens // t) for t in self.buckets},
+            tail_batch=tail,
         )
         self.programs = self._make_programs(
             cfg, host_params, devices, shapes, _DTYPES[config.dtype], self.attention, mesh

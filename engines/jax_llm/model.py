@@ -74,6 +74,8 @@ class PackedPrefillBatch(NamedTuple):
     save_rows: jax.Array  # [Q] ... into this store row (R = none), after them
     emit: jax.Array  # [Q] index of the token whose next token is sampled
     sampling: SamplingArrays  # [Q]
+    load_lens: jax.Array  # [Q] positions a piece loads (its prefix: where its tokens start)
+    save_lens: jax.Array  # [Q] positions a piece saves (its prefix: where its tokens end)
 
 
 class DecodeState(NamedTuple):
@@ -289,6 +291,17 @@ def _load_prefixes(cache, store, slots, rows):
     return lax.cond(jnp.any(loads), load, lambda ck, cv: (ck, cv), cache.k, cache.v)
 
 
+def _copy_positions(src: KVCache, dst: KVCache, src_rows, dst_rows, lens):
+    """The CPU kernel's copy of each piece's first ``lens`` positions from rows ``src_rows`` of
+    ``src`` into rows ``dst_rows`` of ``dst`` (a row out of range copies nothing), every layer.
+    Returns dst's (k, v) lists."""
+    pairs = [
+        cpu_attention.copy_positions(sk, sv, dk, dv, src_rows, dst_rows, lens)
+        for sk, sv, dk, dv in zip(src.k, src.v, dst.k, dst.v, strict=True)
+    ]
+    return [k for k, _ in pairs], [v for _, v in pairs]
+
+
 def _save_prefixes(store, ck, cv, slots, rows):
     """Copy the first positions of cache rows ``slots`` into store rows ``rows`` (R = none);
     skipped when nothing saves."""
@@ -355,13 +368,22 @@ def prefill_packed(
     Meant for the CPU kernel, whose attention reads each token's own cache row; XLA's attention
     gathers whole rows per token here (correct, slow). Returns (cache, store, next_tokens [Q]).
     """
-    ck, cv = _load_prefixes(cache, store, batch.load_slots, batch.load_rows)
+    if attention == "cpu":  # the kernel copies only the positions a prefix has
+        ck, cv = _copy_positions(store, cache, batch.load_rows, batch.load_slots, batch.load_lens)
+    else:
+        ck, cv = _load_prefixes(cache, store, batch.load_slots, batch.load_rows)
     tokens, positions = batch.tokens[:, None], batch.positions
     ones = jnp.ones_like(positions)
     x, ck, cv = _prefill_layers(
         params, cfg, ck, cv, tokens, batch.slots, positions, ones, block, attention
     )
-    store = _save_prefixes(store, ck, cv, batch.save_slots, batch.save_rows)
+    if attention == "cpu":
+        sk, sv = _copy_positions(
+            KVCache(ck, cv), store, batch.save_slots, batch.save_rows, batch.save_lens
+        )
+        store = KVCache(sk, sv)
+    else:
+        store = _save_prefixes(store, ck, cv, batch.save_slots, batch.save_rows)
     h = x[batch.emit, 0]
     return KVCache(ck, cv), store, sample_rows(_logits(params, cfg, h), batch.sampling)
 
@@ -421,13 +443,17 @@ def _attend_full(cfg: ModelConfig, q, qpos, kc, vc):
 
 
 def _decode_step(params: Params, ck, cv, tok, pos, *, cfg: ModelConfig, block: int,
-                 full_attention_max: int, attention: str):  # fmt: skip
+                 full_attention_max: int, attention: str, rows=None):  # fmt: skip
     """One decode step of every slot: token ``tok`` [B] at ``pos`` [B] (>= S: an idle slot,
     its writes dropped) writes its K/V and yields the next-token logits. Returns (ck, cv,
-    logits [B, V]) with ``ck``/``cv`` the per-layer cache lists, updated."""
+    logits [B, V]) with ``ck``/``cv`` the per-layer cache lists, updated. ``rows`` [N] (the
+    CPU kernel only): the cache row of each of N <= B tokens, else token i is row i's."""
     ck, cv = list(ck), list(cv)
     b_rows, kvh, s_len, hd = cv[0].shape
-    rows = jnp.arange(b_rows)
+    if rows is None:
+        rows = jnp.arange(b_rows)
+    elif attention != "cpu":
+        raise ValueError("decoding chosen cache rows needs the CPU attention kernel")
     live = pos < s_len
     n_blocks = jnp.minimum(jnp.max(jnp.where(live, pos, 0)) // block + 1, s_len // block)
     x = params["embed"][tok][:, None, :]
@@ -470,14 +496,16 @@ def decode(
     return_logits: bool = False,
     full_attention_max: int = FULL_ATTENTION_MAX,
     attention: str = "xla",
+    rows: jax.Array | None = None,
 ):
-    """``steps`` decode steps for every slot.
+    """``steps`` decode steps for every slot (``rows``: for N <= B slots in their cache rows,
+    see ``_decode_step``).
 
-    Returns (cache, tokens [steps, B]) -- plus the last step's logits [B, V] if return_logits.
+    Returns (cache, tokens [steps, N]) -- plus the last step's logits [N, V] if return_logits.
     """
     step = functools.partial(
         _decode_step, params, cfg=cfg, block=block, full_attention_max=full_attention_max,
-        attention=attention,
+        attention=attention, rows=rows,
     )  # fmt: skip
 
     def one_step(carry, _):

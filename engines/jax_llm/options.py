@@ -24,6 +24,10 @@ class JaxOptions(EngineOptions):
         8, "decode steps per device call (tokens per slot between host checks)", minimum=1,
         maximum=1024,
     )  # fmt: skip
+    tail_batch: int | None = option(
+        None, "decode calls with at most this many busy slots compute only them (a job's tail; "
+        "the CPU kernel only; default batch_size/4, 0: off)", kind=int, minimum=0,
+    )  # fmt: skip
     attention_block: int = option(64, "KV-cache block walked by the attention loop", minimum=8)
     prefix_cache_rows: int = option(
         8, "rows of the shared-prefix store (0 disables prefix reuse)", minimum=0

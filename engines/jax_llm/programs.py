@@ -69,6 +69,7 @@ class Shapes:
     prefill_tokens: int  # tokens per packed prefill call (M)
     pieces: int  # pieces per packed prefill call (Q)
     rows_per_bucket: dict[int, int]  # bucketed prefill: T -> P rows
+    tail_batch: int = 0  # decode calls of at most this many busy slots compute only them (0: off)
 
 
 def _sampling(rows: Sequence[RowSampling | None], n: int) -> SamplingArrays:
@@ -118,6 +119,12 @@ class DevicePrograms:
             functools.partial(model.decode, cfg=cfg, block=block, steps=steps, attention=attention),
             donate_argnames=("cache",),
         )
+        # the same steps for the busy slots only, each with its cache row: a job's tail (few
+        # slots busy, none waiting) costs what its slots compute, not the whole batch
+        self._decode_tail = jax.jit(
+            functools.partial(model.decode, cfg=cfg, block=block, steps=steps, attention=attention),
+            donate_argnames=("cache",),
+        )
         # a guided step is two programs: the model's step, then the masked sampling, so the
         # host builds the step's token masks while the device runs the model
         self._decode_logits = jax.jit(
@@ -155,6 +162,7 @@ class DevicePrograms:
             self._prefill._cache_size()
             + self._prefill_packed._cache_size()
             + self._decode._cache_size()
+            + self._decode_tail._cache_size()
             + self._decode_logits._cache_size()
             + self._guided_sample._cache_size()
         )
@@ -205,9 +213,11 @@ class DevicePrograms:
         load_slots, save_slots = np.full(q, b, np.int32), np.full(q, b, np.int32)
         load_rows, save_rows = np.full(q, none, np.int32), np.full(q, none, np.int32)
         emit = np.zeros(q, np.int32)
+        load_lens, save_lens = np.zeros(q, np.int32), np.zeros(q, np.int32)
         at = 0
         for i, r in enumerate(pieces):
             n = len(r.ids)
+            load_lens[i], save_lens[i] = r.start, r.start + n
             tokens[at : at + n] = r.ids
             slots[at : at + n] = r.slot
             positions[at : at + n] = np.arange(r.start, r.start + n)
@@ -217,7 +227,7 @@ class DevicePrograms:
             at += n
         batch = PackedPrefillBatch(
             tokens, slots, positions, load_slots, load_rows, save_slots, save_rows, emit,
-            _sampling([r.sampling for r in pieces], q),
+            _sampling([r.sampling for r in pieces], q), load_lens, save_lens,
         )  # fmt: skip
         t0 = time.perf_counter()
         self.cache, self.store, nxt = self._prefill_packed(
@@ -225,8 +235,7 @@ class DevicePrograms:
         )
         return self._wait(t0, nxt), m
 
-    def _state(self, slots: dict[int, tuple[int, int, RowSampling]]) -> DecodeState:
-        b = self.shapes.batch
+    def _state(self, slots: dict[int, tuple[int, int, RowSampling]], b: int) -> DecodeState:
         tokens = np.zeros(b, np.int32)
         positions = np.full(b, self.shapes.max_seq_len, np.int32)  # idle: writes dropped
         rows: list[RowSampling | None] = [None] * b
@@ -234,14 +243,30 @@ class DevicePrograms:
             tokens[slot], positions[slot], rows[slot] = token, position, sampling
         return DecodeState(tokens, positions, _sampling(rows, b))
 
-    def decode(self, slots: dict[int, tuple[int, int, RowSampling]]) -> tuple[np.ndarray, int]:
+    def decode(
+        self, slots: dict[int, tuple[int, int, RowSampling]], tail: bool | None = None
+    ) -> tuple[np.ndarray, int]:
         """``steps`` decode steps for every slot; ``slots`` maps an active slot to (its last
         token, that token's position, its sampling). Returns tokens [steps, B] and the token
-        slots computed."""
-        state = self._state(slots)
+        slots computed. With at most ``tail_batch`` slots (``tail``: whether to, default: if
+        there is a tail program), only those are computed; idle slots' tokens are zeros."""
+        b, steps, small = self.shapes.batch, self.shapes.steps, self.shapes.tail_batch
+        if tail is None:
+            tail = 0 < len(slots) <= small
+        if not tail:
+            state = self._state(slots, b)
+            t0 = time.perf_counter()
+            self.cache, toks = self._decode(self.params, self.cache, state)
+            return self._wait(t0, toks), b * steps
+        busy = sorted(slots)
+        state = self._state({i: slots[slot] for i, slot in enumerate(busy)}, small)
+        rows = np.zeros(small, np.int32)  # an idle entry's position is S: it touches no row
+        rows[: len(busy)] = busy
         t0 = time.perf_counter()
-        self.cache, toks = self._decode(self.params, self.cache, state)
-        return self._wait(t0, toks), self.shapes.batch * self.shapes.steps
+        self.cache, toks = self._decode_tail(self.params, self.cache, state, rows=rows)
+        out = np.zeros((steps, b), np.int32)
+        out[:, busy] = self._wait(t0, toks)[:, : len(busy)]
+        return out, small * steps
 
     def decode_guided(
         self,
@@ -256,7 +281,7 @@ class DevicePrograms:
         ``fill``, if given, writes ``bitmask`` on the host after the model's step is dispatched
         and before the sampling is, so building the masks overlaps the device's work. Returns
         the step's outputs as numpy arrays and the token slots computed."""
-        state = self._state(slots)
+        state = self._state(slots, self.shapes.batch)
         t0 = time.perf_counter()
         self.cache, logits = self._decode_logits(self.params, self.cache, state)
         if fill is not None:
@@ -275,7 +300,9 @@ class DevicePrograms:
         else:
             for t in buckets:
                 self.prefill(t, [])
-        self.decode({})
+        self.decode({}, tail=False)
+        if self.shapes.tail_batch:
+            self.decode({}, tail=True)
         b = self.shapes.batch
         self.decode_guided({}, np.full((b, self.mask_words), -1, np.int32), np.zeros(b, bool))
         jax.block_until_ready(self.cache)

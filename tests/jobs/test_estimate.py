@@ -26,13 +26,23 @@ from tests.records import jsonl, openai_chat
 
 def test_decode_calls_by_hand():
     # two slots, 8 tokens a call: a 9-token answer needs 1 call (its first token is prefill's)
-    assert estimate.decode_calls([9, 9, 9, 9], slots=2, steps=8, refill_min=1) == (2, 2)
+    # (calls, admission rounds, slots computed: every call computes the whole batch)
+    assert estimate.decode_calls([9, 9, 9, 9], slots=2, steps=8, refill_min=1) == (2, 2, 4)
     # 17 tokens: 2 calls; 1 token: done at prefill; the 9 joins at once (1 free >= min(2, 1))
-    assert estimate.decode_calls([17, 1, 9], slots=2, steps=8, refill_min=2) == (2, 2)
+    assert estimate.decode_calls([17, 1, 9], slots=2, steps=8, refill_min=2) == (2, 2, 4)
     # refill only once 2 slots are free: the third waits for both, 2 + 1 calls
-    assert estimate.decode_calls([17, 9, 9, 2], slots=2, steps=8, refill_min=2) == (3, 2)
+    assert estimate.decode_calls([17, 9, 9, 2], slots=2, steps=8, refill_min=2) == (3, 2, 6)
     # continuous batching (1 token a step, refill at once): 5 + 3 steps on one slot
-    assert estimate.decode_calls([6, 4], slots=1, steps=1, refill_min=1) == (8, 2)
+    assert estimate.decode_calls([6, 4], slots=1, steps=1, refill_min=1) == (8, 2, 8)
+    # a tail batch of 1: four slots busy for 2 calls, then the 5-token answer alone for 2
+    # calls, each computing 1 slot instead of 4
+    assert estimate.decode_calls([5, 3, 3, 3], slots=4, steps=1, refill_min=1) == (4, 1, 16)
+    tail = estimate.decode_calls([5, 3, 3, 3], slots=4, steps=1, refill_min=1, tail=1)
+    assert tail == (4, 1, 4 * 2 + 1 * 2)
+    # across an admission: the 9 waits 2 calls for the 3's slot, then shares 2 full calls with
+    # the 5 and finishes alone (6 tail calls)
+    waits = estimate.decode_calls([5, 3, 9], slots=2, steps=1, refill_min=2, tail=1)
+    assert waits == (10, 2, 2 * 2 + 2 * 2 + 1 * 6)
 
 
 def test_prefill_is_counted_in_the_slots_the_engine_computes():

@@ -60,6 +60,7 @@ def layer(qkv, cos, sin, k, v, rows, pos, window):
     ("g", "hd", "s", "window"),
     [
         (3, 64, 128, 0),  # SmolLM2's layout, a whole-vector cache
+        (3, 64, 1024, 0),  # the default cache length: key rows 4 KiB apart
         (1, 20, 37, 0),  # single-column and odd-length tails everywhere
         (4, 40, 64, 9),  # sliding window, hd with an 8-wide tail
         (8, 128, 45, 0),  # the largest group the kernel takes

@@ -154,6 +154,45 @@ def test_slots_are_refilled_so_a_long_answer_does_not_hold_the_batch(engine):
     assert max(calls) == 4
 
 
+def test_a_tail_decodes_only_its_busy_slots(tiny_dirs, reference):
+    """When at most ``tail_batch`` slots are busy (a job's tail), decode calls compute only
+    those, each in its own cache row: the same tokens as decoding the whole batch, fewer token
+    slots computed."""
+    full = make_engine(tiny_dirs["smollm2"], batch_size=16, attention="cpu", tail_batch=0)
+    tail = make_engine(tiny_dirs["smollm2"], batch_size=16, attention="cpu")  # default: 16 / 4
+    assert (full.programs.shapes.tail_batch, tail.programs.shapes.tail_batch) == (0, 4)
+    assert tail.stats().compilations == full.stats().compilations + 1
+    reqs = [chat(f"g{i}", PROMPTS[i % 6], max_tokens=3 + 6 * i, ignore_eos=True) for i in range(7)]
+    reqs.append(chat("s", PROMPTS[1], temperature=1.0, seed=3, max_tokens=30, ignore_eos=True))
+    calls: list[tuple[int, bool]] = []
+    original = tail.programs.decode
+
+    def seen(slots, tail_call=None):
+        out = original(slots, tail_call)
+        calls.append((len(slots), out[1] == 4 * OPTIONS["decode_steps"]))
+        return out
+
+    tail.programs.decode = seen
+    try:
+        theirs, ours = full.generate(reqs), tail.generate(reqs)
+    finally:
+        del tail.programs.decode
+    assert [r.token_ids for r in ours] == [r.token_ids for r in theirs]
+    assert [len(r.token_ids) for r in ours] == [3 + 6 * i for i in range(7)] + [30]
+    last = tail.prompt_tokens(reqs[6])  # the longest answer: its last steps in the tail
+    assert list(ours[6].token_ids) == greedy_reference(reference, last, 39)
+    assert {n <= 4 for n, small in calls if small} == {True}
+    assert {n > 4 for n, small in calls if not small} == {True}
+    assert any(small for _, small in calls)
+    assert tail.stats().useful_token_slots == full.stats().useful_token_slots
+    assert tail.stats().computed_token_slots < full.stats().computed_token_slots
+    assert tail.stats().compilations == full.stats().compilations + 1  # nothing compiled since
+    with pytest.raises(ValueError, match="tail_batch needs the CPU attention kernel"):
+        make_engine(tiny_dirs["smollm2"], batch_size=16, attention="xla", tail_batch=4)
+    with pytest.raises(ValueError, match="tail_batch=16 must be below batch_size=16"):
+        make_engine(tiny_dirs["smollm2"], batch_size=16, attention="cpu", tail_batch=16)
+
+
 def test_seeded_sampling_does_not_depend_on_slot_or_batch(engine):
     def sampled(rid: str, seed: int, **kw) -> Request:
         return chat(

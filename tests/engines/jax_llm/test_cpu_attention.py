@@ -112,6 +112,26 @@ def test_a_token_does_not_depend_on_its_neighbours(cpu_kernel):
     assert np.array_equal(a[0], b[0])  # bit for bit, whatever the other tokens attend to
 
 
+def test_copy_positions_copies_a_prefix_and_nothing_else(cpu_kernel):
+    """Store rows -> cache rows (their own row counts and lengths): the first ``lens``
+    positions of each pair in range, for K (positions last) and V (positions first)."""
+    rng = np.random.default_rng(3)
+    sk = rng.standard_normal((3, 2, 8, 16), dtype=np.float32)  # 3 store rows of 16 positions
+    sv = rng.standard_normal((3, 2, 16, 8), dtype=np.float32)
+    dk = rng.standard_normal((4, 2, 8, 32), dtype=np.float32)  # 4 cache rows of 32
+    dv = rng.standard_normal((4, 2, 32, 8), dtype=np.float32)
+    src = np.array([2, 0, 1, 3, 1], np.int32)  # the 4th names no store row
+    dst = np.array([1, 3, 4, 0, 0], np.int32)  # the 3rd names no cache row
+    lens = np.array([5, 40, 7, 9, 0], np.int32)  # 40: more than a store row has
+    k, v = jax.jit(cpu_attention.copy_positions)(sk, sv, dk, dv, src, dst, lens)
+    want_k, want_v = dk.copy(), dv.copy()
+    want_k[1, :, :, :5], want_v[1, :, :5] = sk[2, :, :, :5], sv[2, :, :5]
+    want_k[3, :, :, :16], want_v[3, :, :16] = sk[0], sv[0]
+    np.testing.assert_array_equal(np.asarray(k), want_k)
+    np.testing.assert_array_equal(np.asarray(v), want_v)
+    assert not np.array_equal(want_k, dk)
+
+
 def test_build_is_cached_per_source_and_machine(cpu_kernel, tmp_path):
     first = cpu_attention.build(str(tmp_path))
     assert first.startswith(str(tmp_path))

@@ -391,9 +391,8 @@ def scheduling(spec: JobSpec) -> Scheduling:
         buckets = tuple(sorted(given)) if given else _default_buckets(
             spec.max_seq_len or 1024, block
         )  # fmt: skip
-    tail = getattr(options, "tail_batch", None)
-    if tail is None:  # the JAX engine's default: a quarter of the batch, with the CPU kernel
-        tail = spec.batch_size // 4 if packed and prefill_tokens and spec.batch_size >= 16 else 0
+    tail_for = getattr(options, "tail_batch_for", None)  # the JAX engine's tail batch
+    tail = tail_for(spec.batch_size, packed and bool(prefill_tokens)) if tail_for else 0
     return Scheduling(
         static_slots=profile.static_slots,
         slots=spec.batch_size,

@@ -197,10 +197,8 @@ class JaxLLMEngine(Engine):
         # With the CPU kernel, prefill packs tokens of many prompts into one call (no padding
         # but the last call's tail, one program whatever the prompt lengths).
         self.packed = self.attention == "cpu"
-        tail = opt.tail_batch
-        if tail is None:  # the kernel takes each token's cache row: a smaller call can decode
-            tail = self.batch // 4 if self.packed and self.batch >= 16 else 0
-        elif tail and not self.packed:
+        tail = opt.tail_batch_for(self.batch, self.packed)
+        if tail and not self.packed:
             raise ValueError(
                 f"tail_batch needs the CPU attention kernel (attention is {self.attention})"
             )

@@ -52,3 +52,11 @@ class JaxOptions(EngineOptions):
     attention: str = option(
         "auto", "auto | cpu (the C++ kernel; CPU, one device, float32) | xla", choices=ATTENTION
     )
+
+    def tail_batch_for(self, batch: int, kernel: bool) -> int:
+        """The tail batch of a decode of ``batch`` slots: the option's, else a quarter of the
+        batch where the CPU kernel serves attention (it takes each token's cache row); 0: none.
+        The engine and the cost estimate both ask here."""
+        if self.tail_batch is not None:
+            return self.tail_batch
+        return batch // 4 if kernel and batch >= 16 else 0

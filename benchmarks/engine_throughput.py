@@ -37,6 +37,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from benchmarks.roofline import decoder_flops_per_token, sgemm_gflops  # noqa: E402
+
 MODEL = "smollm2-135m-instruct"
 SUBJECTS = [
     "the sea",
@@ -84,23 +86,6 @@ def log(msg: str) -> None:
 # ------------------------------------------------------------------------------------------------
 
 
-def sgemm_gflops(repeat: int = 5) -> float:
-    """Best fp32 matmul rate of numpy's BLAS on large matrices (all cores)."""
-    import numpy as np
-
-    rng = np.random.default_rng(0)
-    best = 0.0
-    for m, k, n in ((2048, 2048, 2048), (2048, 576, 1536)):
-        a = rng.standard_normal((m, k), dtype=np.float32)
-        b = rng.standard_normal((k, n), dtype=np.float32)
-        a @ b
-        for _ in range(repeat):
-            t = time.perf_counter()
-            a @ b
-            best = max(best, 2 * m * k * n / (time.perf_counter() - t) / 1e9)
-    return best
-
-
 def flop_per_token(path: str) -> float:
     """2 x the weights a token passes through (all layers + lm_head; embedding lookup is free)."""
     from hyperbatch.engines import models
@@ -109,10 +94,9 @@ def flop_per_token(path: str) -> float:
 
     reader = models.open_gguf(path)
     cfg = from_gguf(weights.gguf_metadata(reader), has_output_tensor=False)
-    d, hd, f = cfg.hidden_size, cfg.head_dim, cfg.intermediate_size
-    per_layer = d * (cfg.num_heads + 2 * cfg.num_kv_heads) * hd + cfg.num_heads * hd * d
-    per_layer += 3 * d * f
-    return 2.0 * (cfg.num_layers * per_layer + d * cfg.vocab_size)
+    layers = decoder_flops_per_token(cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads,
+                                     cfg.head_dim, cfg.intermediate_size, cfg.num_layers)  # fmt: skip
+    return layers + 2.0 * cfg.hidden_size * cfg.vocab_size
 
 
 def hf_dir(cache: str) -> str:

@@ -32,6 +32,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from benchmarks.roofline import decoder_flops_per_token, sgemm_gflops  # noqa: E402
+
 PROMPT = "Describe this image in one sentence."
 SIZES = [(640, 480), (480, 640), (300, 300), (1024, 256), (200, 120), (800, 600), (96, 160),
          (512, 512)]  # fmt: skip
@@ -40,6 +42,25 @@ TEXT = dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_a
             tie_word_embeddings=True)  # fmt: skip
 VISION = dict(hidden_size=384, intermediate_size=1536, num_hidden_layers=6, num_attention_heads=6)
 TILE, PATCH, SCALE, VOCAB = 224, 16, 2, 49280
+
+
+def work_flops(tiles: int, prompt_tokens: int, generated: int, requests: int) -> float:
+    """The matmul FLOPs of the captioning work, from the model's shapes: the vision tower per
+    tile (patch embedding, the layers with their attention over the tile's patches, the
+    connector), the text model per token through its layers (the prompts, and every generated
+    token but each request's last), the lm_head per generated token. Attention over the text
+    cache is left out (under 2% here)."""
+    n = TILE // PATCH
+    t, dv, fv = n * n, VISION["hidden_size"], VISION["intermediate_size"]
+    layer = 2 * (4 * dv * dv + 2 * dv * fv) + 4 * t * dv
+    connector = 2 * dv * TEXT["hidden_size"]  # per patch: t/scale^2 rows of scale^2*dv inputs
+    per_tile = t * (2 * 3 * PATCH * PATCH * dv + VISION["num_hidden_layers"] * layer + connector)
+    per_token = decoder_flops_per_token(
+        TEXT["hidden_size"], TEXT["num_attention_heads"], TEXT["num_key_value_heads"],
+        TEXT["head_dim"], TEXT["intermediate_size"], TEXT["num_hidden_layers"],
+    )  # fmt: skip
+    head = 2 * TEXT["hidden_size"] * VOCAB
+    return tiles * per_tile + (prompt_tokens + generated - requests) * per_token + generated * head
 
 
 def read(path: str) -> bytes:
@@ -112,6 +133,7 @@ def leg_jax(model: str, paths: list[str], max_tokens: int, batch: int) -> dict[s
         "tokens_per_s": tokens / wall,
         "wall_s": wall,
         "image_tokens": sum(r.usage.image_tokens for r in results),
+        "generated_tokens": tokens,
         "prompt_tokens": sum(r.usage.prompt_tokens for r in results),
         "tiles": t.tiles,
         "share": {
@@ -223,11 +245,14 @@ def main() -> None:
     print(f"{args.images} images ({len(SIZES)} sizes), {args.max_tokens} tokens each, "
           f"scaled-down SmolVLM at {args.model}", file=sys.stderr)  # fmt: skip
     rows = {}
+    sgemm = [sgemm_gflops()]
     for leg in args.only or ["jax", "hf", "vllm"]:
         print(f"running {leg} ...", file=sys.stderr)
         got = run_in_subprocess(leg, args)
         if got is not None:
             rows[leg] = got
+        sgemm.append(sgemm_gflops())
+    print(f"sgemm {', '.join(f'{g:.0f}' for g in sgemm)} GFLOP/s (before and after each leg)")
     for r in rows.values():
         print(f"{r['engine']:24s} {r['images_per_s']:7.2f} images/s  {r['tokens_per_s']:8.1f} "
               f"generated tok/s  ({r['wall_s']:.1f} s)")  # fmt: skip
@@ -237,11 +262,19 @@ def main() -> None:
             f"{k} {100 * v:.1f}%" for k, v in ours["share"].items()))  # fmt: skip
         print(f"ours: {ours['tiles']} tiles, {ours['image_tokens']} image tokens of "
               f"{ours['prompt_tokens']} prompt tokens, {ours['compilations']} compilations")  # fmt: skip
+        flops = work_flops(ours["tiles"], ours["prompt_tokens"], ours["generated_tokens"],
+                           args.images)  # fmt: skip
+        roof = max(sgemm) * 1e9 / flops * args.images  # images/s at the best sgemm rate
+        print(f"the work: {flops / 1e12:.2f} TFLOP of matmuls (the same for every leg); at "
+              f"{max(sgemm):.0f} GFLOP/s the roofline is {roof:.2f} images/s")  # fmt: skip
+        for r in rows.values():
+            print(f"  {r['engine']:24s} {100 * r['images_per_s'] / roof:5.1f}% of the roofline")
         refs = [r for k, r in rows.items() if k != "jax"]
         if refs:
             best = max(refs, key=lambda r: r["images_per_s"])
             print(f"ours / best reference ({best['engine']}): "
-                  f"{ours['images_per_s'] / best['images_per_s']:.2f}x")  # fmt: skip
+                  f"{ours['images_per_s'] / best['images_per_s']:.2f}x; 1.5x would be "
+                  f"{150 * best['images_per_s'] / roof:.0f}% of the roofline")  # fmt: skip
     print(json.dumps(rows, default=str), file=sys.stderr)
 
 

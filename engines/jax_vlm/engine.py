@@ -46,6 +46,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from hyperbatch.engines import models
+from hyperbatch.engines.attention import AttentionImpl
 from hyperbatch.engines.base import EngineConfig, ModelInfo
 from hyperbatch.engines.jax_llm import weights as text_weights
 from hyperbatch.engines.jax_llm.config import ModelConfig
@@ -225,6 +226,8 @@ class JaxVLMEngine(JaxLLMEngine):
             self.programs.device if mesh is None else NamedSharding(mesh, PartitionSpec())
         )
         self.vision_params = jax.device_put(vparams, self.vision_device)
+        first = self.programs.device if mesh is None else mesh.devices.flat[0]
+        self.vision_attention = AttentionImpl("cpu" if first.platform == "cpu" else "xla")
         self._images: dict[int, np.ndarray | RequestError] = {}  # request -> its features
         self._image_charges: dict[int, float] = {}  # request -> its share of the vision stage
         self._waiting: dict[int, _Waiting] = {}  # generation -> its features, until prefilled
@@ -363,7 +366,8 @@ class JaxVLMEngine(JaxLLMEngine):
 
     def _encode(self, tiles: np.ndarray) -> np.ndarray:
         x = jax.device_put(tiles, self.vision_device)
-        return np.asarray(vision.encode(self.vision_params, x, cfg=self.vlm), dtype=np.float32)
+        out = vision.encode(self.vision_params, x, cfg=self.vlm, impl=self.vision_attention)
+        return np.asarray(out, dtype=np.float32)
 
     def _vision_stage(self, taken: Sequence[tuple[Key, Request]]) -> None:
         """Decode, preprocess and encode the images of newly taken requests; their features

@@ -22,6 +22,7 @@ require("transformers", "the reference implementation")
 
 from PIL import Image
 
+from hyperbatch.engines.attention import AttentionImpl
 from hyperbatch.engines.jax_vlm import processor, vision
 from hyperbatch.engines.jax_vlm.engine import JaxVLMEngine, load_checkpoint
 
@@ -98,12 +99,14 @@ def test_preprocessing_equals_transformers(tiny_vlm, reference, longest_edge):
         assert processor.tiles_of(90, 50, cfg.processor) == (0, 0)  # one tile: no split
 
 
-def test_vision_tower_and_connector_equal_transformers(tiny_vlm, reference):
+@pytest.mark.parametrize("kind", ["cpu", "xla"])  # the CPU's form and the accelerators'
+def test_vision_tower_and_connector_equal_transformers(tiny_vlm, reference, kind):
     _, model = reference
     cfg, _, tensors = load_checkpoint(tiny_vlm)
     tiles = np.concatenate([processor.preprocess(np.asarray(image(w, h, i)[1]), cfg.processor)[0]
                             for i, (w, h) in enumerate(SIZES[:2])])  # fmt: skip
-    ours = np.asarray(vision.encode(vision.to_params(cfg, tensors, np.float32), tiles, cfg=cfg))
+    params = vision.to_params(cfg, tensors, np.float32)
+    ours = np.asarray(vision.encode(params, tiles, cfg=cfg, impl=AttentionImpl(kind)))
     with torch.no_grad():
         ref = model.model.get_image_features(pixel_values=torch.tensor(tiles)[None]).pooler_output
     assert ours.shape == tuple(ref.shape) == (len(tiles), cfg.tokens_per_tile, 128)

@@ -9,7 +9,8 @@ guidance 7.5, 20 steps, 256x256, one batch of 8, and decode to uint8 images.
 
 The machine's speed drifts with whatever else runs on it, so the legs alternate in rounds: each
 round runs diffusers, then our engine on one XLA device (``jax``), then our engine with one XLA
-CPU device per core and the batch split over them (``jax-cores``, ``use_cpu_cores()``), each in a
+CPU device per core and the batch split over them (``jax-cores``, ``use_cpu_cores()``: what the
+engine does on ``accelerator: cpu`` unless ``engine_options.cpu_cores`` is off), each in a
 fresh subprocess (load, one full warm-up call -- our engine compiles there -- then one timed
 call), and takes the ratios within the round; the report gives every round and the medians. The parent also checks both legs made the same images
 (PSNR on the uint8 images). ``--cores N`` pins both legs to N cores (``sched_setaffinity``, and

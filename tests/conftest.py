@@ -14,6 +14,9 @@ from tests.optional import unavailable
 os.environ.setdefault("NO_GCE_CHECK", "true")
 os.environ.setdefault("GOOGLE_CLOUD_PROJECT", "hyperbatch-test")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# One JAX CPU device for the session, whichever engine starts JAX first (the diffusion engine
+# would otherwise give it one per core); tests that want more ask in a subprocess.
+os.environ.setdefault("JAX_NUM_CPU_DEVICES", "1")
 
 
 @pytest.fixture(scope="session")

@@ -14,15 +14,22 @@ steps as its longest row, so idle rows and the steps shorter rows skip count as 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import secrets
 import time
 from collections.abc import Sequence
 from typing import ClassVar
 
+from hyperbatch import accelerators
 from hyperbatch.engines import models
 from hyperbatch.engines.base import Engine, EngineConfig, ModelInfo, OnResult
-from hyperbatch.engines.jax_diffusion.generation import DiffusionModel, DiffusionOptions
+from hyperbatch.engines.jax_diffusion.generation import (
+    DiffusionModel,
+    DiffusionOptions,
+    cpu_device_count_chosen,
+    use_cpu_cores,
+)
 from hyperbatch.engines.jax_diffusion.options import DiffusionEngineOptions
 from hyperbatch.engines.jax_diffusion.schedulers import SCHEDULERS
 from hyperbatch.engines.jax_llm.engine import accelerator_devices
@@ -62,6 +69,12 @@ class JaxDiffusionEngine(Engine):
         super().__init__(config)
         t0 = time.perf_counter()
         opt = DiffusionEngineOptions.parse(config.options)
+        cpu = accelerators.get(config.accelerator).kind == "cpu"
+        if opt.cpu_cores and cpu and not cpu_device_count_chosen():
+            # small convolutions parallelise poorly over cores within one XLA device; where JAX
+            # already runs in this process (RuntimeError), its devices stay as they are
+            with contextlib.suppress(RuntimeError):
+                use_cpu_cores()
         accelerator_devices(config.accelerator, config.accelerator_count)  # or refuse: no fallback
         sizes = [parse_size(s) for s in (opt.sizes or ("512x512",))]
         if config.model in models.CATALOGUE:

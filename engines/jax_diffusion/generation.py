@@ -58,6 +58,17 @@ def use_cpu_cores(cores: int | None = None) -> int:
     return n
 
 
+def cpu_device_count_chosen() -> bool:
+    """Whether someone chose the CPU device count: ``JAX_NUM_CPU_DEVICES`` (or
+    ``jax_num_cpu_devices``) or ``XLA_FLAGS``' ``--xla_force_host_platform_device_count``."""
+    import os
+
+    return (
+        jax.config.jax_num_cpu_devices >= 0
+        or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
+    )
+
+
 class UnservedSize(ValueError):
     """A request's size is not one of the resolutions the programs were built for."""
 

@@ -31,3 +31,8 @@ class DiffusionEngineOptions(EngineOptions):
         None, "devices the image batch is split over (default: all local devices)", kind=int,
         minimum=1,
     )  # fmt: skip
+    cpu_cores: bool = option(
+        True,
+        "on accelerator cpu: one XLA device per core, each denoising a slice of the batch (unless "
+        "JAX_NUM_CPU_DEVICES or XLA_FLAGS chose a count, or JAX already runs in the process)",
+    )

@@ -8,6 +8,7 @@ Runs in a subprocess because the device count is fixed when JAX starts
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -44,9 +45,8 @@ print(json.dumps(out))
 
 
 def test_eight_devices_give_the_single_device_images(tiny_dirs):
-    env = dict(
-        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu"
-    )
+    env = {k: v for k, v in os.environ.items() if k != "JAX_NUM_CPU_DEVICES"}  # it wins over
+    env.update(XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
     proc = subprocess.run(
         [sys.executable, "-c", SCRIPT, tiny_dirs["tiny-sd"]],
         capture_output=True,
@@ -68,3 +68,43 @@ def test_eight_devices_give_the_single_device_images(tiny_dirs):
     assert out["max_abs_diff"] <= 1
     assert out["differing_share"] < 0.01
     assert out["image_std"] > 1.0
+
+
+ENGINE_SCRIPT = r"""
+import json, os, sys
+import jax
+from hyperbatch.engines.base import EngineConfig
+from hyperbatch.engines.jax_diffusion.engine import JaxDiffusionEngine
+
+path, cpu_cores = sys.argv[1], sys.argv[2] == "on"
+config = EngineConfig(model=path, batch_size=4, accelerator="cpu",
+                      options={"sizes": ["32x32"], "max_steps": 2, "cpu_cores": cpu_cores})
+engine = JaxDiffusionEngine(config)
+mesh = engine.model.mesh
+print(json.dumps({"devices": len(jax.devices()), "cores": len(os.sched_getaffinity(0)),
+                  "mesh": 1 if mesh is None else mesh.size}))
+"""
+
+
+def test_a_cpu_job_splits_its_image_batch_over_the_cores(tiny_dirs):
+    """On accelerator cpu the engine starts JAX with one device per core and splits each batch
+    over them (``cpu_cores``, on by default); off, JAX's one CPU device serves the batch."""
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
+    env["JAX_PLATFORMS"] = "cpu"
+    seen = {}
+    for setting in ("on", "off"):
+        proc = subprocess.run(
+            [sys.executable, "-c", ENGINE_SCRIPT, tiny_dirs["tiny-sd"], setting],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=600,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        seen[setting] = json.loads(proc.stdout.strip().splitlines()[-1])
+    cores = seen["on"]["cores"]
+    assert seen["on"]["devices"] == cores
+    assert seen["on"]["mesh"] == math.gcd(cores, 4)
+    assert seen["off"]["devices"] == 1
+    assert seen["off"]["mesh"] == 1

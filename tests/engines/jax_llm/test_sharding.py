@@ -60,7 +60,7 @@ def test_eight_device_mesh_matches_one_device(tmp_path):
     )
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k != "JAX_NUM_CPU_DEVICES"},  # it wins over:
         "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
         "JAX_PLATFORMS": "cpu",
         "HYPERBATCH_CACHE": str(tmp_path / "cache"),

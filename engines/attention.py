@@ -8,7 +8,10 @@ it). On a CPU the layout and the loop structure matter more than the FLOPs (see
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
+from types import ModuleType
 from typing import NamedTuple, TypeAlias
 
 import jax
@@ -16,15 +19,19 @@ import jax.numpy as jnp
 from jax import lax
 
 Array: TypeAlias = jax.Array
+log = logging.getLogger(__name__)
 
 
 class AttentionImpl(NamedTuple):
     """How attention runs (static: part of the compiled program).
 
-    ``kind="cpu"``: one (row, head) at a time in a loop when a head's ``Lq x Lk`` scores are large
-    (``>= 128 * 128``), so they stay in cache between the two matmuls instead of a
-    ``B * H * Lq * Lk`` array going through memory -- 10x faster than the batched form for a 32x32
-    latent, on par with PyTorch's fused CPU kernel; one batched computation for small ones.
+    ``kind="cpu"``: when a head's ``Lq x Lk`` scores are large (``>= 128 * 128``) and no causal
+    mask applies, our C++ kernel (``jax_encoder/cpu_attention.cc``: a block of queries' scores
+    in cache, a polynomial exp, every (row, head) on XLA's thread pool) -- 1.7x XLA's best form
+    below for a 32x32 latent of head size 8, which runs one (row, head) at a time in a loop so
+    the scores stay in cache instead of a ``B * H * Lq * Lk`` array going through memory (used
+    where the kernel cannot be built, said once in the log); one batched computation for small
+    ones.
     ``kind="xla"``: ``jax.nn.dot_product_attention`` (cuDNN's fused kernel on GPUs where it
     applies, XLA's otherwise), for accelerators. Either way queries beyond ``query_block`` are
     processed that many at a time to bound the score memory.
@@ -59,6 +66,11 @@ def attention(
             out = out.swapaxes(0, 1)
         return out.reshape(b, lq, inner).astype(v.dtype)
     scale = 1.0 / math.sqrt(d)
+    big = lq * lk >= 128 * 128
+    if big and not causal and d <= 256 and (kernel := _cpu_kernel()) is not None:
+        qh = (q.astype(jnp.float32) * scale).reshape(b, lq, heads, d)
+        out = kernel.full_attention(qh, k.reshape(b, lk, heads, d), v.reshape(b, lk, heads, d))
+        return out.reshape(b, lq, inner).astype(v.dtype)
 
     def scores_to_out(qh: Array, kh: Array, vh: Array) -> Array:
         """``qh [..., n, d]``, ``kh [..., Lk, d]``, ``vh [..., Lk, d + 1]`` (a ones column last,
@@ -85,7 +97,7 @@ def attention(
     def with_ones(x: Array) -> Array:
         return jnp.concatenate([x, jnp.ones((*x.shape[:-1], 1), x.dtype)], axis=-1)
 
-    if lq * lk < 128 * 128 and blocks == 1:
+    if not big and blocks == 1:
         qh = q.reshape(b, lq, heads, d).transpose(0, 2, 1, 3)
         kh = k.reshape(b, lk, heads, d).transpose(0, 2, 1, 3)
         vh = with_ones(v.reshape(b, lk, heads, d).transpose(0, 2, 1, 3))
@@ -106,3 +118,17 @@ def attention(
 
         out = lax.map(one_head, (qb, kh, vh))
     return out.reshape(b, heads, lq, d).transpose(0, 2, 1, 3).reshape(b, lq, inner)
+
+
+@functools.cache
+def _cpu_kernel() -> ModuleType | None:
+    """The C++ attention kernel's module, loaded (built once per machine); None, said once in
+    the log with the reason, where it cannot be had (XLA's loop form serves instead)."""
+    from hyperbatch.engines.jax_encoder import cpu_attention
+
+    try:
+        cpu_attention.load()
+    except cpu_attention.KernelUnavailable as e:
+        log.warning("attention on CPU runs XLA's loop form: %s", e)
+        return None
+    return cpu_attention

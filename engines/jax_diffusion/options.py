@@ -22,7 +22,7 @@ class DiffusionEngineOptions(EngineOptions):
         maximum=1000,
     )  # fmt: skip
     attention: str = option(
-        "auto", "auto | cpu (one image and head at a time) | xla", choices=("auto", "cpu", "xla")
+        "auto", "auto | cpu (our C++ kernel) | xla", choices=("auto", "cpu", "xla")
     )
     query_block: int = option(4096, "attention query positions per step", minimum=1)
     vae_chunks: int = option(1, "decode a batch in this many parts (memory)", minimum=1)

@@ -158,29 +158,38 @@ void MixColumns(const float* p, int64_t lp, const float* v, int64_t hd, int64_t 
     for (int c = 0; c < C; ++c) Store(o[r] + c0 + c * kLanes, a[r][c]);
 }
 
-// One head of one sequence: the L tokens at row (qkv, [L, 3, H, hd]) attend to each other;
-// out [L, H, hd] (head h's columns written).
-void AttendSpan(const float* row, float* out, int64_t L, int64_t h, int64_t H, int64_t HD,
-                std::vector<float>& scratch) {
-  const int64_t D = H * HD, stride = 3 * D;
+// One head of one sequence: queries q[i * q_stride], i < lq, attend to the keys and values
+// k[j * kv_stride], v[j * kv_stride], j < lk (hd floats each); out[i * out_stride] gets hd
+// floats. Values are copied into scratch padded to whole vectors, so any hd <= 256 is served.
+struct Span {
+  const float* q;
+  const float* k;
+  const float* v;
+  float* out;
+  int64_t lq, lk, q_stride, kv_stride, out_stride, hd;
+};
+
+void AttendSpan(const Span& A, std::vector<float>& scratch) {
+  const int64_t L = A.lk, HD = A.hd, HDP = (HD + kLanes - 1) / kLanes * kLanes;
   const int64_t lp = (L + kLanes - 1) / kLanes * kLanes;
-  const size_t need = static_cast<size_t>(HD * lp + L * HD + kRows * lp);
+  const size_t need = static_cast<size_t>(HD * lp + L * HDP + kRows * lp);
   if (scratch.size() < need) scratch.resize(need);
   float* kt = scratch.data();  // [HD][lp], zero past L
-  float* v = kt + HD * lp;     // [L][HD]
-  float* s = v + L * HD;       // [kRows][lp]
+  float* v = kt + HD * lp;     // [L][HDP], zero past HD
+  float* s = v + L * HDP;      // [kRows][lp]
   for (int64_t j = 0; j < L; ++j) {
-    const float* k = row + j * stride + D + h * HD;
+    const float* k = A.k + j * A.kv_stride;
     for (int64_t d = 0; d < HD; ++d) kt[d * lp + j] = k[d];
-    std::memcpy(v + j * HD, row + j * stride + 2 * D + h * HD, HD * sizeof(float));
+    std::memcpy(v + j * HDP, A.v + j * A.kv_stride, HD * sizeof(float));
+    std::fill(v + j * HDP + HD, v + (j + 1) * HDP, 0.0f);
   }
   for (int64_t d = 0; d < HD; ++d) std::fill(kt + d * lp + L, kt + (d + 1) * lp, 0.0f);
 
-  alignas(32) float o[kRows][256];
-  for (int64_t i0 = 0; i0 < L; i0 += kRows) {
-    const int64_t nr = std::min<int64_t>(kRows, L - i0);
+  alignas(64) float o[kRows][256];
+  for (int64_t i0 = 0; i0 < A.lq; i0 += kRows) {
+    const int64_t nr = std::min<int64_t>(kRows, A.lq - i0);
     const float* q[kRows];
-    for (int r = 0; r < kRows; ++r) q[r] = row + (i0 + std::min<int64_t>(r, nr - 1)) * stride + h * HD;
+    for (int r = 0; r < kRows; ++r) q[r] = A.q + (i0 + std::min<int64_t>(r, nr - 1)) * A.q_stride;
     float m[kRows], inv[kRows];
     Scores(q, kt, lp, HD, L, s, m);
     for (int r = 0; r < kRows; ++r) {
@@ -199,13 +208,22 @@ void AttendSpan(const float* row, float* out, int64_t L, int64_t h, int64_t H, i
       inv[r] = 1.0f / sum;
     }
     int64_t c0 = 0;
-    for (; c0 + 2 * kLanes <= HD; c0 += 2 * kLanes) MixColumns<2>(s, lp, v, HD, L, c0, o);
-    for (; c0 < HD; c0 += kLanes) MixColumns<1>(s, lp, v, HD, L, c0, o);
+    for (; c0 + 2 * kLanes <= HDP; c0 += 2 * kLanes) MixColumns<2>(s, lp, v, HDP, L, c0, o);
+    for (; c0 < HDP; c0 += kLanes) MixColumns<1>(s, lp, v, HDP, L, c0, o);
     for (int64_t r = 0; r < nr; ++r) {
-      float* dst = out + (i0 + r) * D;
+      float* dst = A.out + (i0 + r) * A.out_stride;
       for (int64_t d = 0; d < HD; ++d) dst[d] = o[r][d] * inv[r];
     }
   }
+}
+
+// Head h of the L tokens of a fused projection (row: [L, 3, H, hd]) attending to each other;
+// out [L, H, hd] (head h's columns written).
+void AttendSelf(const float* row, float* out, int64_t L, int64_t h, int64_t H, int64_t HD,
+                std::vector<float>& scratch) {
+  const int64_t D = H * HD, stride = 3 * D;
+  const float* q = row + h * HD;
+  AttendSpan(Span{q, q + D, q + 2 * D, out, L, L, stride, stride, D, HD}, scratch);
 }
 
 void AttendHead(const Problem& P, int64_t task, std::vector<float>& scratch) {
@@ -215,7 +233,7 @@ void AttendHead(const Problem& P, int64_t task, std::vector<float>& scratch) {
   float* out = P.out + b * T * D + h * HD;
   for (int64_t i = L; i < T; ++i) std::memset(out + i * D, 0, HD * sizeof(float));
   if (L == 0) return;
-  AttendSpan(P.qkv + b * T * stride, out, L, h, P.h, HD, scratch);
+  AttendSelf(P.qkv + b * T * stride, out, L, h, P.h, HD, scratch);
 }
 
 using hyperbatch::ParallelFor;
@@ -248,7 +266,7 @@ ffi::Error EncoderAttentionPacked(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> qk
     thread_local std::vector<float> scratch;
     const int64_t s = task / h, head = task % h;
     if (len[s] == 0) return;
-    AttendSpan(src + st[s] * 3 * D, dst + st[s] * D + head * hd, len[s], head, h, hd, scratch);
+    AttendSelf(src + st[s] * 3 * D, dst + st[s] * D + head * hd, len[s], head, h, hd, scratch);
   });
   return ffi::Error::Success();
 }
@@ -271,6 +289,33 @@ ffi::Error EncoderAttention(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> qkv,
   return ffi::Error::Success();
 }
 
+// Every query of a row attends to every key of its row (self- or cross-attention, no mask):
+// q [B, Lq, H, hd] (pre-scaled), k and v [B, Lk, H, hd] -> out [B, Lq, H, hd]; any hd <= 256.
+ffi::Error Attention(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
+                     ffi::Buffer<ffi::F32> v, ffi::ResultBuffer<ffi::F32> out) {
+  const auto qd = q.dimensions(), kd = k.dimensions(), vd = v.dimensions();
+  if (qd.size() != 4 || kd.size() != 4 || vd.size() != 4)
+    return ffi::Error::InvalidArgument("attention: q, k, v must be [B, L, H, hd]");
+  const int64_t b = qd[0], lq = qd[1], h = qd[2], hd = qd[3], lk = kd[1];
+  if (kd[0] != b || kd[2] != h || kd[3] != hd || vd[0] != b || vd[1] != lk || vd[2] != h ||
+      vd[3] != hd || out->element_count() != b * lq * h * hd)
+    return ffi::Error::InvalidArgument("attention: q, k, v and out disagree");
+  if (hd > 256 || hd < 1 || lk < 1)
+    return ffi::Error::InvalidArgument("attention: hd must be 1..256 and Lk >= 1");
+  const float* qp = q.typed_data();
+  const float* kp = k.typed_data();
+  const float* vp = v.typed_data();
+  float* op = out->typed_data();
+  const int64_t D = h * hd;
+  ParallelFor(pool, b * h, [=](int64_t task) {
+    thread_local std::vector<float> scratch;
+    const int64_t row = task / h, head = task % h;
+    const int64_t qo = row * lq * D + head * hd, ko = row * lk * D + head * hd;
+    AttendSpan(Span{qp + qo, kp + ko, vp + ko, op + qo, lq, lk, D, D, D, hd}, scratch);
+  });
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(HyperbatchEncoderAttention, EncoderAttention,
@@ -287,3 +332,11 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(HyperbatchEncoderAttentionPacked, EncoderAttention
                                   .Arg<ffi::Buffer<ffi::S32>>()  // starts [S]
                                   .Arg<ffi::Buffer<ffi::S32>>()  // lengths [S]
                                   .Ret<ffi::Buffer<ffi::F32>>());  // out [N, H, hd]
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(HyperbatchAttention, Attention,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // q [B, Lq, H, hd]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // k [B, Lk, H, hd]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // v [B, Lk, H, hd]
+                                  .Ret<ffi::Buffer<ffi::F32>>());  // out [B, Lq, H, hd]

@@ -15,15 +15,28 @@ from hyperbatch.engines.cpu_kernels import CpuKernel, KernelUnavailable
 SOURCE = Path(__file__).with_name("cpu_attention.cc")
 TARGET = "hyperbatch_encoder_attention"
 TARGET_PACKED = "hyperbatch_encoder_attention_packed"
+TARGET_FULL = "hyperbatch_attention"
 KERNEL = CpuKernel(
     SOURCE,
     "the encoder attention kernel",
-    {TARGET: "HyperbatchEncoderAttention", TARGET_PACKED: "HyperbatchEncoderAttentionPacked"},
+    {
+        TARGET: "HyperbatchEncoderAttention",
+        TARGET_PACKED: "HyperbatchEncoderAttentionPacked",
+        TARGET_FULL: "HyperbatchAttention",
+    },
 )
 build = KERNEL.build
 load = KERNEL.load
 
-__all__ = ["KernelUnavailable", "attention", "attention_packed", "build", "load", "supports"]
+__all__ = [
+    "KernelUnavailable",
+    "attention",
+    "attention_packed",
+    "build",
+    "full_attention",
+    "load",
+    "supports",
+]
 
 
 def supports(head_dim: int) -> str | None:
@@ -49,4 +62,14 @@ def attention_packed(qkv: jax.Array, starts: jax.Array, lengths: jax.Array) -> j
     out = jax.ShapeDtypeStruct((n, h, hd), jnp.float32)
     return jax.ffi.ffi_call(TARGET_PACKED, out)(
         qkv.astype(jnp.float32), starts.astype(jnp.int32), lengths.astype(jnp.int32)
+    )
+
+
+def full_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+    """Every query of a row attends to every key of its row (self- or cross-attention, no mask):
+    q [B, Lq, H, hd] float32 (pre-scaled), k, v [B, Lk, H, hd] -> out [B, Lq, H, hd] float32;
+    any hd up to 256. ``load()`` must have run."""
+    out = jax.ShapeDtypeStruct(q.shape, jnp.float32)
+    return jax.ffi.ffi_call(TARGET_FULL, out)(
+        q.astype(jnp.float32), k.astype(jnp.float32), v.astype(jnp.float32)
     )

@@ -44,11 +44,10 @@ print(json.dumps(out))
 """
 
 
-def test_eight_devices_give_the_single_device_images(tiny_dirs):
-    env = {k: v for k, v in os.environ.items() if k != "JAX_NUM_CPU_DEVICES"}  # it wins over
-    env.update(XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+def _run(script: str, args: list[str], env: dict[str, str]) -> dict:
+    """The JSON line a script prints last, run in a fresh Python with ``env``."""
     proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT, tiny_dirs["tiny-sd"]],
+        [sys.executable, "-c", script, *args],
         capture_output=True,
         text=True,
         env=env,
@@ -56,7 +55,13 @@ def test_eight_devices_give_the_single_device_images(tiny_dirs):
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_eight_devices_give_the_single_device_images(tiny_dirs):
+    env = {k: v for k, v in os.environ.items() if k != "JAX_NUM_CPU_DEVICES"}  # it wins over
+    env.update(XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    out = _run(SCRIPT, [tiny_dirs["tiny-sd"]], env)
     print(out)
     assert out["devices"] == 8
     assert out["output_devices_1"] == 1
@@ -93,16 +98,7 @@ def test_a_cpu_job_splits_its_image_batch_over_the_cores(tiny_dirs):
     env["JAX_PLATFORMS"] = "cpu"
     seen = {}
     for setting in ("on", "off"):
-        proc = subprocess.run(
-            [sys.executable, "-c", ENGINE_SCRIPT, tiny_dirs["tiny-sd"], setting],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=600,
-            check=False,
-        )
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        seen[setting] = json.loads(proc.stdout.strip().splitlines()[-1])
+        seen[setting] = _run(ENGINE_SCRIPT, [tiny_dirs["tiny-sd"], setting], env)
     cores = seen["on"]["cores"]
     assert seen["on"]["devices"] == cores
     assert seen["on"]["mesh"] == math.gcd(cores, 4)

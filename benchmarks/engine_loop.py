@@ -191,6 +191,11 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=256)
     ap.add_argument("--max-seq-len", type=int, default=1024)
     ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument(
+        "--skip-no-tail",
+        action="store_true",
+        help="leave out the third leg (the loop without the tail batch)",
+    )
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
 
@@ -210,6 +215,8 @@ def main() -> None:
         "loop, no tail batch": lambda: with_the_loop(loop, shards, args.bundles),
         "engine loop": lambda: with_the_loop(loop, shards, args.bundles),
     }
+    if args.skip_no_tail:
+        del legs["loop, no tail batch"]
     print(f"tail batch: {loop.engine.programs.shapes.tail_batch}", file=sys.stderr)
     for name, leg in legs.items():
         loop.engine.clear_prefix_cache()

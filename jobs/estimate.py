@@ -374,16 +374,17 @@ def _default_buckets(max_seq_len: int, block: int) -> tuple[int, ...]:
 
 
 def scheduling(spec: JobSpec) -> Scheduling:
-    profile = throughput.PROFILES.get(spec.engine, throughput.EngineProfile(False, 1, 0, 1))
+    profile = throughput.PROFILES.get(spec.engine, throughput.EngineProfile(False, 1, 1))
     options = registry.options_class(spec.engine, spec.task).parse(spec.engine_options)
     steps = int(getattr(options, "decode_steps", None) or profile.default_decode_steps)
-    refill = getattr(options, "refill_min_free", None) or (
-        max(1, spec.batch_size // profile.refill_fraction) if profile.refill_fraction else 1
-    )
     rows = getattr(options, "prefix_cache_rows", 1)
     prefill_tokens = int(getattr(options, "prefill_tokens", 0) or 0) if profile.static_slots else 0
     attention = getattr(options, "attention", "auto")
     packed = accelerators.get(spec.accelerator).kind == "cpu" and attention != "xla"
+    refill_for = getattr(options, "refill_min_for", None)  # the JAX engine's admission rule
+    refill = refill_for(spec.batch_size, packed) if refill_for else (
+        getattr(options, "refill_min_free", None) or 1
+    )  # fmt: skip
     buckets: tuple[int, ...] = ()
     if prefill_tokens and not packed:
         given = getattr(options, "prefill_buckets", None)
@@ -436,7 +437,8 @@ def work_units(
     """(decode units, prefill units) the engine computes to serve records with these completion
     lengths and uncached prompt tokens, in this order. Decode: static slots compute the whole
     batch every call; continuous batching computes the tokens generated. Prefill: each
-    admission round's prompts as ``prefill_slots`` pads them."""
+    admission round's prompts as ``prefill_slots`` pads them, or (packed) all rounds' prompts
+    as one, since a round's part-full last call is carried into the next."""
     if not sched.static_slots:
         return float(sum(lengths)), float(sum(uncached))
     n = len(lengths)
@@ -446,7 +448,9 @@ def work_units(
         lengths[:m], sched.slots, sched.steps, sched.refill_min, groups, sched.tail
     ).slot_calls
     prefill, i = 0.0, 0
-    for k in groups:
+    if sched.packed:  # a round's part-full last call goes on in the next: padded once at the end
+        prefill = prefill_slots(uncached[: sum(groups)], sched)
+    for k in () if sched.packed else groups:
         prefill += prefill_slots(uncached[i : i + k], sched)
         i += k
     scale = n / m if m else 0.0

@@ -44,15 +44,14 @@ class EngineProfile:
 
     static_slots: bool  # every decode call computes all batch slots (idle ones too)
     default_decode_steps: int  # tokens per slot per decode call
-    refill_fraction: int  # free slots are refilled once batch // this are free (0: at once)
     prefix_block: int  # cached prefix tokens are counted in whole blocks of this many
 
 
 PROFILES: Mapping[str, EngineProfile] = types.MappingProxyType({
-    # engines/jax_llm: decode_steps (8) per call; refill once refill_min_free (batch // 8) are free
-    "jax": EngineProfile(True, 8, 8, 1),
+    # engines/jax_llm: decode_steps (8) per call; admission as JaxOptions.refill_min_for says
+    "jax": EngineProfile(True, 8, 1),
     # vLLM: one token per step for the sequences running; prefix caching in 16-token blocks
-    "vllm": EngineProfile(False, 1, 0, 16),
+    "vllm": EngineProfile(False, 1, 16),
 })  # fmt: skip
 
 

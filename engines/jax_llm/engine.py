@@ -12,8 +12,9 @@ How a ``generate()`` call runs (JetStream's prefill -> insert -> generate, with 
 * On a CPU (one device, float32) attention runs in our C++ kernel (``cpu_attention``), which
   reads each token's own cache row, so prefill is *packed* instead: every call takes
   ``prefill_tokens`` tokens from any mix of prompts, a long prompt continues in the next call,
-  and the only padding is the last call's tail; ``prefill_buckets`` then only bound the prompt
-  length, and the programs are four (prefill, decode, the guided step's two). ``attention: xla`` keeps the bucketed
+  and no call is padded while decode work and waiting requests remain: the prompts of a
+  round's last, part-full call are carried (holding their slots) into the next round, whose
+  calls they help fill; ``prefill_buckets`` then only bound the prompt length, and the programs are four (prefill, decode, the guided step's two). ``attention: xla`` keeps the bucketed
   path TPUs and GPUs take. The kernel also lets a job's tail decode small: once at most
   ``tail_batch`` slots (default ``batch_size / 4``) are busy, a fifth program advances only
   those, each in its own cache row, so the last answers cost what they compute, not the batch.
@@ -228,7 +229,7 @@ class JaxLLMEngine(Engine):
             self._stats,
             buckets=self.buckets,
             packed=self.packed,
-            refill_min=opt.refill_min_free or max(1, self.batch // 8),
+            refill_min=opt.refill_min_for(self.batch, self.packed),
         )
         self._grammars: Any = None  # grammar.Grammars, built with the first constraint
         self._stats.load_seconds = time.perf_counter() - t0

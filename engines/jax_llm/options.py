@@ -37,8 +37,9 @@ class JaxOptions(EngineOptions):
     )
     prefix_min_tokens: int = option(8, "shortest prefix worth reusing", minimum=1)
     refill_min_free: int | None = option(
-        None, "admit waiting requests once this many slots are free", kind=int, minimum=1
-    )
+        None, "admit waiting requests once this many slots are free (default batch_size/32 "
+        "with the CPU kernel's packed prefill, else batch_size/8)", kind=int, minimum=1,
+    )  # fmt: skip
     tensor_parallel: int | None = option(
         None, "devices on the 'model' mesh axis (default: gcd(devices, KV heads))", kind=int,
         minimum=1,
@@ -60,3 +61,12 @@ class JaxOptions(EngineOptions):
         if self.tail_batch is not None:
             return self.tail_batch
         return batch // 4 if kernel and batch >= 16 else 0
+
+    def refill_min_for(self, batch: int, packed: bool) -> int:
+        """Free slots that start an admission round: the option's, else batch/32 where
+        prefill is packed (a round pads nothing, its last call's prompts go on in the next
+        one) or batch/8 where each round pads its prompts to length buckets. The engine and
+        the cost estimate both ask here."""
+        if self.refill_min_free is not None:
+            return self.refill_min_free
+        return max(1, batch // (32 if packed else 8))

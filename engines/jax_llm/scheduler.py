@@ -85,6 +85,7 @@ class Generation:
     group: Group | None = None  # the request's choices, when it asked for n > 1
     index: int = 0  # its choice index
     slot: int = -1
+    carried: bool = False  # its prompt was once left part-prefilled for the next round
     cached: int = 0
     out: list[int] = dataclasses.field(default_factory=list)
     logprobs: list[TokenLogprob] | None = None  # one per token when the request wants them
@@ -153,6 +154,10 @@ def bucket_of(n: int, buckets: Sequence[int]) -> int:
 # (start, end, load row, save row) of a part of a sequence's tokens
 Part = tuple[int, int, int, int]
 
+#: decode calls a prompt carried over from a part-full prefill call waits, at most, for the next
+#: admission round (after that the round runs, padding or not)
+CARRY_CALLS = 2
+
 
 class SlotScheduler:
     def __init__(
@@ -178,6 +183,8 @@ class SlotScheduler:
         """Serve what ``source`` hands over until it is closed and all of it is done."""
         active: dict[int, Generation] = {}
         pending: collections.deque[Generation] = collections.deque()
+        carried: list[tuple[Generation, Part]] = []  # prompts part-prefilled, holding slots
+        waited = 0  # decode calls since the last admission round
         closed = False
         while True:
             if not closed:
@@ -192,33 +199,46 @@ class SlotScheduler:
                             pending.extend(prepare(key, request))
                         except RequestError as e:
                             finish(key, Result.failed(request.record_id, e.code, e.message))
-            if not active and not pending:
+            if not active and not pending and not carried:
                 if closed:
                     return
                 continue
-            free = [slot for slot in range(self.batch) if slot not in active]
-            if pending and free and (not active or len(free) >= min(self.refill_min, len(pending))):
-                self._admission_round(pending, free, active, finish)
+            held = {g.slot for g, _ in carried}
+            free = [slot for slot in range(self.batch) if slot not in active and slot not in held]
+            waiting = len(pending)
+            due = bool(carried) and (waited >= CARRY_CALLS or not active or not waiting)
+            if ((waiting and free) or carried) and (
+                not active or len(free) >= min(self.refill_min, waiting) or due
+            ):
+                self._admission_round(pending, free, carried, active, finish)
+                waited = 0
             elif active:
                 self._decode_round(active, finish)
+                waited += 1
 
     def _admission_round(
         self,
         pending: collections.deque[Generation],
         free: list[int],
+        carried: list[tuple[Generation, Part]],
         active: dict[int, Generation],
         finish: Finish,
     ) -> None:
         t0 = time.perf_counter()
-        chosen, computed = self.admit(pending, free)
+        members, computed = self.admit(pending, free, carried, overlap=bool(active))
+        for g, _ in carried:
+            g.carried = True
+        held = {id(g) for g, _ in carried}
         done = []
-        for g in chosen:
+        for g in members:
+            if id(g) in held:
+                continue  # its prompt goes on in the next round
             reason = self.check_finish(g) if g.out else None  # step-wise: no token yet
             if reason:
                 done.append((g, reason))
             else:
                 active[g.slot] = g
-        self._charge(chosen, time.perf_counter() - t0, computed, prefill=True)
+        self._charge(members, time.perf_counter() - t0, computed, prefill=True)
         for g, reason in done:
             self._done(g, self.result(g, *reason), finish)
 
@@ -331,12 +351,29 @@ class SlotScheduler:
     # -- admission ----------------------------------------------------------------------------
 
     def admit(
-        self, pending: collections.deque[Generation], free: list[int]
+        self,
+        pending: collections.deque[Generation],
+        free: list[int],
+        carried: list[tuple[Generation, Part]] | None = None,
+        overlap: bool = False,
     ) -> tuple[list[Generation], int]:
-        """Prefill as many waiting requests as there are free slots; returns them and the
-        token slots the prefill calls computed."""
-        chosen: list[Generation] = []
+        """Prefill the prompts ``carried`` over from the last round, then as many waiting
+        requests as there are free slots; returns every generation that took part and the
+        token slots the prefill calls computed.
+
+        Packed prefill with ``overlap`` (decode work to do meanwhile) and requests still
+        waiting does not pad its last call: the prompts in it are left in ``carried`` (holding
+        their slots, prefilled up to there) and go first in the next round, whose calls they
+        help fill. Their slots idle through the decode calls in between, a few token slots
+        where the padding would have been up to a whole call."""
+        if carried is None:
+            carried = []
         pinned: dict[tuple[int, ...], int] = {}  # prefixes this round uses -> store row
+        for g, (_, _, load, _) in carried:
+            if load != self.none:  # a first piece still to load its prefix (kept since)
+                assert self.store.row_of(g.prefix) == load, "a carried prefix left the store"
+                pinned[g.prefix] = load
+        chosen: list[Generation] = []
         creators: list[Generation] = []
         while pending and len(chosen) < len(free):
             g = pending[0]
@@ -359,18 +396,20 @@ class SlotScheduler:
         _, computed_a = self._prefill(
             [(g, (0, g.prefix_len, self.none, pinned[g.prefix])) for g in creators]
         )
-        # phase B: every request's own tokens after its (loaded) prefix
-        parts = []
+        # phase B: every request's own tokens after its (loaded) prefix, carried ones first
+        parts, continuing = list(carried), [g for g, _ in carried]
+        carried.clear()
         for g in chosen:
             if g.prefix_len:
                 parts.append((g, (g.prefix_len, g.prefill_end, pinned[g.prefix], self.none)))
             elif g.prefill_end:  # (a one-token step-wise prompt has nothing to prefill)
                 parts.append((g, (0, g.prefill_end, self.none, self.none)))
-        firsts, computed_b = self._prefill(parts)
+        carry = carried if overlap and pending and self.packed else None
+        firsts, computed_b = self._prefill(parts, carry)
         for g, tok in firsts:
             if not g.stepwise:  # a step-wise sequence's first token comes from decode
                 g.out.append(int(tok))
-        return chosen, computed_a + computed_b
+        return continuing + chosen, computed_a + computed_b
 
     def _row(self, g: Generation, part: Part) -> PrefillRow:
         a, e, load, save = part
@@ -378,12 +417,15 @@ class SlotScheduler:
         return PrefillRow(g.ids[a:e], g.slot, a, load, save, g.sampling())
 
     def _prefill(
-        self, parts: list[tuple[Generation, Part]]
+        self,
+        parts: list[tuple[Generation, Part]],
+        carry: list[tuple[Generation, Part]] | None = None,
     ) -> tuple[list[tuple[Generation, int]], int]:
         """Prefill calls for (generation, part), packed or by bucket: (generation, next token)
-        for every part, and the token slots computed."""
+        for every part prefilled to its end, and the token slots computed. ``carry`` (packed
+        only): where the parts of a last call that would be mostly padding go instead."""
         if self.packed:
-            return self._prefill_in_pieces(parts)
+            return self._prefill_in_pieces(parts, carry)
         by_bucket: dict[int, list[tuple[Generation, Part]]] = collections.defaultdict(list)
         for g, part in parts:
             by_bucket[bucket_of(part[1] - part[0], self.buckets)].append((g, part))
@@ -399,10 +441,16 @@ class SlotScheduler:
         return out, computed
 
     def _prefill_in_pieces(
-        self, parts: list[tuple[Generation, Part]]
+        self,
+        parts: list[tuple[Generation, Part]],
+        carry: list[tuple[Generation, Part]] | None = None,
     ) -> tuple[list[tuple[Generation, int]], int]:
         """Packed prefill of the parts, each split where a call is full (only its first piece
-        loads the prefix, only its last saves and samples)."""
+        loads the prefix, only its last saves and samples). A last call that is not full is
+        left to ``carry`` when given and its padding exceeds what its sequences' idle slots can
+        cost until the next round (at most ``CARRY_CALLS`` decode calls of ``steps`` token
+        slots each, a decode slot counted as two prefill tokens); a sequence is carried once
+        at most. Every piece in that call ends its part, so the rest of each part is carried."""
         sh = self.programs.shapes
         out: list[tuple[Generation, int]] = []
         call: list[tuple[Generation, Part]] = []
@@ -426,7 +474,10 @@ class SlotScheduler:
                 ends.append(a + n == e)
                 call.append((g, (a, a + n, load, save if ends[-1] else self.none)))
                 a, room, load = a + n, room - n, self.none
-        if call:
+        idle_cost = 2 * CARRY_CALLS * self.steps * len(call)
+        if call and carry is not None and room > idle_cost and not any(g.carried for g, _ in call):
+            carry.extend(call)
+        elif call:
             run()
         return out, computed
 

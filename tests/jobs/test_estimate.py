@@ -53,8 +53,9 @@ def test_prefill_is_counted_in_the_slots_the_engine_computes():
                                    buckets=(16, 64, 256, 1024))  # fmt: skip
     # 10 -> one call of 16 rows x 16; two 50s -> one call of 4 rows x 64; 300 -> 1 row x 1024
     assert estimate.prefill_slots([10, 50, 50, 300], bucketed) == 256 + 256 + 1024
-    # two slots: admitted two at a time, each pair's 200 prompt tokens in one 256-slot call
-    assert estimate.work_units([9, 9, 9, 9], [100] * 4, packed) == (2 * 2 * 8, 2 * 256)
+    # two slots, admitted two at a time; packed, a round's part-full last call goes on in the
+    # next round: 4 x 150 tokens take 3 calls (not 2 per pair of 300)
+    assert estimate.work_units([9, 9, 9, 9], [150] * 4, packed) == (2 * 2 * 8, 3 * 256)
     continuous = estimate.Scheduling(False, 2, 1, 1, 8, 512, 16)
     assert estimate.work_units([9, 9], [100, 30], continuous) == (18, 130)  # no padding
 

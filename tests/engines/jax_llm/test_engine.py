@@ -332,6 +332,59 @@ def test_packed_prefill_splits_long_prompts_across_calls(tiny_dirs, reference):
     assert any(len({x for x, _, _ in c}) > 1 for c in calls)  # and calls hold several prompts
 
 
+def test_a_part_full_prefill_call_is_carried_into_the_next_round(tiny_dirs, reference):
+    """While slots decode and requests wait, the prompts of a round's last, part-full prefill
+    call are not padded: they keep their slots, idle through the decode calls in between, and
+    go on in the next round's first call. They still decode exactly as transformers does, and
+    every result's charge still adds up to the engine's totals."""
+    small = make_engine(
+        tiny_dirs["smollm2"], attention="cpu", prefill_tokens=64, prefix_cache_rows=0
+    )
+    events: list[tuple[str, list[tuple[int, int, int]]]] = []
+    prefill, decode = small.programs.prefill_packed, small.programs.decode
+
+    def prefilling(pieces):
+        events.append(("P", [(r.slot, r.start, r.start + len(r.ids)) for r in pieces]))
+        return prefill(pieces)
+
+    def decoding(slots, tail=None):
+        events.append(("D", [(slot, 0, 0) for slot in slots]))
+        return decode(slots, tail)
+
+    small.programs.prefill_packed, small.programs.decode = prefilling, decoding
+    lengths = [3 + 5 * (i % 4) for i in range(12)]
+    reqs = [
+        chat(f"c{i}", PROMPTS[i % 6], max_tokens=n, ignore_eos=True) for i, n in enumerate(lengths)
+    ]
+    before = small.stats()
+    try:
+        results = small.generate(reqs)
+    finally:
+        del small.programs.prefill_packed, small.programs.decode
+    after = small.stats()
+    for req, res, n in zip(reqs, results, lengths, strict=True):
+        assert list(res.token_ids) == greedy_reference(reference, small.prompt_tokens(req), n)
+
+    carried = []  # (slot, position): a prompt went on after decode calls it sat out
+    last: dict[int, tuple[int, int]] = {}  # slot -> (where its prefill got to, event index)
+    for i, (kind, rows) in enumerate(events):
+        for slot, start, end in rows if kind == "P" else ():
+            got, at = last.get(slot, (-1, i))
+            between = [{s for s, _, _ in r} for k, r in events[at:i] if k == "D"]
+            if start and start == got and between:
+                assert not any(slot in d for d in between)  # it was held, not decoded
+                carried.append((slot, start))
+            last[slot] = (end, i)
+    assert carried
+    charged = [r.charge for r in results]
+    assert sum(c.computed_token_slots for c in charged) == pytest.approx(
+        after.computed_token_slots - before.computed_token_slots
+    )
+    assert sum(c.useful_token_slots for c in charged) == (
+        after.useful_token_slots - before.useful_token_slots
+    )
+
+
 def test_the_loop_refills_slots_from_whoever_has_work(engine):
     """Two callers: the second one's requests arrive while the first one's decode. They join
     the running batch, and the whole takes fewer decode calls than serving the two callers one

@@ -16,6 +16,7 @@ from hyperbatch.engines.cpu_kernels import CpuKernel, KernelUnavailable
 SOURCE = Path(__file__).with_name("cpu_attention.cc")
 TARGET = "hyperbatch_cpu_attention_layer"
 MAX_GROUP = 8  # query heads per KV head the kernel is specialised for
+TILE = 16  # key positions per tile of the kernel's k cache
 COPY_TARGET = "hyperbatch_cpu_copy_positions"
 KERNEL = CpuKernel(
     SOURCE,
@@ -25,7 +26,23 @@ KERNEL = CpuKernel(
 build = KERNEL.build
 load = KERNEL.load
 
-__all__ = ["KernelUnavailable", "attention_layer", "build", "copy_positions", "load", "supports"]
+__all__ = [
+    "TILE",
+    "KernelUnavailable",
+    "attention_layer",
+    "build",
+    "copy_positions",
+    "key_cache_shape",
+    "load",
+    "supports",
+]
+
+
+def key_cache_shape(rows: int, kvh: int, hd: int, s: int) -> tuple[int, ...]:
+    """The kernel's k cache for ``rows`` rows of ``s`` positions: [rows, KVH, T, hd, TILE], keys
+    in tiles of TILE positions (T = ceil(s / TILE)), position p's dim h at [p // TILE, h,
+    p % TILE] -- a row's live keys are one contiguous run of tiles (see ``cpu_attention.cc``)."""
+    return (rows, kvh, -(-s // TILE), hd, TILE)
 
 
 def supports(num_heads: int, num_kv_heads: int) -> str | None:
@@ -40,8 +57,8 @@ def attention_layer(qkv, cos, sin, k_cache, v_cache, rows, pos, window: int | No
     """One layer's cache update and attention for N tokens (all float32).
 
     qkv [N, KVH, G+2, hd]: each KV head's G query projections, then k, then v, before RoPE;
-    cos/sin [N, hd]: RoPE tables at each token's position; caches k [R, KVH, hd, S], v
-    [R, KVH, S, hd]; rows/pos [N]: each token's cache row and position. Writes RoPE(k) and v of
+    cos/sin [N, hd]: RoPE tables at each token's position; caches k [R, KVH, T, hd, TILE]
+    (``key_cache_shape``), v [R, KVH, S, hd]; rows/pos [N]: each token's cache row and position. Writes RoPE(k) and v of
     every token, then attends each token's RoPE'd queries over its row's keys up to its position.
     Tokens with a row out of range or a position outside the cache write nothing and get zeros.
     Returns (out [N, KVH*G*hd], k_cache, v_cache), the caches updated in place (aliased).
@@ -66,8 +83,8 @@ def attention_layer(qkv, cos, sin, k_cache, v_cache, rows, pos, window: int | No
 
 
 def copy_positions(src_k, src_v, dst_k, dst_v, src_rows, dst_rows, lens):
-    """The first ``lens[q]`` positions of cache rows ``src_rows[q]`` (k [R, KVH, hd, S], v [R,
-    KVH, S, hd]) copied into rows ``dst_rows[q]`` of the destination caches (their own R and
+    """The first ``lens[q]`` positions of cache rows ``src_rows[q]`` (k [R, KVH, T, hd, TILE], v
+    [R, KVH, S, hd]) copied into rows ``dst_rows[q]`` of the destination caches (their own R and
     S), for every q whose rows are both in range. Returns the destination (k, v), updated in
     place (aliased). ``load()`` must have run."""
     shapes = (

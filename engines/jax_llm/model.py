@@ -11,7 +11,9 @@ Fusing Q/K/V (and gate/up) makes one wide matmul instead of three (two), and gro
 columns by KV head lets tensor parallelism shard them on the KV-head axis without collectives.
 
 KV cache: ``k``/``v``, each a list of L per-layer arrays -- k [B, KVH, hd, S] (transposed, so
-decode's scores are a plain matmul), v [B, KVH, S, hd] -- one row per decode slot (separate buffers, so a layer reads its cache without slicing a bigger array). A prefix store
+decode's scores are a plain matmul), v [B, KVH, S, hd] -- one row per decode slot (separate buffers, so a layer reads its cache without slicing a bigger array). With the CPU
+attention kernel k is [B, KVH, ceil(S/16), hd, 16] instead (keys in tiles of 16 positions, see
+``cpu_attention.key_cache_shape``; only the kernel reads and writes it). A prefix store
 of the same layout with R rows and fewer positions holds shared prefixes (e.g. a system prompt).
 Attention walks the cache in blocks of ``block`` keys with an online softmax and a *dynamic*
 number of blocks (the longest live sequence), so there is one program whatever the lengths, and a
@@ -43,11 +45,23 @@ MASKED = -1e30  # finite, so a fully masked block keeps the online softmax free 
 
 
 class KVCache(NamedTuple):
-    """Per-layer key/value buffers (lists of L arrays): k [rows, KVH, hd, S] (transposed),
-    v [rows, KVH, S, hd]. The decode cache has one row per slot; the prefix store R rows."""
+    """Per-layer key/value buffers (lists of L arrays): k [rows, KVH, hd, S] (transposed; in
+    tiles with the CPU kernel: ``cache_shapes``), v [rows, KVH, S, hd]. The decode cache has one
+    row per slot; the prefix store R rows."""
 
     k: list[jax.Array]
     v: list[jax.Array]
+
+
+def cache_shapes(
+    rows: int, kvh: int, hd: int, s: int, attention: str
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The (k, v) buffer shapes of one layer's cache of ``rows`` rows and ``s`` positions."""
+    if attention == "cpu":
+        k_shape = cpu_attention.key_cache_shape(rows, kvh, hd, s)
+    else:
+        k_shape = (rows, kvh, hd, s)
+    return k_shape, (rows, kvh, s, hd)
 
 
 class PrefillBatch(NamedTuple):
@@ -341,11 +355,19 @@ def prefill(
     here: each engine jits its own copy (static cfg/block, donated cache/store) so it can count
     its compilations.
     """
-    ck, cv = _load_prefixes(cache, store, batch.slots, batch.load_rows)
+    if attention == "cpu":  # the kernel's tiled keys: copied by the kernel
+        ck, cv = _copy_positions(store, cache, batch.load_rows, batch.slots, batch.starts)
+    else:
+        ck, cv = _load_prefixes(cache, store, batch.slots, batch.load_rows)
     x, ck, cv = _prefill_layers(
         params, cfg, ck, cv, batch.tokens, batch.slots, batch.starts, batch.lens, block, attention
     )
-    store = _save_prefixes(store, ck, cv, batch.slots, batch.save_rows)
+    if attention == "cpu":  # as _save_prefixes: the store's whole length
+        whole = jnp.full_like(batch.lens, store.v[0].shape[2])
+        sk, sv = _copy_positions(KVCache(ck, cv), store, batch.slots, batch.save_rows, whole)
+        store = KVCache(sk, sv)
+    else:
+        store = _save_prefixes(store, ck, cv, batch.slots, batch.save_rows)
     last = jnp.maximum(batch.lens - 1, 0)
     h = jnp.take_along_axis(x, last[:, None, None], axis=1)[:, 0]
     return KVCache(ck, cv), store, sample_rows(_logits(params, cfg, h), batch.sampling)
@@ -406,8 +428,7 @@ def hidden_states(params, tokens, *, cfg: ModelConfig, block: int = 16, attentio
 def _hidden(params, tokens, *, cfg: ModelConfig, block: int, attention: str):
     n, t = tokens.shape
     s_len = -(-t // block) * block
-    k_shape = (n, cfg.num_kv_heads, cfg.head_dim, s_len)
-    v_shape = (n, cfg.num_kv_heads, s_len, cfg.head_dim)
+    k_shape, v_shape = cache_shapes(n, cfg.num_kv_heads, cfg.head_dim, s_len, attention)
     ck = [jnp.zeros(k_shape, params["embed"].dtype) for _ in range(cfg.num_layers)]
     cv = [jnp.zeros(v_shape, params["embed"].dtype) for _ in range(cfg.num_layers)]
     slots = jnp.arange(n, dtype=jnp.int32)

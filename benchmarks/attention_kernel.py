@@ -67,13 +67,13 @@ def attention_rate(context: int, seconds: float) -> tuple[float, float]:
     pos = np.full(SLOTS, context, np.int32) - np.arange(SLOTS, dtype=np.int32) % 16
     angles = pos[:, None] * (1.0 / 10000 ** (np.arange(HD) % (HD // 2) / (HD // 2)))[None, :]
     cos, sin = jnp.asarray(np.cos(angles), jnp.float32), jnp.asarray(np.sin(angles), jnp.float32)
-    rows = jnp.arange(SLOTS, dtype=jnp.int32)
+    rows, positions = jnp.arange(SLOTS, dtype=jnp.int32), jnp.asarray(pos)
 
     @functools.partial(jax.jit, donate_argnums=(0, 1))
     def step(ks, vs, qkv):
         for i in range(LAYERS):  # each layer's queries depend on the last one's output
             out, ks[i], vs[i] = cpu_attention.attention_layer(
-                qkv, cos, sin, ks[i], vs[i], rows, jnp.asarray(pos), None
+                qkv, cos, sin, ks[i], vs[i], rows, positions, None
             )
             qkv = qkv.at[:, :, :GROUP].add(1e-3 * out.reshape(SLOTS, KVH, GROUP, HD))
         return ks, vs, qkv

@@ -60,6 +60,7 @@ constexpr int kRegisters = 32;  // vector registers (AVX-512VL gives 8-lane code
 constexpr int kRegisters = 16;
 #endif
 constexpr int64_t kTile = 16;  // key positions per tile of the k cache
+inline int64_t TilesFor(int64_t positions) { return (positions + kTile - 1) / kTile; }
 constexpr int kMaxGroup = 8;
 constexpr int64_t kWriteChunk = 16;  // tokens per unit of phase 1
 typedef float V8 __attribute__((vector_size(32)));
@@ -265,7 +266,7 @@ ffi::Error AttentionLayer(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> qkv,
   Layer L;
   L.n = qd[0], L.kvh = qd[1], L.g = qd[2] - 2, L.hd = qd[3];
   L.r = vd[0], L.s = vd[2], L.tiles = kd[2], L.window = window;
-  if (kd[0] != L.r || kd[1] != L.kvh || L.tiles != (L.s + kTile - 1) / kTile || kd[3] != L.hd ||
+  if (kd[0] != L.r || kd[1] != L.kvh || L.tiles != TilesFor(L.s) || kd[3] != L.hd ||
       kd[4] != kTile || vd[1] != L.kvh || vd[3] != L.hd || cos.element_count() != L.n * L.hd ||
       sin.element_count() != L.n * L.hd ||
       rows.element_count() != L.n || pos.element_count() != L.n)
@@ -302,8 +303,8 @@ ffi::Error CopyPositions(ffi::Buffer<ffi::F32> src_k, ffi::Buffer<ffi::F32> src_
     return ffi::Error::InvalidArgument("copy: k caches must be rank 5, v caches rank 4");
   const int64_t rs = sv[0], kvh = sv[1], ps = sv[2], hd = sv[3], rd = dv[0], sd = dv[2];
   const int64_t ts = sk[2], td = dk[2], q = src_rows.element_count();
-  if (sk[0] != rs || sk[1] != kvh || ts != (ps + kTile - 1) / kTile || sk[3] != hd ||
-      sk[4] != kTile || dk[0] != rd || dk[1] != kvh || td != (sd + kTile - 1) / kTile ||
+  if (sk[0] != rs || sk[1] != kvh || ts != TilesFor(ps) || sk[3] != hd ||
+      sk[4] != kTile || dk[0] != rd || dk[1] != kvh || td != TilesFor(sd) ||
       dk[3] != hd || dk[4] != kTile || dv[1] != kvh || dv[3] != hd ||
       dst_rows.element_count() != q || lens.element_count() != q)
     return ffi::Error::InvalidArgument("copy: caches, rows and lengths disagree");

@@ -270,11 +270,15 @@ def _prefill_layers(params, cfg, ck, cv, tokens, slots, starts, lens, block, att
     return x, ck, cv
 
 
-def _load_prefixes(cache, store, slots, rows):
+def _load_prefixes(cache, store, slots, rows, lens, attention: str):
     """Copy prefix-store rows ``rows`` into cache rows ``slots`` (first positions; a row >= R
-    or a slot >= B copies nothing). Skipped when nothing loads. The store rows are picked by a
-    one-hot matmul (exact: one product by 1.0 per element) -- XLA's CPU gather is many times
-    slower than a matmul of this size."""
+    or a slot >= B copies nothing). Returns the cache's (k, v) lists. The CPU kernel copies
+    the first ``lens`` positions of each (its tiled keys are the kernel's to read); XLA copies
+    the store's whole length, skipped when nothing loads, picking the store rows by a one-hot
+    matmul (exact: one product by 1.0 per element) -- XLA's CPU gather is many times slower
+    than a matmul of this size."""
+    if attention == "cpu":
+        return _copy_positions(store, cache, rows, slots, lens)
     b_rows = cache.v[0].shape[0]
     r_rows, p_len = store.v[0].shape[0], store.v[0].shape[2]
     loads = rows < r_rows
@@ -316,9 +320,14 @@ def _copy_positions(src: KVCache, dst: KVCache, src_rows, dst_rows, lens):
     return [k for k, _ in pairs], [v for _, v in pairs]
 
 
-def _save_prefixes(store, ck, cv, slots, rows):
-    """Copy the first positions of cache rows ``slots`` into store rows ``rows`` (R = none);
-    skipped when nothing saves."""
+def _save_prefixes(store, ck, cv, slots, rows, lens, attention: str):
+    """Copy the first positions of cache rows ``slots`` into store rows ``rows`` (R = none):
+    the first ``lens`` with the CPU kernel (None: the store's whole length), the store's whole
+    length with XLA, skipped when nothing saves. Returns the store."""
+    if attention == "cpu":
+        if lens is None:
+            lens = jnp.full(slots.shape, store.v[0].shape[2], jnp.int32)
+        return KVCache(*_copy_positions(KVCache(ck, cv), store, slots, rows, lens))
     b_rows = cv[0].shape[0]
     r_rows, p_len = store.v[0].shape[0], store.v[0].shape[2]
     slots = jnp.minimum(slots, b_rows - 1)
@@ -355,19 +364,11 @@ def prefill(
     here: each engine jits its own copy (static cfg/block, donated cache/store) so it can count
     its compilations.
     """
-    if attention == "cpu":  # the kernel's tiled keys: copied by the kernel
-        ck, cv = _copy_positions(store, cache, batch.load_rows, batch.slots, batch.starts)
-    else:
-        ck, cv = _load_prefixes(cache, store, batch.slots, batch.load_rows)
+    ck, cv = _load_prefixes(cache, store, batch.slots, batch.load_rows, batch.starts, attention)
     x, ck, cv = _prefill_layers(
         params, cfg, ck, cv, batch.tokens, batch.slots, batch.starts, batch.lens, block, attention
     )
-    if attention == "cpu":  # as _save_prefixes: the store's whole length
-        whole = jnp.full_like(batch.lens, store.v[0].shape[2])
-        sk, sv = _copy_positions(KVCache(ck, cv), store, batch.slots, batch.save_rows, whole)
-        store = KVCache(sk, sv)
-    else:
-        store = _save_prefixes(store, ck, cv, batch.slots, batch.save_rows)
+    store = _save_prefixes(store, ck, cv, batch.slots, batch.save_rows, None, attention)
     last = jnp.maximum(batch.lens - 1, 0)
     h = jnp.take_along_axis(x, last[:, None, None], axis=1)[:, 0]
     return KVCache(ck, cv), store, sample_rows(_logits(params, cfg, h), batch.sampling)
@@ -390,22 +391,17 @@ def prefill_packed(
     Meant for the CPU kernel, whose attention reads each token's own cache row; XLA's attention
     gathers whole rows per token here (correct, slow). Returns (cache, store, next_tokens [Q]).
     """
-    if attention == "cpu":  # the kernel copies only the positions a prefix has
-        ck, cv = _copy_positions(store, cache, batch.load_rows, batch.load_slots, batch.load_lens)
-    else:
-        ck, cv = _load_prefixes(cache, store, batch.load_slots, batch.load_rows)
+    ck, cv = _load_prefixes(
+        cache, store, batch.load_slots, batch.load_rows, batch.load_lens, attention
+    )
     tokens, positions = batch.tokens[:, None], batch.positions
     ones = jnp.ones_like(positions)
     x, ck, cv = _prefill_layers(
         params, cfg, ck, cv, tokens, batch.slots, positions, ones, block, attention
     )
-    if attention == "cpu":
-        sk, sv = _copy_positions(
-            KVCache(ck, cv), store, batch.save_slots, batch.save_rows, batch.save_lens
-        )
-        store = KVCache(sk, sv)
-    else:
-        store = _save_prefixes(store, ck, cv, batch.save_slots, batch.save_rows)
+    store = _save_prefixes(
+        store, ck, cv, batch.save_slots, batch.save_rows, batch.save_lens, attention
+    )
     h = x[batch.emit, 0]
     return KVCache(ck, cv), store, sample_rows(_logits(params, cfg, h), batch.sampling)
 
